@@ -1,0 +1,203 @@
+"""Approved cohorts: validating a patient list and recording it under ``cohorts/`` for review.
+
+A cohort is two plain-text files a reviewer can diff: ``cohorts/<name>/cohort.toml`` (what, when, how
+many, a checksum of the members) and ``cohorts/<name>/members.txt`` (sorted person ids, one a line).
+The files are the source of truth; the sandbox table is a copy that sync restores when it drifts.
+Error messages give line numbers and counts, never the offending text, which could be PHI.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cohortsync.errors import CohortError, InputError
+
+NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+MAX_ID = 2**63 - 1
+DEFINITION = "cohort.toml"
+MEMBERS = "members.txt"
+
+
+def check_name(name: str) -> str:
+    """A cohort name is a lowercase slug; it becomes a folder name and a SQL string literal."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InputError(
+            f"invalid cohort name {name[:80]!r}: use a lowercase letter then up to 62 of a-z, 0-9, '_' or '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class PatientList:
+    ids: list[int]  # sorted, unique
+    lines: int  # ids read, duplicates included
+    duplicates: int
+
+    @property
+    def sha256(self) -> str:
+        return members_sha256(self.ids)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    name: str
+    members: int
+    members_sha256: str
+    registered_at: str
+    source_file: str
+    duplicates_collapsed: int
+    missing_allowed: int
+    folder: Path
+
+    def member_ids(self) -> list[int]:
+        ids = [int(x) for x in (self.folder / MEMBERS).read_text(encoding="ascii").split()]
+        if members_sha256(ids) != self.members_sha256 or len(ids) != self.members:
+            raise CohortError(f"cohort {self.name}: {MEMBERS} does not match the checksum in {DEFINITION}")
+        return ids
+
+
+def members_sha256(ids: list[int]) -> str:
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(b"%d\n" % i)
+    return h.hexdigest()
+
+
+def read_patients(path: Path) -> PatientList:
+    """Parse a patient file: a CSV with a ``person_id`` column, or one id a line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"patient file {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"patient file {path} is a directory") from None
+    except OSError as e:
+        raise InputError(f"patient file {path}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"patient file {path}: not UTF-8 text (byte {e.start})") from None
+    ids: set[int] = set()
+    count = 0
+    for lineno, value in _values(path, text):
+        if not value.isascii() or not value.isdigit():
+            raise InputError(f"{path} line {lineno}: not a positive integer person_id")
+        if len(value) > 1 and value.startswith("0"):
+            raise InputError(f"{path} line {lineno}: person_id has leading zeros")
+        n = int(value)
+        if n <= 0:
+            raise InputError(f"{path} line {lineno}: person_id must be positive")
+        if n > MAX_ID:
+            raise InputError(f"{path} line {lineno}: person_id exceeds the 64-bit range")
+        count += 1
+        ids.add(n)
+    if not ids:
+        raise InputError(f"patient file {path} holds no person_id")
+    return PatientList(sorted(ids), count, count - len(ids))
+
+
+def _values(path: Path, text: str) -> Iterator[tuple[int, str]]:
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return
+    head = lines[first]
+    header = [h.strip().lower() for h in next(csv.reader([head]))]
+    if "," in head or not head.strip().isdigit() and "person_id" in header:
+        if "person_id" not in header:
+            raise InputError(f"{path} line {first + 1}: CSV header has no person_id column")
+        col = header.index("person_id")
+        reader = csv.reader(io.StringIO("\n".join(lines[first + 1 :])))
+        for offset, row in enumerate(reader):
+            lineno = first + 2 + offset
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{path} line {lineno}: {len(row)} fields where the header has {len(header)}")
+            yield lineno, row[col].strip()
+        return
+    for i, line in enumerate(lines[first:], start=first + 1):
+        if line.strip():
+            yield i, line.strip()
+
+
+def load(folder: Path, name: str) -> Cohort | None:
+    d = folder / check_name(name)
+    try:
+        with (d / DEFINITION).open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise CohortError(f"cohort {name}: unreadable {DEFINITION}: {e}") from None
+    try:
+        return Cohort(
+            name=doc["name"],
+            members=int(doc["members"]),
+            members_sha256=doc["members_sha256"],
+            registered_at=doc["registered_at"],
+            source_file=doc.get("source_file", ""),
+            duplicates_collapsed=int(doc.get("duplicates_collapsed", 0)),
+            missing_allowed=int(doc.get("missing_allowed", 0)),
+            folder=d,
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise CohortError(f"cohort {name}: {DEFINITION} is missing or has a bad field ({e})") from None
+
+
+def load_all(folder: Path) -> list[Cohort]:
+    if not folder.is_dir():
+        return []
+    out = []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and NAME_RE.fullmatch(d.name) and (d / DEFINITION).exists():
+            c = load(folder, d.name)
+            assert c is not None
+            out.append(c)
+    return out
+
+
+def record(folder: Path, name: str, patients: PatientList, source_file: str, missing_allowed: int) -> Cohort:
+    """Write the cohort's two files into place atomically (temporary folder, then rename)."""
+    check_name(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    try:
+        with (tmp / MEMBERS).open("w", encoding="ascii") as f:
+            for i in patients.ids:
+                f.write(f"{i}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        doc = {
+            "name": name,
+            "registered_at": now,
+            "members": len(patients.ids),
+            "members_sha256": patients.sha256,
+            "source_file": os.path.basename(source_file),
+            "duplicates_collapsed": patients.duplicates,
+            "missing_allowed": missing_allowed,
+        }
+        lines = ["# Approved cohort, registered by cohortsync add-cohort. Members: members.txt"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in doc.items()]
+        (tmp / DEFINITION).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, folder / name)  # fails if the target exists and is not empty: never overwrite
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CohortError(f"cannot record cohort {name} under {folder}: {e.strerror}") from None
+    c = load(folder, name)
+    assert c is not None
+    return c

@@ -1,0 +1,176 @@
+"""Configuration: ``cohortsync.toml`` overlaid by ``COHORTSYNC_<SECTION>__<KEY>`` environment variables.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+Relative paths are resolved against the directory of the config file, so a job can run from any
+working directory. Secrets are never read from the file: they live only in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cohortsync import omop
+from cohortsync.errors import ConfigError
+
+CONFIG_NAME = "cohortsync.toml"
+ENV_PREFIX = "COHORTSYNC_"
+# Environment variables with our prefix that are not settings sections (read elsewhere, on purpose).
+NON_SETTING_ENV = {"COHORTSYNC_CONFIG", "COHORTSYNC_FAULT_POINT"}
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(_Section):
+    """Where the collaborator's OMOP tables live and where cohortsync may write (the sandbox)."""
+
+    kind: Literal["duckdb"] = "duckdb"
+    database: Path = Path("omop.duckdb")
+    omop_schema: str = Field("omop", pattern=IDENTIFIER)
+    sandbox_schema: str = Field("sandbox", pattern=IDENTIFIER)
+    members_table: str = Field("cohortsync_members", pattern=IDENTIFIER)
+    threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")
+    memory_limit: str | None = Field(None, description="DuckDB memory_limit, e.g. '2GB'")
+
+
+class SyncSettings(_Section):
+    """What a sync pulls and in what batch size."""
+
+    tables: tuple[str, ...] = omop.DEFAULT_TABLES
+    batch_rows: int = Field(122_880, ge=1024, le=4_194_304)
+    file_rows: int = Field(10_000_000, ge=1024, description="rows per Parquet file before rolling over")
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            try:
+                omop.table(name)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        if len(set(v)) != len(v):
+            raise ValueError("tables are listed more than once")
+        if not v:
+            raise ValueError("at least one table is needed")
+        return v
+
+
+class LandingSettings(_Section):
+    path: Path = Path("landing")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class StateSettings(_Section):
+    path: Path = Path("state")
+
+
+class CohortsSettings(_Section):
+    path: Path = Path("cohorts")
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    source: SourceSettings = SourceSettings()
+    sync: SyncSettings = SyncSettings()
+    landing: LandingSettings = LandingSettings()
+    state: StateSettings = StateSettings()
+    cohorts: CohortsSettings = CohortsSettings()
+    deid_key: SecretStr | None = None  # only from COHORTSYNC_DEID_KEY (issue #3 uses it)
+
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (init carries the parsed TOML).
+        return (env_settings, init_settings)
+
+    def resolve(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolve(self.source.database)
+
+    @property
+    def landing_path(self) -> Path:
+        return self.resolve(self.landing.path)
+
+    @property
+    def state_path(self) -> Path:
+        return self.resolve(self.state.path)
+
+    @property
+    def cohorts_path(self) -> Path:
+        return self.resolve(self.cohorts.path)
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("COHORTSYNC_CONFIG", CONFIG_NAME))
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the TOML file (``cohortsync.toml`` in the working directory by default) plus environment."""
+    path = path or default_config_path()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file {path} (pass --config PATH, or run 'cohortsync demo' to create one)"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return settings_from_dict(data, base_dir=path.resolve().parent, origin=str(path))
+
+
+def settings_from_dict(data: dict[str, Any], base_dir: Path, origin: str = "config") -> Settings:
+    if "deid_key" in data or "base_dir" in data:
+        key = "deid_key" if "deid_key" in data else "base_dir"
+        raise ConfigError(f"{origin}: {key!r} may not be set in a file (deid_key comes from COHORTSYNC_DEID_KEY)")
+    _check_env_names()
+    try:
+        return Settings(**data, base_dir=base_dir)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: {_one_line(e)}") from None
+
+
+def _check_env_names() -> None:
+    """Reject COHORTSYNC_* variables that match no setting: a mistyped override must not be ignored."""
+    sections = set(Settings.model_fields) - {"base_dir"}
+    for name in os.environ:
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
+            continue
+        head = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if head not in sections:
+            raise ConfigError(f"environment variable {name} matches no setting (sections: {', '.join(sorted(sections))})")
+
+
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

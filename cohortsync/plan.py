@@ -1,0 +1,220 @@
+"""SQL generation: readable templates parsed by sqlglot, filled in as trees, rendered per dialect.
+
+Databricks SQL is the canonical dialect of the templates; each source renders the finished tree in
+its own dialect. Values never reach SQL as text: identifiers are quoted ``exp.Identifier`` nodes and
+the only literals are cohort names (validated slugs) and window bounds (``datetime`` objects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import sqlglot
+from sqlglot import exp
+
+from cohortsync import omop
+from cohortsync.cohorts import check_name
+
+CANONICAL_DIALECT = "databricks"
+COHORT_COLUMN = "__cohort"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Where things live in the source: ``catalog.schema.table`` for every name we render."""
+
+    catalog: str | None
+    omop_schema: str
+    sandbox_schema: str
+    members_table: str
+
+    def omop(self, table: str) -> exp.Table:
+        return _table(self.catalog, self.omop_schema, table)
+
+    def members(self) -> exp.Table:
+        return _table(self.catalog, self.sandbox_schema, self.members_table)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One cohort's share of a table scan: rows with ``lower < load_dt <= upper`` (no lower: backfill)."""
+
+    cohort: str
+    lower: datetime | None
+
+
+def _table(catalog: str | None, schema: str, name: str) -> exp.Table:
+    return exp.Table(
+        this=exp.to_identifier(name, quoted=True),
+        db=exp.to_identifier(schema, quoted=True),
+        catalog=exp.to_identifier(catalog, quoted=True) if catalog else None,
+    )
+
+
+def _template_dir() -> Path:
+    """Templates ship inside the wheel; in a source checkout they are read from ``sql_templates/``."""
+    packaged = resources.files("cohortsync").joinpath("sql_templates")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "sql_templates"
+
+
+@cache
+def template(name: str) -> exp.Expression:
+    text = (_template_dir() / f"{name}.sql").read_text(encoding="utf-8")
+    parsed = sqlglot.parse_one(text, dialect=CANONICAL_DIALECT)
+    assert parsed is not None
+    for node in parsed.walk():
+        node.comments = None  # the templates' comments are for readers of sql_templates/, not the engine
+    return parsed
+
+
+def column(name: str, table: str) -> exp.Column:
+    """A quoted column reference; built from parts so a name like ``offset`` is never re-parsed."""
+    return exp.Column(this=exp.Identifier(this=name, quoted=True), table=exp.Identifier(this=table, quoted=False))
+
+
+def timestamp(value: datetime) -> exp.Expression:
+    """A typed TIMESTAMP literal with microseconds, from a ``datetime`` (never from user text)."""
+    if value.tzinfo is not None:
+        raise ValueError("window bounds are naive UTC datetimes")
+    return exp.cast(exp.Literal.string(value.isoformat(sep=" ", timespec="microseconds")), exp.DataType.build("TIMESTAMP"))
+
+
+def cohort_literal(name: str) -> exp.Literal:
+    return exp.Literal.string(check_name(name))
+
+
+def _fill(
+    tree: exp.Expression,
+    tables: dict[str, exp.Table] | None = None,
+    values: dict[str, exp.Expression] | None = None,
+    rename_columns: dict[str, str] | None = None,
+) -> exp.Expression:
+    """Replace placeholder tables, ``:name`` placeholders and placeholder columns in a copy of ``tree``."""
+    tables = tables or {}
+    values = values or {}
+    rename_columns = rename_columns or {}
+
+    def swap(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table) and not node.args.get("db") and node.name in tables:
+            new = tables[node.name].copy()
+            if node.alias:
+                new.set("alias", node.args["alias"].copy())
+            return new
+        if isinstance(node, exp.Placeholder) and node.name in values:
+            return values[node.name].copy()
+        if isinstance(node, exp.Column) and node.name in rename_columns:
+            return column(rename_columns[node.name], node.table)
+        return node
+
+    out = tree.copy().transform(swap)
+    left = [p.name for p in out.find_all(exp.Placeholder)]
+    if left:
+        raise ValueError(f"unfilled SQL placeholders: {left}")
+    return out
+
+
+def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper: datetime, names: Names) -> exp.Select:
+    """The one-scan extraction of ``table`` for ``slices``; columns are the source's, in its order."""
+    if not slices:
+        raise ValueError("no cohort is due")
+    src_cols: list[exp.Expression] = [column(c, "src") for c in columns]
+    load_dt = column(omop.LOAD_DT, "src")
+    known = [s.lower for s in slices if s.lower is not None]
+    # A bare-column lower bound lets engines skip files and row groups; only valid if no cohort backfills.
+    floor = min(known) if len(known) == len(slices) else None
+    lower: exp.Expression = exp.GT(this=load_dt, expression=timestamp(floor)) if floor else exp.true()
+    windows: list[exp.Expression] = []
+    for s in sorted(slices, key=lambda s: s.cohort):
+        cond: exp.Expression = exp.EQ(this=column("cohort", "members"), expression=cohort_literal(s.cohort))
+        if s.lower is not None and s.lower != floor:
+            cond = exp.and_(cond, exp.GT(this=load_dt.copy(), expression=timestamp(s.lower)))
+        windows.append(cond)
+    tables = {"omop_table": names.omop(table.name), "members_table": names.members()}
+    rename: dict[str, str] = {}
+    if table.via_parent is None:
+        tpl = template("extract")
+    else:
+        parent, key = table.via_parent
+        tpl = template("extract_via_parent")
+        tables["parent_table"] = names.omop(parent)
+        rename["parent_key"] = key
+    filled = _fill(
+        tpl,
+        tables=tables,
+        values={
+            "columns": exp.Tuple(expressions=src_cols),  # unpacked below
+            "upper": timestamp(upper),
+            "lower": lower,
+            "windows": exp.or_(*windows) if len(windows) > 1 else windows[0],
+        },
+        rename_columns=rename,
+    )
+    assert isinstance(filled, exp.Select)
+    # Expand the column tuple into individual select items.
+    items: list[exp.Expression] = []
+    for e in filled.expressions:
+        items.extend(e.expressions if isinstance(e, exp.Tuple) else [e])
+    filled.set("expressions", items)
+    return _simplify_true(filled)
+
+
+def _simplify_true(q: exp.Select) -> exp.Select:
+    """Drop ``AND TRUE`` left by a backfill so the rendered SQL reads as a person would write it."""
+
+    def strip(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.And):
+            if isinstance(node.expression, exp.Boolean) and node.expression.this is True:
+                return node.this
+            if isinstance(node.this, exp.Boolean) and node.this.this is True:
+                return node.expression
+        return node
+
+    return q.transform(strip)  # type: ignore[return-value]
+
+
+def max_load_dt(table: str, names: Names) -> exp.Expression:
+    return _fill(template("max_load_dt"), tables={"omop_table": names.omop(table)})
+
+
+def missing_persons(cohort: str, names: Names) -> exp.Expression:
+    return _fill(
+        template("missing_persons"),
+        tables={"members_table": names.members(), "person_table": names.omop("person")},
+        values={"cohort": cohort_literal(cohort)},
+    )
+
+
+def member_counts(names: Names) -> exp.Expression:
+    return _fill(template("member_counts"), tables={"members_table": names.members()})
+
+
+def members_ddl(names: Names) -> exp.Expression:
+    return _fill(template("members_ddl"), tables={"members_table": names.members()})
+
+
+def members_delete(cohort: str, names: Names) -> exp.Expression:
+    return _fill(template("members_delete"), tables={"members_table": names.members()}, values={"cohort": cohort_literal(cohort)})
+
+
+def create_schema(catalog: str | None, schema: str) -> exp.Expression:
+    target = exp.Table(
+        this=exp.to_identifier(schema, quoted=True),
+        db=exp.to_identifier(catalog, quoted=True) if catalog else None,
+    )
+    return exp.Create(this=target, kind="SCHEMA", exists=True)
+
+
+def select_nothing(table: str, names: Names) -> exp.Select:
+    """``SELECT * ... LIMIT 0``: the source's actual columns and types, at no scan cost."""
+    return exp.select("*").from_(names.omop(table)).limit(0)
+
+
+def render(q: exp.Expression, dialect: str, pretty: bool = False) -> str:
+    return q.sql(dialect=dialect, pretty=pretty, identify=False)
+

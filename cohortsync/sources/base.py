@@ -1,0 +1,58 @@
+"""The source interface shared by every engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol
+
+import pyarrow as pa
+from sqlglot import exp
+
+from cohortsync import plan
+
+
+class Source(Protocol):
+    dialect: str
+    names: plan.Names
+
+    def stream(self, query: exp.Expression, batch_rows: int) -> AbstractContextManager[pa.RecordBatchReader]:
+        """Run a query and stream its result; memory is bounded by the batch, not the result."""
+        ...
+
+    def rows(self, query: exp.Expression) -> list[tuple[object, ...]]:
+        """Run a query whose result is small (a max, a count, a few examples) and return it."""
+        ...
+
+    def execute(self, statement: exp.Expression) -> None:
+        """Run a statement that returns nothing (DDL, DELETE)."""
+        ...
+
+    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int = 0) -> None:
+        """Make the sandbox hold exactly ``person_ids`` for ``cohort`` (idempotent; creates the table)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def upper_bound(source: Source, table: str) -> datetime | None:
+    """The table's current ``max(load_dt)``: the fixed upper end of this run's windows."""
+    ((value,),) = source.rows(plan.max_load_dt(table, source.names))
+    if value is not None and not isinstance(value, datetime):
+        raise TypeError(f"{table}.load_dt is not a TIMESTAMP column")
+    return value
+
+
+def schema_of(source: Source, table: str) -> pa.Schema:
+    """The table's actual columns and types, as the engine reports them (``LIMIT 0``)."""
+    with source.stream(plan.select_nothing(table, source.names), 1024) as reader:
+        return reader.schema
+
+
+def batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return

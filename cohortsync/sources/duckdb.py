@@ -1,0 +1,170 @@
+"""The embedded default source: an OMOP database in a DuckDB file.
+
+Names are always three-part (``"catalog"."schema"."table"``): a file called ``omop.duckdb`` has the
+catalog ``omop``, which would make ``omop.person`` ambiguous. Results stream through
+``con.sql(q).to_arrow_reader(n)``, which hands DuckDB's batches over without an extra copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from sqlglot import exp
+
+from cohortsync import omop, plan
+from cohortsync.config import Settings
+from cohortsync.errors import SourceError, TransientSourceError, safe_message
+
+
+class DuckDBSource:
+    dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, names: plan.Names) -> None:
+        self.con = con
+        self.names = names
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DuckDBSource:
+        s = settings.source
+        return cls.open(settings.database_path, s.omop_schema, s.sandbox_schema, s.members_table, s.threads, s.memory_limit)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        omop_schema: str = "omop",
+        sandbox_schema: str = "sandbox",
+        members_table: str = "cohortsync_members",
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ) -> DuckDBSource:
+        if not path.is_file():
+            raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
+        config: dict[str, str | int | bool] = {}
+        if threads:
+            config["threads"] = threads
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        try:
+            con = duckdb.connect(str(path), config=config)
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise TransientSourceError(f"DuckDB database {path} is in use by another process") from None
+            raise SourceError(f"cannot open DuckDB database {path}: {safe_message(e)}") from None
+        except duckdb.Error as e:
+            raise SourceError(f"cannot open DuckDB database {path}: {safe_message(e)}") from None
+        ((catalog,),) = con.sql("SELECT current_database()").fetchall()
+        return cls(con, plan.Names(catalog, omop_schema, sandbox_schema, members_table))
+
+    def render(self, q: exp.Expression) -> str:
+        return plan.render(q, self.dialect)
+
+    @contextmanager
+    def stream(self, query: exp.Expression, batch_rows: int) -> Iterator[pa.RecordBatchReader]:
+        cur = self.con.cursor()  # a cursor of its own, so a reader thread never shares the connection
+        try:
+            with _errors():
+                reader = cur.sql(self.render(query)).to_arrow_reader(batch_rows)
+            yield reader
+        finally:
+            cur.close()
+
+    def rows(self, query: exp.Expression) -> list[tuple[object, ...]]:
+        with _errors():
+            return self.con.sql(self.render(query)).fetchall()
+
+    def execute(self, statement: exp.Expression) -> None:
+        with _errors():
+            self.con.execute(self.render(statement))
+
+    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int = 0) -> None:
+        names = self.names
+        upload = pa.table({"person_id": person_ids.cast(pa.int64())})
+        insert = (
+            exp.insert(
+                exp.select(plan.cohort_literal(cohort), exp.column("person_id"), exp.Literal.number(int(batch))).from_(
+                    "__cohortsync_upload"
+                ),
+                names.members(),
+            )
+        )
+        with _errors():
+            self.execute(plan.create_schema(names.catalog, names.sandbox_schema))
+            self.execute(plan.members_ddl(names))
+            self.con.register("__cohortsync_upload", upload)
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                self.execute(plan.members_delete(cohort, names))
+                self.execute(insert)
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            finally:
+                self.con.unregister("__cohortsync_upload")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except duckdb.CatalogException as e:
+        raise SourceError(f"DuckDB: {safe_message(e)}") from None
+    except duckdb.IOException as e:
+        raise TransientSourceError(f"DuckDB I/O: {safe_message(e)}") from None
+    except duckdb.Error as e:
+        raise SourceError(f"DuckDB: {safe_message(e)}") from None
+
+
+def create_omop_tables(con: duckdb.DuckDBPyConnection, omop_schema: str = "omop", sandbox_schema: str = "sandbox") -> None:
+    """Create every CDM table of the registry, plus ``load_dt``, and the sandbox schema.
+
+    Used by the demo generator, the Eunomia import and the tests: the columns come from the spec,
+    never from a hand-typed list.
+    """
+    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{omop_schema}"')
+    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{sandbox_schema}"')
+    for t in omop.all_tables().values():
+        cols = ", ".join(f'"{c.name}" {_duck_type(c)}' for c in t.columns)
+        con.execute(f'CREATE TABLE IF NOT EXISTS "{omop_schema}"."{t.name}" ({cols}, "{omop.LOAD_DT}" TIMESTAMP NOT NULL)')
+
+
+def _duck_type(c: omop.Column) -> str:
+    return "VARCHAR" if c.sql_type == "STRING" else c.sql_type
+
+
+def import_csv_table(
+    con: duckdb.DuckDBPyConnection, csv_path: Path, table: str, load_dt_sql: str, omop_schema: str = "omop"
+) -> int:
+    """Load one OMOP CSV (header row, as OHDSI publishes them) into a table made by create_omop_tables.
+
+    Types come from the spec, not from sniffing: every column is read as text and cast to its
+    OMOP type, so a value of odd shape fails loudly instead of changing a column's type.
+    ``load_dt_sql`` is a SQL expression over the CSV's columns assigning each row its weekly load;
+    it is trusted code from the caller (tests, demo), not user input.
+    """
+    t = omop.all_tables()[table]
+    src = "read_csv('{}', header=true, all_varchar=true)".format(str(csv_path).replace("'", "''"))
+    header = con.sql(f"SELECT * FROM {src} LIMIT 0").columns
+    unknown = [h for h in header if h.lower() not in t.column_names]
+    if unknown:
+        raise ValueError(f"{csv_path.name}: columns not in the OMOP v5.3 spec for {table}: {unknown}")
+    present = {h.lower(): h for h in header}
+    exprs = []
+    for c in t.columns:
+        exprs.append(f'CAST(NULLIF("{present[c.name]}", \'\') AS {_duck_type(c)})' if c.name in present else "NULL")
+    before = con.sql(f'SELECT count(*) FROM "{omop_schema}"."{table}"').fetchone()
+    con.execute(
+        f'INSERT INTO "{omop_schema}"."{table}" SELECT {", ".join(exprs)}, {load_dt_sql} '
+        f"FROM {src}"
+    )
+    after = con.sql(f'SELECT count(*) FROM "{omop_schema}"."{table}"').fetchone()
+    assert before is not None and after is not None
+    return int(after[0]) - int(before[0])
