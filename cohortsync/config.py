@@ -30,15 +30,29 @@ class _Section(BaseModel):
 
 
 class SourceSettings(_Section):
-    """Where the collaborator's OMOP tables live and where cohortsync may write (the sandbox)."""
+    """Where the collaborator's OMOP tables live and where cohortsync may write (the sandbox).
 
-    kind: Literal["duckdb"] = "duckdb"
-    database: Path = Path("omop.duckdb")
+    ``database``, ``threads`` and ``memory_limit`` apply to DuckDB; ``server_hostname``,
+    ``http_path``, ``catalog`` and ``auth`` to Databricks, whose credentials come only from the
+    environment (DATABRICKS_TOKEN, or DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET).
+    """
+
+    kind: Literal["duckdb", "databricks"] = "duckdb"
     omop_schema: str = Field("omop", pattern=IDENTIFIER)
     sandbox_schema: str = Field("sandbox", pattern=IDENTIFIER)
     members_table: str = Field("cohortsync_members", pattern=IDENTIFIER)
+    # DuckDB
+    database: Path = Path("omop.duckdb")
     threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")
     memory_limit: str | None = Field(None, description="DuckDB memory_limit, e.g. '2GB'")
+    # Databricks
+    server_hostname: str | None = None
+    http_path: str | None = None
+    catalog: str = Field("hive_metastore", pattern=IDENTIFIER)
+    auth: Literal["pat", "oauth-m2m"] = "pat"
+    connect_timeout_s: int = Field(60, ge=1)
+    query_timeout_s: int = Field(3600, ge=1)
+    retries: int = Field(5, ge=0, le=20)
 
 
 class SyncSettings(_Section):

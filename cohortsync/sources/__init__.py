@@ -17,6 +17,10 @@ def open_source(settings: Settings) -> Source:
         from cohortsync.sources.duckdb import DuckDBSource
 
         return DuckDBSource.from_settings(settings)
+    if settings.source.kind == "databricks":
+        from cohortsync.sources.databricks import DatabricksSource
+
+        return DatabricksSource.from_settings(settings)
     raise AssertionError(f"unhandled source kind {settings.source.kind}")
 
 
