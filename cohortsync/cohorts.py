@@ -114,7 +114,7 @@ def _values(path: Path, text: str) -> Iterator[tuple[int, str]]:
         return
     head = lines[first]
     header = [h.strip().lower() for h in next(csv.reader([head]))]
-    if "," in head or not head.strip().isdigit() and "person_id" in header:
+    if "," in head or (not head.strip().isdigit() and "person_id" in header):
         if "person_id" not in header:
             raise InputError(f"{path} line {first + 1}: CSV header has no person_id column")
         col = header.index("person_id")

@@ -105,7 +105,8 @@ def build_registry(spec_dir: Path) -> dict[str, Any]:
         table = r["cdmTableName"].lower()
         by_table.setdefault(table, []).append(
             {
-                "name": r["cdmFieldName"].lower(),
+                # The spec quotes reserved words (note_nlp."offset"); the column is named offset.
+                "name": r["cdmFieldName"].strip().strip('"').lower(),
                 "cdm_type": re.sub(r"\s+", "", r["cdmDatatype"].lower()),
                 "required": r["isRequired"].strip().lower() == "yes",
                 "primary_key": r["isPrimaryKey"].strip().lower() == "yes",

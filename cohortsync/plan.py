@@ -133,7 +133,7 @@ def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper
     for s in sorted(slices, key=lambda s: s.cohort):
         cond: exp.Expression = exp.EQ(this=column("cohort", "members"), expression=cohort_literal(s.cohort))
         if s.lower is not None and s.lower != floor:
-            cond = exp.and_(cond, exp.GT(this=load_dt.copy(), expression=timestamp(s.lower)))
+            cond = exp.And(this=cond, expression=exp.GT(this=load_dt.copy(), expression=timestamp(s.lower)))
         windows.append(cond)
     tables = {"omop_table": names.omop(table.name), "members_table": names.members()}
     rename: dict[str, str] = {}
@@ -151,7 +151,7 @@ def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper
             "columns": exp.Tuple(expressions=src_cols),  # unpacked below
             "upper": timestamp(upper),
             "lower": lower,
-            "windows": exp.or_(*windows) if len(windows) > 1 else windows[0],
+            "windows": _or(windows),
         },
         rename_columns=rename,
     )
@@ -164,15 +164,24 @@ def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper
     return _simplify_true(filled)
 
 
+def _or(conds: list[exp.Expression]) -> exp.Expression:
+    out = conds[0]
+    for c in conds[1:]:
+        out = exp.Or(this=out, expression=c)
+    return out
+
+
 def _simplify_true(q: exp.Select) -> exp.Select:
     """Drop ``AND TRUE`` left by a backfill so the rendered SQL reads as a person would write it."""
 
     def strip(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.And):
-            if isinstance(node.expression, exp.Boolean) and node.expression.this is True:
-                return node.this
-            if isinstance(node.this, exp.Boolean) and node.this.this is True:
-                return node.expression
+            left: exp.Expression = node.this
+            right: exp.Expression = node.expression
+            if isinstance(right, exp.Boolean) and right.this is True:
+                return left
+            if isinstance(left, exp.Boolean) and left.this is True:
+                return right
         return node
 
     return q.transform(strip)  # type: ignore[return-value]

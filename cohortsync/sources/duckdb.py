@@ -44,7 +44,7 @@ class DuckDBSource:
     ) -> DuckDBSource:
         if not path.is_file():
             raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
-        config: dict[str, str | int | bool] = {}
+        config: dict[str, str | bool | int | float | list[str]] = {}
         if threads:
             config["threads"] = threads
         if memory_limit:
@@ -129,11 +129,21 @@ def create_omop_tables(con: duckdb.DuckDBPyConnection, omop_schema: str = "omop"
     Used by the demo generator, the Eunomia import and the tests: the columns come from the spec,
     never from a hand-typed list.
     """
-    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{omop_schema}"')
-    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{sandbox_schema}"')
+    cat = _catalog(con)
+    con.execute(f'CREATE SCHEMA IF NOT EXISTS {cat}."{omop_schema}"')
+    con.execute(f'CREATE SCHEMA IF NOT EXISTS {cat}."{sandbox_schema}"')
     for t in omop.all_tables().values():
         cols = ", ".join(f'"{c.name}" {_duck_type(c)}' for c in t.columns)
-        con.execute(f'CREATE TABLE IF NOT EXISTS "{omop_schema}"."{t.name}" ({cols}, "{omop.LOAD_DT}" TIMESTAMP NOT NULL)')
+        con.execute(
+            f'CREATE TABLE IF NOT EXISTS {cat}."{omop_schema}"."{t.name}" ({cols}, "{omop.LOAD_DT}" TIMESTAMP NOT NULL)'
+        )
+
+
+def _catalog(con: duckdb.DuckDBPyConnection) -> str:
+    """The quoted catalog name: a file omop.duckdb has catalog omop, so two-part names are ambiguous."""
+    row = con.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    return '"' + str(row[0]).replace('"', '""') + '"' 
 
 
 def _duck_type(c: omop.Column) -> str:
@@ -160,11 +170,12 @@ def import_csv_table(
     exprs = []
     for c in t.columns:
         exprs.append(f'CAST(NULLIF("{present[c.name]}", \'\') AS {_duck_type(c)})' if c.name in present else "NULL")
-    before = con.sql(f'SELECT count(*) FROM "{omop_schema}"."{table}"').fetchone()
+    target = f'{_catalog(con)}."{omop_schema}"."{table}"'
+    before = con.execute(f"SELECT count(*) FROM {target}").fetchone()
     con.execute(
-        f'INSERT INTO "{omop_schema}"."{table}" SELECT {", ".join(exprs)}, {load_dt_sql} '
+        f'INSERT INTO {target} SELECT {", ".join(exprs)}, {load_dt_sql} '
         f"FROM {src}"
     )
-    after = con.sql(f'SELECT count(*) FROM "{omop_schema}"."{table}"').fetchone()
+    after = con.execute(f"SELECT count(*) FROM {target}").fetchone()
     assert before is not None and after is not None
     return int(after[0]) - int(before[0])

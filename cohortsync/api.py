@@ -1,0 +1,153 @@
+"""The library API: everything the CLI does, as functions a Python user (or a scheduler) can call.
+
+The CLI in ``cli.py`` only parses options, calls these and prints what they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cohortsync import cohorts as cohort_files
+from cohortsync import omop, plan
+from cohortsync.config import Settings
+from cohortsync.errors import CohortError
+from cohortsync.sources import Source, open_source
+from cohortsync.sources.base import schema_of, upper_bound
+from cohortsync.state import StateStore
+from cohortsync.sync import Progress, SyncReport, run_sync
+
+MISSING_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class AddCohortResult:
+    cohort: cohort_files.Cohort
+    ids_read: int
+    duplicates: int
+    missing: int
+    unchanged: bool  # the same list was registered before; nothing changed but the sandbox copy
+
+
+def add_cohort(
+    settings: Settings, name: str, patients_file: Path, allow_missing: bool = False, source: Source | None = None
+) -> AddCohortResult:
+    """Register an approved cohort: validate, upload the membership, then record it under cohorts/.
+
+    Order matters for "nothing half-written": the upload can be undone (the name was not in the
+    sandbox before), the folder appears by an atomic rename last, and the state row follows it.
+    """
+    cohort_files.check_name(name)
+    patients = cohort_files.read_patients(patients_file)
+    existing = cohort_files.load(settings.cohorts_path, name)
+    if existing is not None and existing.members_sha256 != patients.sha256:
+        raise CohortError(
+            f"cohort {name} is already registered with a different member list "
+            f"({existing.members} ids, this file {len(patients.ids)}); amendments are not supported yet"
+        )
+    with StateStore(settings.state_path) as state:
+        state.lock(f"add-cohort {name}")
+        src = source or open_source(settings)
+        try:
+            src.replace_members(name, pa.array(patients.ids, pa.int64()))
+            if existing is not None:
+                return AddCohortResult(existing, patients.lines, patients.duplicates, existing.missing_allowed, True)
+            try:
+                missing = [int(str(r[0])) for r in src.rows(plan.missing_persons(name, src.names))]
+                if missing and not allow_missing:
+                    examples = ", ".join(str(m) for m in missing[:MISSING_EXAMPLES])
+                    raise CohortError(
+                        f"{len(missing)} of {len(patients.ids)} ids are not in {settings.source.omop_schema}.person "
+                        f"(e.g. {examples}); check the file, or pass --allow-missing"
+                    )
+                cohort = cohort_files.record(settings.cohorts_path, name, patients, str(patients_file), len(missing))
+            except BaseException:
+                src.execute(plan.members_delete(name, src.names))  # undo the upload of a refused cohort
+                raise
+            state.record_cohort(name, cohort.members, cohort.members_sha256, cohort.registered_at)
+            return AddCohortResult(cohort, patients.lines, patients.duplicates, len(missing), False)
+        finally:
+            if source is None:
+                src.close()
+
+
+def sync(
+    settings: Settings, cohorts: Sequence[str] | None = None, progress: Progress | None = None, source: Source | None = None
+) -> SyncReport:
+    """One weekly sync: see :mod:`cohortsync.sync`."""
+    return run_sync(settings, cohorts, progress, source)
+
+
+@dataclass(frozen=True)
+class PlannedTable:
+    table: str
+    upper: datetime | None
+    windows: list[tuple[str, datetime | None]]  # (cohort, lower); lower None = backfill
+    up_to_date: list[str]
+    sql: str | None
+
+
+def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: Source | None = None) -> list[PlannedTable]:
+    """The exact SQL the next sync would run per table, with its windows, in the source's dialect."""
+    known = {c.name: c for c in cohort_files.load_all(settings.cohorts_path)}
+    names = list(dict.fromkeys(cohorts)) if cohorts else list(known)
+    for n in names:
+        if n not in known:
+            raise CohortError(f"unknown cohort {n!r} (registered: {', '.join(known) or 'none'})")
+    with StateStore(settings.state_path) as state:
+        marks = state.watermarks()
+    src = source or open_source(settings)
+    try:
+        out = []
+        for t in settings.sync.tables:
+            upper = upper_bound(src, t)
+            due, fresh = [], []
+            for n in names:
+                wm = marks.get((n, t))
+                if upper is None or (wm is not None and wm >= upper):
+                    fresh.append(n)
+                else:
+                    due.append(plan.Slice(n, wm))
+            sql = None
+            if due and upper is not None:
+                q = plan.extraction(omop.table(t), list(schema_of(src, t).names), due, upper, src.names)
+                sql = plan.render(q, src.dialect, pretty=True)
+            out.append(PlannedTable(t, upper, [(s.cohort, s.lower) for s in due], fresh, sql))
+        return out
+    finally:
+        if source is None:
+            src.close()
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """Cohorts × tables: watermark, rows landed, last run and last error (for humans and --json)."""
+    registered = cohort_files.load_all(settings.cohorts_path)
+    with StateStore(settings.state_path) as state:
+        rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
+        runs = state.runs(1)
+    tables = []
+    for c in registered:
+        for t in settings.sync.tables:
+            r = rows.get((c.name, t), {})
+            tables.append(
+                {
+                    "cohort": c.name,
+                    "table": t,
+                    "watermark": r.get("watermark"),
+                    "rows_landed": r.get("rows_landed", 0),
+                    "files": r.get("files", 0),
+                    "last_run": r.get("last_run"),
+                    "last_status": r.get("last_status"),
+                    "last_error": r.get("last_error"),
+                }
+            )
+    return {
+        "cohorts": [{"name": c.name, "members": c.members, "registered_at": c.registered_at} for c in registered],
+        "tables": tables,
+        "last_run": runs[0] if runs else None,
+    }

@@ -1,0 +1,250 @@
+"""The ``cohortsync`` command: a thin shell over :mod:`cohortsync.api`.
+
+Every command turns a :class:`~cohortsync.errors.CohortsyncError` into one line on stderr and its
+exit code (2 for bad input or configuration, 75 when a retry later may help, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import click
+
+from cohortsync import api
+from cohortsync.config import Settings, load_settings
+from cohortsync.errors import CohortsyncError
+from cohortsync.state import TableOutcome
+from cohortsync.sync import SyncReport
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(ctx: click.Context) -> Settings:
+    path: Path | None = ctx.obj.get("config")
+    return load_settings(path)
+
+
+def _fmt_dt(value: datetime | str | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.isoformat(sep=" ", timespec="seconds")
+
+
+class Reporter:
+    """Progress for a sync: a live line per table on a terminal, plain lines otherwise."""
+
+    def __init__(self, out: TextIO, live: bool) -> None:
+        self.out = out
+        self.live = live
+        self._start = 0.0
+        self._last = 0.0
+
+    def table_started(self, table: str, cohorts: list[str]) -> None:
+        self._start = self._last = time.monotonic()
+        if not self.live:
+            self.out.write(f"{table}: pulling for {', '.join(cohorts)}\n")
+            self.out.flush()
+
+    def rows(self, table: str, rows: int) -> None:
+        now = time.monotonic()
+        if self.live and now - self._last >= 0.2:
+            rate = rows / max(now - self._start, 1e-9)
+            self.out.write(f"\r{table}: {rows:,} rows ({rate:,.0f} rows/s)\033[K")
+            self.out.flush()
+            self._last = now
+
+    def table_finished(self, table: str, outcomes: list[TableOutcome]) -> None:
+        if self.live:
+            self.out.write("\r\033[K")
+        rows = sum(o.rows for o in outcomes)
+        failed = [o for o in outcomes if o.status == "failed"]
+        secs = max((o.seconds for o in outcomes), default=0.0)
+        if failed:
+            self.out.write(f"{table}: FAILED: {failed[0].error}\n")
+        elif any(o.status == "landed" for o in outcomes):
+            self.out.write(f"{table}: {rows:,} rows in {secs:.1f}s ({rows / max(secs, 1e-9):,.0f} rows/s)\n")
+        else:
+            self.out.write(f"{table}: up to date\n")
+        self.out.flush()
+
+    def note(self, message: str) -> None:
+        self.out.write(f"note: {message}\n")
+        self.out.flush()
+
+
+def _outcome_line(o: TableOutcome) -> str:
+    if o.upper is None:
+        window = "(table is empty)"
+    else:
+        window = f"({'backfill' if o.lower is None else _fmt_dt(o.lower)} .. {_fmt_dt(o.upper)}]"
+    line = f"  {o.cohort:<20} {o.table:<22} {o.status:<10} {o.rows:>12,} rows {len(o.files):>3} files  {window}"
+    if o.notes:
+        line += "  odd: " + ", ".join(f"{k}={v}" for k, v in sorted(o.notes.items()))
+    if o.error:
+        line += f"  error: {o.error}"
+    return line
+
+
+def handle_errors(f: F) -> F:
+    @wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except CohortsyncError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: ./cohortsync.toml, or $COHORTSYNC_CONFIG).",
+)
+@click.version_option(package_name="cohortsync")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """Sync approved OMOP cohorts from a data collaborator into a Parquet landing zone.
+
+    Settings come from cohortsync.toml; any key can be overridden by an environment variable
+    COHORTSYNC_<SECTION>__<KEY> (e.g. COHORTSYNC_SOURCE__DATABASE). See docs/configuration.md.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+@cli.command("add-cohort")
+@click.argument("name")
+@click.option("--patients", "patients", required=True, type=click.Path(path_type=Path), help="CSV with a person_id column, or one id a line.")
+@click.option("--allow-missing", is_flag=True, help="Register even if some ids are not in omop.person.")
+@click.pass_context
+@handle_errors
+def add_cohort_cmd(ctx: click.Context, name: str, patients: Path, allow_missing: bool) -> None:
+    """Register an approved cohort NAME (a lowercase slug) from a patient file.
+
+    The list is validated (positive integer ids; duplicates collapsed and counted), uploaded to the
+    sandbox membership table and recorded under cohorts/NAME/. Ids absent from omop.person are
+    refused unless --allow-missing. On any error nothing is recorded and nothing stays uploaded.
+    """
+    r = api.add_cohort(_settings(ctx), name, patients, allow_missing)
+    c = r.cohort
+    if r.unchanged:
+        click.echo(f"cohort {c.name} is already registered with this list ({c.members} ids); sandbox copy refreshed")
+        return
+    click.echo(
+        f"registered cohort {c.name}: {c.members} ids ({r.ids_read} read, {r.duplicates} duplicates collapsed"
+        f"{f', {r.missing} not in omop.person (allowed)' if r.missing else ''}) -> {c.folder}"
+    )
+
+
+@cli.command("sync")
+@click.option("--cohort", "cohorts", multiple=True, help="Only this cohort (repeatable). Default: all registered.")
+@click.option("--quiet", "-q", is_flag=True, help="Plain lines, no live progress.")
+@click.pass_context
+@handle_errors
+def sync_cmd(ctx: click.Context, cohorts: tuple[str, ...], quiet: bool) -> None:
+    """Pull what each cohort has not seen yet, for every configured table.
+
+    A cohort new to a table gets a full backfill (load_dt <= upper); one with watermark W gets
+    W < load_dt <= upper, where upper is the table's max(load_dt) when the run started. Files land
+    first; only then does the watermark move. Exit 1 if any table failed (the others committed).
+    """
+    settings = _settings(ctx)
+    reporter = Reporter(sys.stderr, live=sys.stderr.isatty() and not quiet)
+    report = api.sync(settings, list(cohorts) or None, reporter)
+    _print_summary(report)
+    if report.failed:
+        failed = sorted({f"{o.cohort}/{o.table}" for o in report.failed})
+        click.echo(f"error: {len(failed)} cohort table(s) failed: {', '.join(failed)} (see above)", err=True)
+        sys.exit(1)
+
+
+def _print_summary(report: SyncReport) -> None:
+    click.echo(f"run {report.run_id}: {report.rows:,} rows landed")
+    by_cohort: dict[str, list[TableOutcome]] = {}
+    for o in report.outcomes:
+        by_cohort.setdefault(o.cohort, []).append(o)
+    for cohort, outs in by_cohort.items():
+        pulled = sum(o.rows for o in outs)
+        click.echo(f"{cohort}: {pulled:,} rows")
+        for o in outs:
+            click.echo(_outcome_line(o))
+
+
+@cli.command("plan")
+@click.option("--cohort", "cohorts", multiple=True, help="Only this cohort (repeatable).")
+@click.pass_context
+@handle_errors
+def plan_cmd(ctx: click.Context, cohorts: tuple[str, ...]) -> None:
+    """Print, per table, the exact SQL the next sync would run and its windows (nothing is run)."""
+    for p in api.plan_next(_settings(ctx), list(cohorts) or None):
+        click.echo(f"-- {p.table}: upper bound {_fmt_dt(p.upper)}")
+        for cohort, lower in p.windows:
+            click.echo(f"--   {cohort}: {'backfill' if lower is None else f'after {_fmt_dt(lower)}'}")
+        if p.up_to_date:
+            click.echo(f"--   up to date: {', '.join(p.up_to_date)}")
+        click.echo((p.sql + ";") if p.sql else "-- nothing to pull")
+        click.echo("")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@handle_errors
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Show cohorts x tables: watermark, rows landed, last run and last error."""
+    s = api.status(_settings(ctx))
+    if as_json:
+        click.echo(json.dumps(s, indent=2, default=str))
+        return
+    for c in s["cohorts"]:
+        click.echo(f"{c['name']}: {c['members']} members, registered {c['registered_at']}")
+    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} error")
+    for t in s["tables"]:
+        click.echo(
+            f"{t['cohort']:<20} {t['table']:<22} {_fmt_dt(t['watermark']):<20} {t['rows_landed']:>12,} "
+            f"{t['last_status'] or '-':<10} {t['last_error'] or ''}"
+        )
+    if s["last_run"]:
+        r = s["last_run"]
+        click.echo(f"last run {r['run_id']}: {r['status']} (started {r['started']}, ended {r['ended'] or '-'})")
+
+
+@cli.command("demo")
+@click.argument("directory", required=False, default="cohortsync-demo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--persons", default=2000, show_default=True, type=click.IntRange(100, 10_000_000), help="Synthetic persons.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Seed of the synthetic data (same seed, same data).")
+@click.option("--quiet", "-q", is_flag=True, help="Plain lines, no live progress.")
+@handle_errors
+def demo_cmd(directory: Path, persons: int, seed: int, quiet: bool) -> None:
+    """Run the whole flow on a generated OMOP database in DIRECTORY (default ./cohortsync-demo).
+
+    Generates a DuckDB OMOP v5.3 database with several weekly loads, writes cohortsync.toml, adds
+    two overlapping cohorts, syncs, appends one more weekly load, syncs again, and prints what each
+    sync pulled. Synthetic data only.
+    """
+    from cohortsync import demo
+
+    reporter = Reporter(sys.stderr, live=sys.stderr.isatty() and not quiet)
+    demo.run(directory, persons=persons, seed=seed, progress=reporter, echo=click.echo)
+
+
+def main() -> None:
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

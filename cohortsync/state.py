@@ -1,0 +1,250 @@
+"""The state store: watermarks, committed files and the run log, in SQLite under ``state/``.
+
+SQLite gives real transactions from the standard library: a table's watermarks and its file list
+change in one transaction, after the files are durable, so the store never claims what the landing
+does not hold. The run lock is an ``flock`` on a separate file: the kernel releases it when the
+process dies, so a killed sync never leaves a stale lock behind. Nothing here stores row values.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cohortsync.errors import LockedError, StateError
+from cohortsync.landing import LandedFile
+
+DB_NAME = "cohortsync.sqlite3"
+LOCK_NAME = "cohortsync.lock"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cohort (
+    name TEXT PRIMARY KEY, members INTEGER NOT NULL, members_sha256 TEXT NOT NULL, registered_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watermark (
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, wm TEXT NOT NULL, rows INTEGER NOT NULL, files INTEGER NOT NULL,
+    run_id TEXT NOT NULL, PRIMARY KEY (cohort, tbl)
+);
+CREATE TABLE IF NOT EXISTS landed_file (
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL, lower TEXT, upper TEXT NOT NULL,
+    rows INTEGER NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, run_id TEXT NOT NULL,
+    PRIMARY KEY (cohort, tbl, name)
+);
+CREATE TABLE IF NOT EXISTS run (
+    run_id TEXT PRIMARY KEY, command TEXT NOT NULL, started TEXT NOT NULL, ended TEXT, status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_table (
+    run_id TEXT NOT NULL, cohort TEXT NOT NULL, tbl TEXT NOT NULL, lower TEXT, upper TEXT, rows INTEGER,
+    files INTEGER, status TEXT NOT NULL, error TEXT, seconds REAL, notes TEXT,
+    PRIMARY KEY (run_id, cohort, tbl)
+);
+"""
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="microseconds")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class TableOutcome:
+    """What one (cohort, table) got in a run; the unit the run log and the reports speak of."""
+
+    cohort: str
+    table: str
+    lower: datetime | None
+    upper: datetime | None
+    rows: int
+    files: list[LandedFile]
+    status: str  # "landed" | "up-to-date" | "failed" | "skipped"
+    error: str | None = None
+    seconds: float = 0.0
+    notes: dict[str, Any] | None = None
+
+
+class StateStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(folder / DB_NAME, isolation_level=None)  # explicit transactions only
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(f"state store {folder} was written by a newer cohortsync (schema {version})")
+            if version < SCHEMA_VERSION:
+                self.db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise StateError(f"state store {folder}: {e}") from None
+        except OSError as e:
+            raise StateError(f"state store {folder}: {e.strerror}") from None
+        self._lock_fd: int | None = None
+
+    def close(self) -> None:
+        self.db.close()
+        self.unlock()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StateError(f"state store {self.folder}: {e}") from None
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StateError(f"state store {self.folder}: commit failed: {e}") from None
+
+    # -- the lock ------------------------------------------------------------------------------
+    def lock(self, what: str) -> None:
+        """Take the run lock or fail at once: two writers would race on watermarks and files."""
+        try:
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StateError(f"cannot open lock file in {self.folder}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise LockedError(
+                f"another cohortsync run holds the lock ({holder or 'unknown'}); try again when it ends"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {what}, since {iso(now_utc())}".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- cohorts ---------------------------------------------------------------------------------
+    def record_cohort(self, name: str, members: int, sha256: str, registered_at: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO cohort VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET members=excluded.members, "
+                "members_sha256=excluded.members_sha256",
+                (name, members, sha256, registered_at),
+            )
+
+    # -- watermarks and files --------------------------------------------------------------------
+    def watermarks(self) -> dict[tuple[str, str], datetime]:
+        rows = self.db.execute("SELECT cohort, tbl, wm FROM watermark").fetchall()
+        return {(c, t): datetime.fromisoformat(w) for c, t, w in rows}
+
+    def committed_files(self, cohort: str, table: str) -> set[str]:
+        rows = self.db.execute("SELECT name FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table)).fetchall()
+        return {r[0] for r in rows}
+
+    def files(self, cohort: str, table: str) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT name, lower, upper, rows, bytes, sha256, run_id FROM landed_file WHERE cohort=? AND tbl=? "
+            "ORDER BY upper, name",
+            (cohort, table),
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def commit_table(self, run_id: str, outcomes: list[TableOutcome]) -> None:
+        """Advance the watermarks of one table scan and record its files: all cohorts or none."""
+        with self.transaction() as db:
+            for o in outcomes:
+                assert o.upper is not None
+                for f in o.files:
+                    db.execute(
+                        "INSERT OR REPLACE INTO landed_file VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (o.cohort, o.table, f.name, iso(o.lower), iso(o.upper), f.rows, f.bytes, f.sha256, run_id),
+                    )
+                db.execute(
+                    "INSERT INTO watermark VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(cohort, tbl) DO UPDATE SET "
+                    "wm=excluded.wm, rows=watermark.rows+excluded.rows, files=watermark.files+excluded.files, "
+                    "run_id=excluded.run_id",
+                    (o.cohort, o.table, iso(o.upper), o.rows, len(o.files), run_id),
+                )
+                self._log(db, run_id, o)
+
+    def log_outcome(self, run_id: str, o: TableOutcome) -> None:
+        with self.transaction() as db:
+            self._log(db, run_id, o)
+
+    @staticmethod
+    def _log(db: sqlite3.Connection, run_id: str, o: TableOutcome) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO run_table VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id, o.cohort, o.table, iso(o.lower), iso(o.upper), o.rows, len(o.files), o.status, o.error,
+                round(o.seconds, 3), json.dumps(o.notes, sort_keys=True) if o.notes else None,
+            ),
+        )
+
+    # -- runs ------------------------------------------------------------------------------------
+    def start_run(self, command: str) -> str:
+        run_id = now_utc().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        with self.transaction() as db:
+            db.execute("INSERT INTO run VALUES (?, ?, ?, NULL, 'running')", (run_id, command, iso(now_utc())))
+        return run_id
+
+    def end_run(self, run_id: str, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE run SET ended=?, status=? WHERE run_id=?", (iso(now_utc()), status, run_id))
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        """Per (cohort, table): watermark, rows landed, and the latest run's outcome and error."""
+        cur = self.db.execute(
+            """
+            WITH last AS (
+              SELECT rt.*, r.started, ROW_NUMBER() OVER (PARTITION BY rt.cohort, rt.tbl ORDER BY r.started DESC) AS k
+              FROM run_table rt JOIN run r USING (run_id)
+            )
+            SELECT COALESCE(w.cohort, l.cohort) AS cohort, COALESCE(w.tbl, l.tbl) AS tbl, w.wm AS watermark,
+                   COALESCE(w.rows, 0) AS rows_landed, COALESCE(w.files, 0) AS files, l.run_id AS last_run,
+                   l.started AS last_run_started, l.status AS last_status, l.error AS last_error
+            FROM watermark w FULL OUTER JOIN (SELECT * FROM last WHERE k = 1) l
+              ON l.cohort = w.cohort AND l.tbl = w.tbl
+            ORDER BY 1, 2
+            """
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM run ORDER BY started DESC LIMIT ?", (limit,))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def run_tables(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM run_table WHERE run_id=? ORDER BY cohort, tbl", (run_id,))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

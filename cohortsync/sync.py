@@ -1,0 +1,327 @@
+"""One sync run, start to commit: plan → source → land → state, table by table.
+
+The protocol, per table (docs/sync.md walks through a crash at every step):
+ 1. the table's upper bound, ``max(load_dt)``, was fixed for every table when the run started;
+ 2. cohorts whose watermark is already at the bound are up to date and not queried;
+ 3. leftovers of a crashed run in the due cohorts' folders are removed (``Landing.reconcile``);
+ 4. one query scans the table for all due cohorts; batches stream into one writer per cohort;
+ 5. the files are fsynced and renamed into place;
+ 6. one state transaction records the files and advances every due cohort's watermark to the bound.
+A table that fails stops at its own step; the tables before it stay committed, those after it run.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cohortsync import cohorts as cohort_files
+from cohortsync import omop, plan
+from cohortsync.config import Settings
+from cohortsync.errors import CohortError, CohortsyncError, SourceError, safe_message
+from cohortsync.landing import LandedFile, Landing, WindowWriter
+from cohortsync.sources import Source, open_source
+from cohortsync.sources.base import schema_of, upper_bound
+from cohortsync.state import StateStore, TableOutcome
+
+FAULT_ENV = "COHORTSYNC_FAULT_POINT"
+
+
+class Progress(Protocol):
+    def table_started(self, table: str, cohorts: list[str]) -> None: ...
+    def rows(self, table: str, rows: int) -> None: ...
+    def table_finished(self, table: str, outcomes: list[TableOutcome]) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class _Silent:
+    def table_started(self, table: str, cohorts: list[str]) -> None:
+        pass
+
+    def rows(self, table: str, rows: int) -> None:
+        pass
+
+    def table_finished(self, table: str, outcomes: list[TableOutcome]) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class SyncReport:
+    run_id: str
+    outcomes: list[TableOutcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[TableOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def rows(self) -> int:
+        return sum(o.rows for o in self.outcomes)
+
+
+def fault_point(name: str) -> None:
+    """Die here, as a power cut would, when a crash-safety test asks for it (never set in production)."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_sync(
+    settings: Settings,
+    cohort_names: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    source: Source | None = None,
+) -> SyncReport:
+    """Bring every requested cohort (default: all) up to date for every configured table."""
+    progress = progress or _Silent()
+    with StateStore(settings.state_path) as state:
+        state.lock("sync")
+        selected = _select_cohorts(settings, cohort_names)
+        own_source = source is None
+        src = source or open_source(settings)
+        run_id = state.start_run("sync " + " ".join(c.name for c in selected))
+        report = SyncReport(run_id)
+        try:
+            report.notes += restore_membership(src, selected)
+            for n in report.notes:
+                progress.note(n)
+            # Fix every table's upper bound before reading any rows: what loads during the run waits.
+            uppers = {t: upper_bound(src, t) for t in settings.sync.tables}
+            landing = Landing(settings.landing_path, settings.landing.compression)
+            for table in settings.sync.tables:
+                report.outcomes += _sync_table(settings, src, state, landing, run_id, table, uppers[table], selected, progress)
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        finally:
+            if own_source:
+                src.close()
+        state.end_run(run_id, "failed" if report.failed else "ok")
+        return report
+
+
+def _select_cohorts(settings: Settings, names: Sequence[str] | None) -> list[cohort_files.Cohort]:
+    known = {c.name: c for c in cohort_files.load_all(settings.cohorts_path)}
+    if not names:
+        if not known:
+            raise CohortError(f"no cohorts registered under {settings.cohorts_path} (use 'cohortsync add-cohort')")
+        return list(known.values())
+    out = []
+    for n in dict.fromkeys(names):
+        cohort_files.check_name(n)
+        if n not in known:
+            raise CohortError(f"unknown cohort {n!r} (registered: {', '.join(known) or 'none'})")
+        out.append(known[n])
+    return out
+
+
+def restore_membership(src: Source, selected: list[cohort_files.Cohort]) -> list[str]:
+    """Make the sandbox agree with ``cohorts/`` before extracting: a wiped or partial table would
+    otherwise make a sync silently pull nothing for some members."""
+    try:
+        counts = {str(c): int(str(n)) for c, n in src.rows(plan.member_counts(src.names))}
+    except SourceError:
+        counts = {}  # the table does not exist yet: every cohort is uploaded below
+    notes = []
+    for c in selected:
+        if counts.get(c.name) != c.members:
+            src.replace_members(c.name, pa.array(c.member_ids(), pa.int64()))
+            notes.append(f"sandbox membership of {c.name} re-uploaded from {cohort_files.MEMBERS} ({c.members} ids)")
+    return notes
+
+
+def _sync_table(
+    settings: Settings,
+    src: Source,
+    state: StateStore,
+    landing: Landing,
+    run_id: str,
+    table_name: str,
+    upper: datetime | None,
+    selected: list[cohort_files.Cohort],
+    progress: Progress,
+) -> list[TableOutcome]:
+    started = time.monotonic()
+    table = omop.table(table_name)
+    marks = state.watermarks()
+    done: list[TableOutcome] = []
+    due: list[plan.Slice] = []
+    for c in selected:
+        wm = marks.get((c.name, table_name))
+        if upper is None or (wm is not None and wm >= upper):
+            done.append(TableOutcome(c.name, table_name, wm, upper, 0, [], "up-to-date"))
+        else:
+            due.append(plan.Slice(c.name, wm))
+    if not due:
+        progress.table_finished(table_name, done)
+        return done
+    assert upper is not None
+    progress.table_started(table_name, [s.cohort for s in due])
+    writers: dict[str, WindowWriter] = {}
+    try:
+        for s in due:
+            removed = landing.reconcile(s.cohort, table_name, state.committed_files(s.cohort, table_name), s.lower)
+            if removed:
+                progress.note(f"{s.cohort}/{table_name}: removed {len(removed)} uncommitted file(s) of a crashed run")
+        columns = _source_columns(src, table)
+        query = plan.extraction(table, columns, due, upper, src.names)
+        writers = {
+            s.cohort: landing.writer(s.cohort, table_name, s.lower, upper, settings.sync.file_rows) for s in due
+        }
+        total = 0
+        with src.stream(query, settings.sync.batch_rows) as reader:
+            for batch in _prefetch(reader):
+                _fan_out(batch, writers)
+                total += batch.num_rows
+                progress.rows(table_name, total)
+        fault_point("before_finish")
+        landed: dict[str, list[LandedFile]] = {c: w.finish() for c, w in writers.items()}
+        fault_point("after_land")
+        elapsed = time.monotonic() - started
+        outcomes = [
+            TableOutcome(
+                s.cohort, table_name, s.lower, upper, writers[s.cohort].rows, landed[s.cohort], "landed",
+                seconds=elapsed, notes=_oddities(landing, s.cohort, table, landed[s.cohort]),
+            )
+            for s in due
+        ]
+        state.commit_table(run_id, outcomes)
+        fault_point("after_commit")
+    except CohortsyncError as e:
+        return done + _failed(state, run_id, due, upper, writers, str(e), started, progress, table_name)
+    except Exception as e:  # an engine or file error we did not anticipate: still only this table fails
+        msg = f"{type(e).__name__}: {safe_message(e)}"
+        return done + _failed(state, run_id, due, upper, writers, msg, started, progress, table_name)
+    progress.table_finished(table_name, done + outcomes)
+    return done + outcomes
+
+
+def _failed(
+    state: StateStore,
+    run_id: str,
+    due: list[plan.Slice],
+    upper: datetime,
+    writers: dict[str, WindowWriter],
+    message: str,
+    started: float,
+    progress: Progress,
+    table_name: str,
+) -> list[TableOutcome]:
+    for w in writers.values():
+        w.abort()
+    elapsed = time.monotonic() - started
+    out = [TableOutcome(s.cohort, table_name, s.lower, upper, 0, [], "failed", message, elapsed) for s in due]
+    for o in out:
+        state.log_outcome(run_id, o)
+    progress.table_finished(table_name, out)
+    return out
+
+
+def _source_columns(src: Source, table: omop.Table) -> list[str]:
+    """The columns to select: what the source really has, so nothing is silently left behind."""
+    names = schema_of(src, table.name).names
+    lowered = [n.lower() for n in names]
+    if omop.LOAD_DT not in lowered:
+        raise SourceError(f"{table.name} has no {omop.LOAD_DT} column")
+    link = "person_id" if table.via_parent is None else table.via_parent[1]
+    if link not in lowered:
+        raise SourceError(f"{table.name} has no {link} column to reach a person")
+    if plan.COHORT_COLUMN in lowered:
+        raise SourceError(f"{table.name} has a column named {plan.COHORT_COLUMN}, which cohortsync reserves")
+    return list(names)
+
+
+def _fan_out(batch: pa.RecordBatch, writers: dict[str, WindowWriter]) -> None:
+    """Split a batch of the shared scan into each cohort's writer (a person may be in several)."""
+    tag = batch.column(0)
+    rows = batch.drop_columns([plan.COHORT_COLUMN])
+    if len(writers) == 1:
+        (w,) = writers.values()
+        w.write(rows)
+        return
+    for cohort, w in writers.items():
+        mask = pc.equal(tag, pa.scalar(cohort, tag.type))
+        part = rows.filter(mask)
+        if part.num_rows:
+            w.write(part)
+
+
+_END = object()
+
+
+def _prefetch(reader: pa.RecordBatchReader, depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """Read the next batches on a thread while this one is written: the engine and the Parquet
+    encoder then work at the same time instead of taking turns. Memory stays at ``depth`` batches."""
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for b in iter(reader.read_next_batch, None):
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except StopIteration:
+            pass
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+            return
+        q.put(_END)
+
+    t = threading.Thread(target=pump, name="cohortsync-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.RecordBatch)
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+def _oddities(landing: Landing, cohort: str, table: omop.Table, files: list[LandedFile]) -> dict[str, int] | None:
+    """Count what real extracts hold and a reader should know: repeated or missing primary keys.
+
+    Nothing is dropped or deduplicated; the counts go to the run log and the sync summary. Read back
+    from the landed files (one column, in DuckDB) so memory does not grow with the window.
+    """
+    if not files or table.primary_key is None:
+        return None
+    d = landing.table_dir(cohort, table.name)
+    paths = [str(d / f.name) for f in files]
+    con = duckdb.connect()
+    try:
+        pk = table.primary_key.replace('"', '""')
+        row = con.execute(
+            f'SELECT count("{pk}") - count(DISTINCT "{pk}"), count(*) - count("{pk}") FROM read_parquet($paths)',
+            {"paths": paths},
+        ).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    notes = {"repeated_primary_key_rows": int(row[0]), "null_primary_key_rows": int(row[1])}
+    return {k: v for k, v in notes.items() if v} or None
