@@ -100,10 +100,18 @@ def run_sync(
             for n in report.notes:
                 progress.note(n)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
-            uppers = {t: upper_bound(src, t) for t in settings.sync.tables}
+            bounds = {t: _inspect(src, t) for t in settings.sync.tables}
             landing = Landing(settings.landing_path, settings.landing.compression)
             for table in settings.sync.tables:
-                report.outcomes += _sync_table(settings, src, state, landing, run_id, table, uppers[table], selected, progress)
+                found = bounds[table]
+                if isinstance(found, CohortsyncError):
+                    due = [plan.Slice(c.name, None) for c in selected]
+                    report.outcomes += _failed(state, run_id, due, None, {}, str(found), time.monotonic(), progress, table)
+                    continue
+                columns, upper = found
+                report.outcomes += _sync_table(
+                    settings, src, state, landing, run_id, table, columns, upper, selected, progress
+                )
         except BaseException:
             state.end_run(run_id, "crashed")
             raise
@@ -112,6 +120,14 @@ def run_sync(
                 src.close()
         state.end_run(run_id, "failed" if report.failed else "ok")
         return report
+
+
+def _inspect(src: Source, table: str) -> tuple[list[str], datetime | None] | CohortsyncError:
+    """A table's columns and upper bound, or the error that fails this table (and only this one)."""
+    try:
+        return _source_columns(src, omop.table(table)), upper_bound(src, table)
+    except CohortsyncError as e:
+        return e
 
 
 def _select_cohorts(settings: Settings, names: Sequence[str] | None) -> list[cohort_files.Cohort]:
@@ -151,6 +167,7 @@ def _sync_table(
     landing: Landing,
     run_id: str,
     table_name: str,
+    columns: list[str],
     upper: datetime | None,
     selected: list[cohort_files.Cohort],
     progress: Progress,
@@ -177,7 +194,6 @@ def _sync_table(
             removed = landing.reconcile(s.cohort, table_name, state.committed_files(s.cohort, table_name), s.lower)
             if removed:
                 progress.note(f"{s.cohort}/{table_name}: removed {len(removed)} uncommitted file(s) of a crashed run")
-        columns = _source_columns(src, table)
         query = plan.extraction(table, columns, due, upper, src.names)
         writers = {
             s.cohort: landing.writer(s.cohort, table_name, s.lower, upper, settings.sync.file_rows) for s in due
@@ -214,7 +230,7 @@ def _failed(
     state: StateStore,
     run_id: str,
     due: list[plan.Slice],
-    upper: datetime,
+    upper: datetime | None,
     writers: dict[str, WindowWriter],
     message: str,
     started: float,

@@ -1,0 +1,231 @@
+"""The watermark sync on real DuckDB and real Parquet: backfill, incremental, fan-out, crash, lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from cohortsync import omop
+from cohortsync.state import StateStore
+from conftest import Project, person_ids, snapshot
+
+TABLES = [t for t in omop.DEFAULT_TABLES if t != "note"]  # Eunomia has no notes
+
+
+LOCAL = duckdb.connect()  # the "plain duckdb read" of the landing a user would do
+
+
+def landed(project: Project, cohort: str, table: str) -> duckdb.DuckDBPyRelation:
+    glob = project.landing / cohort / table / "*.parquet"
+    return LOCAL.sql(f"SELECT * FROM read_parquet('{glob}')")
+
+
+def landed_count(project: Project, cohort: str, table: str) -> int:
+    if not list((project.landing / cohort / table).glob("*.parquet")):
+        return 0
+    return int(landed(project, cohort, table).aggregate("count(*)").fetchall()[0][0])
+
+
+def source_count(project: Project, table: str, ids: list[int], after: str | None = None) -> int:
+    """The oracle: a direct SQL count of the cohort's rows, written independently of cohortsync's SQL."""
+    con = project.con(read_only=True)
+    try:
+        con.execute("CREATE TEMP TABLE m AS SELECT unnest($ids::BIGINT[]) AS person_id", {"ids": ids})
+        cond = f" AND t.load_dt > TIMESTAMP '{after}'" if after else ""
+        row = con.execute(f"SELECT count(*) FROM omop.omop.{table} t WHERE t.person_id IN (SELECT person_id FROM m){cond}").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def two_cohorts(project: Project) -> tuple[list[int], list[int]]:
+    ids = person_ids(project)
+    a = ids[::3]
+    b = ids[::5]  # overlaps a on every 15th person
+    assert project.cli("add-cohort", "alpha", "--patients", str(project.write_ids("a.csv", a))).exit_code == 0
+    assert project.cli("add-cohort", "beta", "--patients", str(project.write_ids("b.txt", b, header=False))).exit_code == 0
+    return a, b
+
+
+def test_backfill_then_incremental(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    a, b = two_cohorts
+    r = project.cli("sync", "--quiet")
+    assert r.exit_code == 0, r.output
+    for t in TABLES:
+        assert landed_count(project, "alpha", t) == source_count(project, t, a), t
+        assert landed_count(project, "beta", t) == source_count(project, t, b), t
+    nonmembers = set(person_ids(project)) - set(a)
+    for t in TABLES:
+        got = {r[0] for r in landed(project, "alpha", t).select("person_id").fetchall()}
+        assert got <= set(a) and not (got & nonmembers)
+
+    before = {t: landed_count(project, "alpha", t) for t in TABLES}
+    with StateStore(project.root / "state") as st:
+        wm = st.watermarks()[("alpha", "drug_exposure")]
+    new_load = project.add_load()
+    r = project.cli("sync", "--quiet")
+    assert r.exit_code == 0, r.output
+    for t in TABLES:
+        new_rows = source_count(project, t, a, after=wm.isoformat(sep=" "))
+        assert landed_count(project, "alpha", t) - before[t] == new_rows, t
+    # The new rows carry the new load_dt and only members' ids.
+    got = landed(project, "alpha", "condition_occurrence").filter(f"load_dt = TIMESTAMP '{new_load}'").select("person_id")
+    ids = {r[0] for r in got.fetchall()}
+    assert ids and ids <= set(a)
+
+
+def test_a_cohort_added_later_backfills_while_the_first_pulls_nothing(project: Project) -> None:
+    ids = person_ids(project)
+    project.cli("add-cohort", "alpha", "--patients", str(project.write_ids("a.csv", ids[::2])))
+    assert project.cli("sync", "-q").exit_code == 0
+    alpha_before = snapshot(project.landing / "alpha")
+    project.cli("add-cohort", "gamma", "--patients", str(project.write_ids("g.csv", ids[1::4])))
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    assert snapshot(project.landing / "alpha") == alpha_before
+    for t in TABLES:
+        assert landed_count(project, "gamma", t) == source_count(project, t, ids[1::4])
+    assert "alpha: 0 rows" in r.output
+
+
+def test_a_rerun_without_new_loads_changes_nothing(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    assert project.cli("sync", "-q").exit_code == 0
+    before = snapshot(project.landing)
+    with StateStore(project.root / "state") as st:
+        marks = st.watermarks()
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0 and "0 rows landed" in r.output
+    assert snapshot(project.landing) == before
+    with StateStore(project.root / "state") as st:
+        assert st.watermarks() == marks
+
+
+def test_only_requested_cohorts_sync(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    r = project.cli("sync", "-q", "--cohort", "beta")
+    assert r.exit_code == 0, r.output
+    assert not (project.landing / "alpha").exists() and (project.landing / "beta").exists()
+    r = project.cli("sync", "--cohort", "nope")
+    assert r.exit_code == 2 and "unknown cohort 'nope'" in r.output
+
+
+def run_cli_process(project: Project, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cohortsync.cli", "--config", str(project.config), *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+    )
+
+
+def rows_by_file(project: Project) -> dict[str, list[tuple[object, ...]]]:
+    out = {}
+    for cohort in ("alpha", "beta"):
+        for t in TABLES:
+            out[f"{cohort}/{t}"] = sorted(landed(project, cohort, t).fetchall(), key=repr)
+    return out
+
+
+@pytest.mark.parametrize("point", ["before_finish", "after_land"])
+def test_killed_between_landing_and_commit_leaves_no_duplicates(
+    project: Project, two_cohorts: tuple[list[int], list[int]], point: str
+) -> None:
+    assert run_cli_process(project, "sync", "-q").returncode == 0
+    project.add_load()
+    dead = run_cli_process(project, "sync", "-q", env={"COHORTSYNC_FAULT_POINT": point})
+    assert dead.returncode == -9  # SIGKILL, as a power cut would
+    if point == "after_land":  # files of the first table are in place, its watermark is not
+        assert any(f.name.endswith(".parquet") for f in (project.landing / "alpha" / "person").iterdir())
+    ok = run_cli_process(project, "sync", "-q")
+    assert ok.returncode == 0, ok.stderr
+    for cohort, ids in (("alpha", two_cohorts[0]), ("beta", two_cohorts[1])):
+        for t in TABLES:
+            rel = landed(project, cohort, t)
+            pk = omop.table(t).primary_key
+            n, distinct = rel.aggregate(f"count(*), count(DISTINCT ({pk}, load_dt))").fetchall()[0]
+            assert n == source_count(project, t, ids), (cohort, t)
+            dupes_in_source = source_count(project, t, ids) - distinct
+            assert dupes_in_source >= 0
+    # Nothing temporary is left behind.
+    assert not [p for p in project.landing.rglob(".tmp-*")]
+
+
+def test_a_second_concurrent_sync_is_refused(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    with StateStore(project.root / "state") as st:
+        st.lock("sync")
+        r = project.cli("sync", "-q")
+    assert r.exit_code == 75
+    assert r.output.startswith("error: another cohortsync run holds the lock")
+    assert not project.landing.exists()
+
+
+def test_a_failing_table_does_not_stop_the_others(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    con = project.con()
+    con.execute("ALTER TABLE omop.omop.observation RENAME COLUMN load_dt TO loaded")
+    con.close()
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 1
+    assert "observation has no load_dt column" in r.output
+    assert "error: 2 cohort table(s) failed: alpha/observation, beta/observation" in r.output
+    assert landed_count(project, "alpha", "measurement") > 0
+    with StateStore(project.root / "state") as st:
+        marks = st.watermarks()
+    assert ("alpha", "measurement") in marks and ("alpha", "observation") not in marks
+    s = project.cli("status")
+    assert "observation" in s.output and "failed" in s.output
+
+
+def test_sandbox_membership_is_restored_from_cohorts(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    con = project.con()
+    con.execute("DELETE FROM omop.sandbox.cohortsync_members WHERE cohort = 'alpha'")
+    con.close()
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0
+    assert "sandbox membership of alpha re-uploaded" in r.output
+    assert landed_count(project, "alpha", "person") == source_count(project, "person", two_cohorts[0])
+
+
+def test_an_unrecorded_landing_file_stops_that_table(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    assert project.cli("sync", "-q").exit_code == 0
+    project.add_load()
+    stray = project.landing / "alpha" / "condition_occurrence" / "condition_occurrence__20200101T000000000000__20200108T000000000000__0000.parquet"
+    stray.write_bytes(b"not really parquet")
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 1
+    assert "is not recorded in the state store" in r.output
+    assert stray.exists()  # never deleted: it may be data
+
+
+def test_plan_prints_the_sql_and_windows(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    r = project.cli("plan")
+    assert r.exit_code == 0, r.output
+    assert "-- person: upper bound 2026-10-25 02:00:00" in r.output
+    assert "--   alpha: backfill" in r.output
+    assert 'FROM "omop"."omop"."person" AS src' in r.output
+    project.cli("sync", "-q", "--cohort", "alpha")
+    r = project.cli("plan", "--cohort", "alpha")
+    assert "up to date: alpha" in r.output and "-- nothing to pull" in r.output
+    project.add_load()
+    r = project.cli("plan")
+    assert "--   alpha: after 2026-10-25 02:00:00" in r.output and "--   beta: backfill" in r.output
+
+
+def test_status_json(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    project.cli("sync", "-q")
+    import json
+
+    s = json.loads(project.cli("status", "--json").output)
+    rows = {(t["cohort"], t["table"]): t for t in s["tables"]}
+    assert rows[("alpha", "person")]["rows_landed"] == landed_count(project, "alpha", "person")
+    assert rows[("alpha", "note")]["watermark"] is None
+    assert s["last_run"]["status"] == "ok"
+    assert {c["name"] for c in s["cohorts"]} == {"alpha", "beta"}
+
+
+def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
+    Path(project.db).rename(project.root / "moved.duckdb")
+    r = project.cli("sync")
+    assert r.exit_code == 1 and r.output.startswith("error: no DuckDB database at")
