@@ -7,6 +7,7 @@ only: this is the one place the tool may create its own source.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cohortsync.config import CONFIG_NAME, load_settings
 from cohortsync.errors import InputError
 from cohortsync.sync import Progress, SyncReport
 
+MARKER = ".cohortsync-demo"
 CONFIG_TEMPLATE = """\
 # Written by `cohortsync demo`: a local, synthetic OMOP database. Paths are relative to this file.
 [source]
@@ -45,8 +47,11 @@ def run(
 ) -> tuple[SyncReport, SyncReport]:
     """Generate, register two overlapping cohorts, sync, add a weekly load, sync again."""
     if directory.exists() and any(directory.iterdir()):
-        raise InputError(f"demo directory {directory} is not empty; remove it or name another one")
+        if not (directory / MARKER).exists():
+            raise InputError(f"demo directory {directory} is not empty and not a cohortsync demo; name another one")
+        shutil.rmtree(directory)  # a previous demo's output: generated, safe to replace
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("created by cohortsync demo; the whole folder is replaced by the next demo\n")
     db = directory / "omop.duckdb"
     echo(f"generating a synthetic OMOP v5.3 database with {persons:,} persons (seed {seed}) -> {db}")
     counts = synth.generate(db, persons=persons, seed=seed)
