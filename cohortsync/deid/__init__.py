@@ -1,0 +1,1 @@
+"""De-identification. Free text: :mod:`cohortsync.deid.text` (``TextScrubber``)."""

