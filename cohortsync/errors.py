@@ -78,3 +78,15 @@ def safe_message(e: BaseException, limit: int = 300) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     text = _QUOTED.sub("'…'", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class PolicyError(CohortsyncError):
+    """The de-identification policy does not cover what the source holds, or is malformed."""
+
+    exit_code = 2
+
+
+class DeidError(CohortsyncError):
+    """De-identification cannot run (no key, wrong key, text analyzer unavailable)."""
+
+    exit_code = 2

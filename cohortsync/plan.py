@@ -219,6 +219,10 @@ def create_schema(catalog: str | None, schema: str) -> exp.Expression:
     return exp.Create(this=target, kind="SCHEMA", exists=True)
 
 
+def select_columns(table: str, columns: list[str], names: Names) -> exp.Select:
+    return exp.select(*[column(c, "t") for c in columns]).from_(names.omop(table).as_("t"))
+
+
 def select_nothing(table: str, names: Names) -> exp.Select:
     """``SELECT * ... LIMIT 0``: the source's actual columns and types, at no scan cost."""
     return exp.select("*").from_(names.omop(table)).limit(0)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cohortsync.errors import LockedError, StateError
+from cohortsync.errors import DeidError, LockedError, StateError
 from cohortsync.landing import LandedFile
 
 DB_NAME = "cohortsync.sqlite3"
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS landed_file (
     rows INTEGER NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, run_id TEXT NOT NULL,
     PRIMARY KEY (cohort, tbl, name)
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS run (
     run_id TEXT PRIMARY KEY, command TEXT NOT NULL, started TEXT NOT NULL, ended TEXT, status TEXT NOT NULL
 );
@@ -149,6 +150,23 @@ class StateStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    # -- the de-identification key ----------------------------------------------------------------
+    def check_key_fingerprint(self, fingerprint: str) -> None:
+        """Refuse a different key than the landing was written with: pseudonyms would not join."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'deid_key_fingerprint'").fetchone()
+        if row is None:
+            with self.transaction() as db:
+                db.execute("INSERT INTO meta VALUES ('deid_key_fingerprint', ?)", (fingerprint,))
+        elif row[0] != fingerprint:
+            raise DeidError(
+                "COHORTSYNC_DEID_KEY is not the key this landing was written with "
+                f"(fingerprint {row[0]}, now {fingerprint}); rotating the key is a deliberate act: see docs/operations.md"
+            )
+
+    def forget_key(self) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key = 'deid_key_fingerprint'")
 
     # -- cohorts ---------------------------------------------------------------------------------
     def record_cohort(self, name: str, members: int, sha256: str, registered_at: str) -> None:

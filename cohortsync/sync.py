@@ -29,7 +29,10 @@ import pyarrow.compute as pc
 from cohortsync import cohorts as cohort_files
 from cohortsync import omop, plan
 from cohortsync.config import Settings
-from cohortsync.errors import CohortError, CohortsyncError, SourceError, safe_message
+from cohortsync.deid.pipeline import Deidentifier, TablePlan
+from cohortsync.deid.policy import load_policy
+from cohortsync.deid.structured import Keys
+from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of, upper_bound
@@ -88,19 +91,26 @@ def run_sync(
 ) -> SyncReport:
     """Bring every requested cohort (default: all) up to date for every configured table."""
     progress = progress or _Silent()
+    keys = deid_keys(settings)
+    policy = load_policy(settings.policy_path)
     with StateStore(settings.state_path) as state:
         state.lock("sync")
+        state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
         own_source = source is None
         src = source or open_source(settings)
         run_id = state.start_run("sync " + " ".join(c.name for c in selected))
         report = SyncReport(run_id)
+        d = settings.deid
+        deid = Deidentifier(policy, keys, None, d.shift_min_days, d.shift_max_days, d.max_age)
         try:
             report.notes += restore_membership(src, selected)
             for n in report.notes:
                 progress.note(n)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
-            bounds = {t: _inspect(src, t) for t in settings.sync.tables}
+            bounds = {t: _inspect(src, deid, t) for t in settings.sync.tables}
+            if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
+                deid.scrubber = start_text_scrubber(settings, src, keys)
             landing = Landing(settings.landing_path, settings.landing.compression)
             for table in settings.sync.tables:
                 found = bounds[table]
@@ -108,24 +118,72 @@ def run_sync(
                     due = [plan.Slice(c.name, None) for c in selected]
                     report.outcomes += _failed(state, run_id, due, None, {}, str(found), time.monotonic(), progress, table)
                     continue
-                columns, upper = found
+                table_plan, upper = found
                 report.outcomes += _sync_table(
-                    settings, src, state, landing, run_id, table, columns, upper, selected, progress
+                    settings, src, state, landing, deid, run_id, table, table_plan, upper, selected, progress
                 )
         except BaseException:
             state.end_run(run_id, "crashed")
             raise
         finally:
+            _close(deid.scrubber)
             if own_source:
                 src.close()
         state.end_run(run_id, "failed" if report.failed else "ok")
         return report
 
 
-def _inspect(src: Source, table: str) -> tuple[list[str], datetime | None] | CohortsyncError:
-    """A table's columns and upper bound, or the error that fails this table (and only this one)."""
+def deid_keys(settings: Settings) -> Keys:
+    """The de-identification key, from the environment only; sync refuses to run without it."""
+    if settings.deid_key is None:
+        raise DeidError(
+            "COHORTSYNC_DEID_KEY is not set: cohortsync will not land data without its de-identification key "
+            "(see docs/deidentification.md; 'cohortsync demo' makes a local demo key)"
+        )
+    return Keys.from_secret(settings.deid_key.get_secret_value())
+
+
+def start_text_scrubber(settings: Settings, src: Source, keys: Keys) -> object:
+    """Start the free-text workers once per run, with the collaborator's known PHI as deny-lists."""
+    from cohortsync.deid.text import TextScrubber, TextSettings
+
+    d = settings.deid
+    text_settings = TextSettings(model=d.text_model, workers=d.text_workers, batch_size=d.text_batch_size)
+    return TextScrubber(text_settings, key=keys.text, deny_list=known_phi(src))
+
+
+def known_phi(src: Source) -> list[str]:
+    """Addresses, facility and clinician names from location, care_site and provider (read once a run)."""
+    out: set[str] = set()
+    for table, columns in (
+        ("location", ("address_1", "address_2", "city", "zip", "county", "location_source_value")),
+        ("care_site", ("care_site_name", "care_site_source_value")),
+        ("provider", ("provider_name", "npi", "dea", "provider_source_value")),
+    ):
+        try:
+            present = [c for c in schema_of(src, table).names if c.lower() in columns]
+            if not present:
+                continue
+            with src.stream(plan.select_columns(table, present, src.names), 65_536) as reader:
+                for batch in iter(reader.read_next_batch, None):
+                    for col in batch.columns:
+                        out.update(v for v in col.to_pylist() if isinstance(v, str) and len(v.strip()) >= 3)
+        except (SourceError, StopIteration):
+            continue  # a collaborator without the table (or column) gives no deny-list from it
+    return sorted(out)
+
+
+def _close(scrubber: object) -> None:
+    close = getattr(scrubber, "close", None)
+    if callable(close):
+        close()
+
+
+def _inspect(src: Source, deid: Deidentifier, table: str) -> tuple[TablePlan, datetime | None] | CohortsyncError:
+    """A table's policy-checked columns and its upper bound, or the error that fails this table only."""
     try:
-        return _source_columns(src, omop.table(table)), upper_bound(src, table)
+        t = omop.table(table)
+        return deid.prepare(t, _source_columns(src, t)), upper_bound(src, table)
     except CohortsyncError as e:
         return e
 
@@ -165,9 +223,10 @@ def _sync_table(
     src: Source,
     state: StateStore,
     landing: Landing,
+    deid: Deidentifier,
     run_id: str,
     table_name: str,
-    columns: list[str],
+    table_plan: TablePlan,
     upper: datetime | None,
     selected: list[cohort_files.Cohort],
     progress: Progress,
@@ -194,15 +253,15 @@ def _sync_table(
             removed = landing.reconcile(s.cohort, table_name, state.committed_files(s.cohort, table_name), s.lower)
             if removed:
                 progress.note(f"{s.cohort}/{table_name}: removed {len(removed)} uncommitted file(s) of a crashed run")
-        query = plan.extraction(table, columns, due, upper, src.names)
+        query = plan.extraction(table, table_plan.select, due, upper, src.names)
         writers = {
             s.cohort: landing.writer(s.cohort, table_name, s.lower, upper, settings.sync.file_rows) for s in due
         }
         total = 0
         with src.stream(query, settings.sync.batch_rows) as reader:
-            for batch in _prefetch(reader):
-                _fan_out(batch, writers)
-                total += batch.num_rows
+            for raw in _prefetch(reader):
+                _fan_out(deid.apply(table, raw, upper.year), writers)
+                total += raw.num_rows
                 progress.rows(table_name, total)
         fault_point("before_finish")
         landed: dict[str, list[LandedFile]] = {c: w.finish() for c, w in writers.items()}
@@ -211,7 +270,7 @@ def _sync_table(
         outcomes = [
             TableOutcome(
                 s.cohort, table_name, s.lower, upper, writers[s.cohort].rows, landed[s.cohort], "landed",
-                seconds=elapsed, notes=_oddities(landing, s.cohort, table, landed[s.cohort]),
+                seconds=elapsed, notes=_notes(landing, s.cohort, table, landed[s.cohort], table_plan),
             )
             for s in due
         ]
@@ -317,6 +376,15 @@ def _prefetch(reader: pa.RecordBatchReader, depth: int = 2) -> Iterator[pa.Recor
     finally:
         stop.set()
         t.join(timeout=5)
+
+
+def _notes(
+    landing: Landing, cohort: str, table: omop.Table, files: list[LandedFile], table_plan: TablePlan
+) -> dict[str, int | str] | None:
+    notes: dict[str, int | str] = dict(_oddities(landing, cohort, table, files) or {})
+    if table_plan.absent:
+        notes["policy_columns_absent_in_source"] = ",".join(table_plan.absent)
+    return notes or None
 
 
 def _oddities(landing: Landing, cohort: str, table: omop.Table, files: list[LandedFile]) -> dict[str, int] | None:

@@ -63,10 +63,26 @@ def eunomia_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+TEST_KEY = "test-key-0123456789abcdef0123456789abcdef"  # tests only; real keys come from a vault
+
+
+def keep_everything_policy() -> str:
+    """A policy override that keeps every column: for tests of the sync mechanics, which compare
+    landed rows with source rows. (Landing identified data needs exactly this explicit act.)"""
+    lines = []
+    for t in omop.registry().values():
+        lines.append(f"[{t.name}]")
+        lines += [f'"{c}" = "keep"' for c in t.column_names]
+    return "\n".join(lines) + "\n"
+
+
 CONFIG = """\
 [source]
 kind = "duckdb"
 database = "omop.duckdb"
+
+[deid]
+policy = "keep_everything.toml"
 
 [landing]
 path = "landing"
@@ -101,8 +117,11 @@ class Project:
     def settings(self) -> Settings:
         return load_settings(self.config)
 
-    def cli(self, *args: str) -> Result:
-        return self.runner.invoke(cli, ["--config", str(self.config), *args], obj={}, catch_exceptions=False)
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        return self.runner.invoke(
+            cli, ["--config", str(self.config), *args], obj={}, catch_exceptions=False,
+            env={"COHORTSYNC_DEID_KEY": TEST_KEY, **(env or {})},
+        )
 
     def con(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         return duckdb.connect(str(self.db), read_only=read_only)
@@ -140,6 +159,7 @@ class Project:
 def project(tmp_path: Path, eunomia_db: Path) -> Project:
     shutil.copy(eunomia_db, tmp_path / "omop.duckdb")
     (tmp_path / "cohortsync.toml").write_text(CONFIG, encoding="utf-8")
+    (tmp_path / "keep_everything.toml").write_text(keep_everything_policy(), encoding="utf-8")
     return Project(tmp_path, CliRunner())
 
 

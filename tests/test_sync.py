@@ -12,7 +12,7 @@ import pytest
 
 from cohortsync import omop
 from cohortsync.state import StateStore
-from conftest import Project, person_ids, snapshot
+from conftest import TEST_KEY, Project, person_ids, snapshot
 
 TABLES = [t for t in omop.DEFAULT_TABLES if t != "note"]  # Eunomia has no notes
 
@@ -117,7 +117,7 @@ def test_only_requested_cohorts_sync(project: Project, two_cohorts: tuple[list[i
 def run_cli_process(project: Project, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cohortsync.cli", "--config", str(project.config), *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+        capture_output=True, text=True, env={**os.environ, "COHORTSYNC_DEID_KEY": TEST_KEY, **(env or {})}, timeout=300,
     )
 
 

@@ -1,0 +1,96 @@
+"""Applying the policy to a stream: the step between the source and the landing.
+
+Every batch of every table passes through :meth:`Deidentifier.apply` before it is fanned out to the
+cohorts' writers; nothing reaches a Parquet writer any other way. Keyed work happens here, in
+cohortsync's own process, never in SQL sent to the source (its query history would keep the key).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+from cohortsync import omop, plan
+from cohortsync.deid import structured
+from cohortsync.deid.policy import Action, Policy
+from cohortsync.errors import DeidError
+
+PERSON_COLUMN = "__person_id"  # the parent's person_id, selected for tables linked through a parent
+
+
+class TextScrubber(Protocol):
+    def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, object]: ...
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """What the policy makes of one source table: the columns to select and what it reported."""
+
+    table: str
+    select: list[str]
+    absent: list[str]  # policy columns the source does not have (reported, not an error)
+    text_columns: list[str]
+
+
+@dataclass
+class Deidentifier:
+    policy: Policy
+    keys: structured.Keys
+    scrubber: TextScrubber | None = None
+    shift_min_days: int = 1
+    shift_max_days: int = 182
+    max_age: int = 89
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def prepare(self, table: omop.Table, source_columns: list[str]) -> TablePlan:
+        """Fail closed on schema drift; decide what to select (dropped columns never leave the source)."""
+        select, absent = self.policy.check_columns(table.name, source_columns)
+        rules = self.policy.rules(table.name)
+        text = [c for c in select if rules[c.lower()].action is Action.SCRUB_TEXT]
+        return TablePlan(table.name, select, absent, text)
+
+    def apply(self, table: omop.Table, batch: pa.RecordBatch, reference_year: int) -> pa.RecordBatch:
+        rules = self.policy.rules(table.name)
+        names = batch.schema.names
+        person_col = PERSON_COLUMN if PERSON_COLUMN in names else "person_id"
+        days: pa.Array | None = None
+        out_cols: list[pa.Array] = []
+        out_names: list[str] = []
+        for name, col in zip(names, batch.columns, strict=True):
+            if name == PERSON_COLUMN:
+                continue
+            if name == plan.COHORT_COLUMN:
+                out_cols.append(col)
+                out_names.append(name)
+                continue
+            rule = rules[name.lower()]  # prepare() guaranteed a rule for every selected column
+            if rule.action is Action.KEEP:
+                new = col
+            elif rule.action is Action.PSEUDONYMIZE:
+                assert rule.domain is not None
+                new = structured.pseudonymize(self.keys, rule.domain, col)
+            elif rule.action is Action.GENERALIZE:
+                new = structured.top_code_year_of_birth(col, reference_year, self.max_age)
+            elif rule.action in (Action.SHIFT_DATE, Action.SCRUB_TEXT):
+                if days is None:
+                    days = self._days(batch, person_col)
+                if rule.action is Action.SHIFT_DATE:
+                    new = structured.shift_dates(col, days)
+                else:
+                    if self.scrubber is None:
+                        raise DeidError(f"{table.name}.{name} needs text scrubbing but no text scrubber is running")
+                    new, _stats = self.scrubber.scrub(col, days)
+            else:  # DROP: never selected, so never here
+                raise DeidError(f"{table.name}.{name} is dropped by the policy but was selected")
+            out_cols.append(new)
+            out_names.append(name)
+            self.counts[rule.action.value] += batch.num_rows
+        return pa.RecordBatch.from_arrays(out_cols, names=out_names)
+
+    def _days(self, batch: pa.RecordBatch, person_col: str) -> pa.Array:
+        if person_col not in batch.schema.names:
+            raise DeidError("date shifting needs the row's person_id, which the query did not select")
+        return structured.shift_days(self.keys, batch.column(person_col), self.shift_max_days, self.shift_min_days)
