@@ -16,7 +16,8 @@ import pyarrow as pa
 from cohortsync import cohorts as cohort_files
 from cohortsync import omop, plan
 from cohortsync.config import Settings
-from cohortsync.errors import CohortError
+from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
+from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of, upper_bound
 from cohortsync.state import StateStore
@@ -151,3 +152,57 @@ def status(settings: Settings) -> dict[str, Any]:
         "tables": tables,
         "last_run": runs[0] if runs else None,
     }
+
+
+def policy_rows(settings: Settings, tables: Sequence[str] | None = None) -> list[tuple[str, str, str, str | None]]:
+    """The effective policy as (table, column, action, domain) rows, shipped default plus override."""
+    policy = load_policy(settings.policy_path)
+    names = list(tables) if tables else list(omop.registry())
+    out = []
+    for t in names:
+        omop.table(t)
+        for col, rule in policy.rules(t).items():
+            out.append((t, col, rule.action.value, rule.domain))
+    return out
+
+
+@dataclass(frozen=True)
+class PolicyFinding:
+    level: str  # "error" | "warning" | "info"
+    table: str
+    message: str
+
+
+def policy_check(settings: Settings, live: bool = True, source: Source | None = None) -> list[PolicyFinding]:
+    """Lint the policy against the registry and, with ``live``, against the source's actual columns."""
+    policy = load_policy(settings.policy_path)
+    findings: list[PolicyFinding] = []
+    for t in settings.sync.tables:
+        table = omop.table(t)
+        rules = policy.rules(t)
+        for c in (*table.column_names, omop.LOAD_DT):
+            if c not in rules:
+                findings.append(PolicyFinding("error", t, f"column {c} (OMOP v5.3) has no rule"))
+        for c, rule in rules.items():
+            if rule.action is Action.KEEP and (c == "person_id" or c == table.primary_key or c in FREE_TEXT):
+                findings.append(PolicyFinding("warning", t, f"{c} is kept as is: identified data will land"))
+    if live:
+        src = source or open_source(settings)
+        try:
+            for t in settings.sync.tables:
+                try:
+                    cols = list(schema_of(src, t).names)
+                except CohortsyncError as e:
+                    findings.append(PolicyFinding("error", t, f"cannot read the source table: {e}"))
+                    continue
+                try:
+                    _, absent = policy.check_columns(t, cols)
+                except PolicyError as e:
+                    findings.append(PolicyFinding("error", t, str(e)))
+                    continue
+                if absent:
+                    findings.append(PolicyFinding("info", t, f"policy columns not in the source: {', '.join(absent)}"))
+        finally:
+            if source is None:
+                src.close()
+    return findings

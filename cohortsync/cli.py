@@ -223,6 +223,36 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"last run {r['run_id']}: {r['status']} (started {r['started']}, ended {r['ended'] or '-'})")
 
 
+@cli.group("policy")
+def policy_group() -> None:
+    """Show or check the de-identification policy (shipped default plus [deid] policy override)."""
+
+
+@policy_group.command("show")
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
+@click.pass_context
+@handle_errors
+def policy_show_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
+    """Print the effective policy: one line per table and column with its action."""
+    for t, col, action, domain in api.policy_rows(_settings(ctx), list(tables) or None):
+        click.echo(f"{t:<22} {col:<32} {action}{f' ({domain})' if domain else ''}")
+
+
+@policy_group.command("check")
+@click.option("--offline", is_flag=True, help="Check against the OMOP registry only, not the live source.")
+@click.pass_context
+@handle_errors
+def policy_check_cmd(ctx: click.Context, offline: bool) -> None:
+    """Lint the policy against the registry and the source's actual columns; exit 1 on any error."""
+    findings = api.policy_check(_settings(ctx), live=not offline)
+    for f in findings:
+        click.echo(f"{f.level}: {f.table}: {f.message}")
+    errors = sum(f.level == "error" for f in findings)
+    click.echo(f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s)")
+    if errors:
+        sys.exit(1)
+
+
 @cli.command("demo")
 @click.argument("directory", required=False, default="cohortsync-demo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--persons", default=2000, show_default=True, type=click.IntRange(100, 10_000_000), help="Synthetic persons.")
