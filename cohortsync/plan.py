@@ -67,7 +67,7 @@ def _template_dir() -> Path:
 def template(name: str) -> exp.Expression:
     text = (_template_dir() / f"{name}.sql").read_text(encoding="utf-8")
     parsed = sqlglot.parse_one(text, dialect=CANONICAL_DIALECT)
-    assert parsed is not None
+    assert isinstance(parsed, exp.Expression)
     for node in parsed.walk():
         node.comments = None  # the templates' comments are for readers of sql_templates/, not the engine
     return parsed

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from cohortsync import cohorts as cohort_files
 from cohortsync import omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.pipeline import Deidentifier, TablePlan
+from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber
 from cohortsync.deid.policy import load_policy
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
@@ -143,7 +143,7 @@ def deid_keys(settings: Settings) -> Keys:
     return Keys.from_secret(settings.deid_key.get_secret_value())
 
 
-def start_text_scrubber(settings: Settings, src: Source, keys: Keys) -> object:
+def start_text_scrubber(settings: Settings, src: Source, keys: Keys) -> TextScrubber:
     """Start the free-text workers once per run, with the collaborator's known PHI as deny-lists."""
     from cohortsync.deid.text import TextScrubber, TextSettings
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import Project, person_ids, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cohortsync.cohorts import NAME_RE, check_name, read_patients
 from cohortsync.errors import InputError
-from conftest import Project, person_ids, snapshot
 
 
 @given(ids=st.lists(st.integers(min_value=1, max_value=2**63 - 1), min_size=1, max_size=50), header=st.booleans())
@@ -79,7 +79,7 @@ def test_bad_cohort_name_is_refused(project: Project, name: str) -> None:
 
 
 def test_missing_ids_are_refused_unless_allowed(project: Project) -> None:
-    ids = person_ids(project)[:10] + [10**12, 10**12 + 1]
+    ids = [*person_ids(project)[:10], 10**12, 10**12 + 1]
     f = project.write_ids("m.csv", ids)
     r = project.cli("add-cohort", "m", "--patients", str(f))
     assert r.exit_code == 2

@@ -55,7 +55,7 @@ def test_bad_config_is_a_one_line_error(tmp_path: Path, text: str, needle: str) 
 
 def test_unknown_environment_override_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COHORTSYNC_SOURCE__DATABSE", "x")
-    with pytest.raises(ConfigError, match="source.databse"):
+    with pytest.raises(ConfigError, match=r"source\.databse"):
         load_settings(write(tmp_path, ""))
     monkeypatch.delenv("COHORTSYNC_SOURCE__DATABSE")
     monkeypatch.setenv("COHORTSYNC_LANDNG__PATH", "x")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import TEST_KEY, Project, person_ids, snapshot
 
 from cohortsync import omop
 from cohortsync.state import StateStore
-from conftest import TEST_KEY, Project, person_ids, snapshot
 
 TABLES = [t for t in omop.DEFAULT_TABLES if t != "note"]  # Eunomia has no notes
 
@@ -37,7 +37,8 @@ def source_count(project: Project, table: str, ids: list[int], after: str | None
     try:
         con.execute("CREATE TEMP TABLE m AS SELECT unnest($ids::BIGINT[]) AS person_id", {"ids": ids})
         cond = f" AND t.load_dt > TIMESTAMP '{after}'" if after else ""
-        row = con.execute(f"SELECT count(*) FROM omop.omop.{table} t WHERE t.person_id IN (SELECT person_id FROM m){cond}").fetchone()
+        q = f"SELECT count(*) FROM omop.omop.{table} t WHERE t.person_id IN (SELECT person_id FROM m){cond}"
+        row = con.execute(q).fetchone()
         return int(row[0]) if row else 0
     finally:
         con.close()
@@ -191,7 +192,8 @@ def test_sandbox_membership_is_restored_from_cohorts(project: Project, two_cohor
 def test_an_unrecorded_landing_file_stops_that_table(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
     assert project.cli("sync", "-q").exit_code == 0
     project.add_load()
-    stray = project.landing / "alpha" / "condition_occurrence" / "condition_occurrence__20200101T000000000000__20200108T000000000000__0000.parquet"
+    name = "condition_occurrence__20200101T000000000000__20200108T000000000000__0000.parquet"
+    stray = project.landing / "alpha" / "condition_occurrence" / name
     stray.write_bytes(b"not really parquet")
     r = project.cli("sync", "-q")
     assert r.exit_code == 1

@@ -55,10 +55,10 @@ class Keys:
 
 
 def _domain_tag(domain: str) -> np.uint64:
-    return np.frombuffer(hashlib.sha256(domain.encode()).digest()[:8], dtype="<u8")[0]
+    return np.uint64(int.from_bytes(hashlib.sha256(domain.encode()).digest()[:8], "little"))
 
 
-def prf64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+def prf64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:
     """AES-256 of (domain, value) blocks for a whole int64 column; returns uint64s."""
     n = len(values)
     if n == 0:
@@ -71,7 +71,7 @@ def prf64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:  # type: i
     return np.frombuffer(out, dtype="<u8").reshape(n, 2)[:, 0].copy()
 
 
-def _ints(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:  # type: ignore[type-arg]
+def _ints(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
     a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if not pa.types.is_integer(a.type):
         raise DeidError(f"cannot pseudonymize a column of type {a.type}")
