@@ -7,6 +7,8 @@ only: this is the one place the tool may create its own source.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,8 @@ from cohortsync.errors import InputError
 from cohortsync.sync import Progress, SyncReport
 
 MARKER = ".cohortsync-demo"
+KEY_ENV = "COHORTSYNC_DEID_KEY"
+KEY_FILE = "demo-deid-key.txt"
 CONFIG_TEMPLATE = """\
 # Written by `cohortsync demo`: a local, synthetic OMOP database. Paths are relative to this file.
 [source]
@@ -57,6 +61,13 @@ def run(
     counts = synth.generate(db, persons=persons, seed=seed)
     echo("  " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n))
     (directory / CONFIG_NAME).write_text(CONFIG_TEMPLATE, encoding="utf-8")
+    if not os.environ.get(KEY_ENV):
+        key_file = directory / KEY_FILE
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_urlsafe(48) + "\n", encoding="ascii")
+        os.environ[KEY_ENV] = key_file.read_text(encoding="ascii").strip()
+        echo(f"created a local demo de-identification key in {key_file} (demo only: real keys come from the environment)")
+        echo(f"  to run cohortsync yourself on this demo: export {KEY_ENV}=$(cat {key_file})")
     settings = load_settings(directory / CONFIG_NAME)
 
     ids = _person_ids(db)
