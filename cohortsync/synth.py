@@ -431,7 +431,9 @@ class _Ctx:
         return f'"{self.catalog}"."{TRUTH_SCHEMA}"."{table}"'
 
     def h(self, key: str, salt: int) -> str:
-        return f"hash({self.seed}::BIGINT, ({key})::BIGINT, {salt}::BIGINT)"
+        # DuckDB combines the hashes of several arguments by XOR, so hash(s, k, 1) and hash(s, k, 2) are
+        # strongly correlated; hashing the result again mixes them into independent values.
+        return f"hash(hash({self.seed}::BIGINT, ({key})::BIGINT, {salt}::BIGINT))"
 
     def u(self, key: str, salt: int) -> str:
         """A uniform double in [0, 1)."""
@@ -581,7 +583,9 @@ def _connect(path: Path, threads: int | None, memory_limit: str) -> duckdb.DuckD
     }
     if threads:
         config["threads"] = threads
-    return duckdb.connect(str(path), config=config)
+    con = duckdb.connect(str(path), config=config)
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def _catalog(con: duckdb.DuckDBPyConnection) -> str:
@@ -812,7 +816,9 @@ def _events(con: duckdb.DuckDBPyConnection, c: _Ctx, load_ts: datetime, *, force
         SELECT visit_occurrence_id, person_id, pcp, vt, provider_id,
                1 + (provider_id - 1) % {c.care_sites} AS care_site_id,
                start_dt, least(raw_end, (hi + 1)::TIMESTAMP - INTERVAL 1 MINUTE) AS end_dt,
-               {'visit_occurrence_id = ' + str(off + 1) if force_note else 'false'} AS force_note
+               {"visit_occurrence_id = " + str(off + 1) if force_note else "false"}
+               OR (person_id <= {len(FIXED_NAMES)} AND visit_occurrence_id = max(visit_occurrence_id)
+                   OVER (PARTITION BY person_id)) AS force_note
         FROM b"""
     )
     visits = _structs(VISITS, ("id", "src"))
@@ -1056,6 +1062,16 @@ def _compile_template(c: _Ctx, template: str) -> str:
     return "[" + ", ".join(segs) + "]"
 
 
+def _distinct(c: _Ctx, items: str, size: int, key: str, salt: int) -> tuple[str, str, str]:
+    """Three different elements of a list literal, so a note does not list the same drug twice."""
+    i, a, b = c.n(key, salt, size), c.n(key, salt + 50, size - 1), c.n(key, salt + 51, size - 2)
+    return (
+        f"({items}[1 + {i}])",
+        f"({items}[1 + ({i} + 1 + {a}) % {size}])",
+        f"({items}[1 + ({i} + 1 + ({a} + 1 + {b}) % {size - 1}) % {size}])",
+    )
+
+
 def _notes(con: duckdb.DuckDBPyConnection, c: _Ctx, ts: str) -> None:
     """Notes for a share of the visits in ``_v``, with their PHI ground truth."""
     v = "visit_occurrence_id"
@@ -1075,6 +1091,8 @@ def _notes(con: duckdb.DuckDBPyConnection, c: _Ctx, ts: str) -> None:
     ssn = _ssn(c, "p.person_id")
     fad = _address(c, "-care_site_id")
     n = "note_id"
+    dx = _distinct(c, _structs(CONDITIONS, ("id", "code", "name")), len(CONDITIONS), n, 185)
+    meds = _distinct(c, _lit(list(MEDS_TEXT)), len(MEDS_TEXT), n, 187)
     cases = " ".join(f"WHEN {i} THEN {_compile_template(c, t)}" for i, t in enumerate(TEMPLATES))
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _nv AS
@@ -1109,10 +1127,8 @@ def _notes(con: duckdb.DuckDBPyConnection, c: _Ctx, ts: str) -> None:
                round(0.6 + {c.u(n, 179)} * 1.8, 2) AS cr, 70 + {c.n(n, 180, 190)} AS glu,
                round(5.2 + {c.u(n, 181)} * 5.7, 1) AS a1c, 132 + {c.n(n, 182, 14)} AS na,
                round(3.3 + {c.u(n, 183)} * 2.0, 1) AS k, 60 + {c.n(n, 184, 120)} AS ldl,
-               {_pick_struct(c, CONDITIONS, ('id', 'code', 'name'), n, 185)} AS dx1,
-               {_pick_struct(c, CONDITIONS, ('id', 'code', 'name'), n, 186)} AS dx2,
-               {c.pick(MEDS_TEXT, n, 187)} AS med1, {c.pick(MEDS_TEXT, n, 188)} AS med2,
-               {c.pick(MEDS_TEXT, n, 189)} AS med3, {c.pick(COMPLAINTS, n, 190)} AS complaint,
+               {dx[0]} AS dx1, {dx[1]} AS dx2, {meds[0]} AS med1, {meds[1]} AS med2, {meds[2]} AS med3,
+               {c.pick(COMPLAINTS, n, 190)} AS complaint,
                {c.pick(PLANS, n, 191)} AS plan,
                {_pick_struct(c, STUDIES, ('name', 'findings', 'impression'), n, 192)} AS study
         FROM x"""
@@ -1178,7 +1194,7 @@ def _append(con: duckdb.DuckDBPyConnection, c: _Ctx, index: int, load_ts: dateti
             FROM {c.t('observation_period')} op JOIN {c.t('person')} p USING (person_id)
             WHERE op.person_id < {lo} AND op.observation_period_end_date >= {_d(day - timedelta(days=1))}
               AND op.observation_period_start_date <= {_d(day - timedelta(days=1))}
-            ORDER BY hash({c.seed}::BIGINT, {index}::BIGINT, op.person_id), op.person_id
+            ORDER BY {c.h(f'{index}::BIGINT * 1000000000 + op.person_id', 99)}, op.person_id
             LIMIT {existing}
         )"""
     )
