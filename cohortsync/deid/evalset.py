@@ -433,7 +433,8 @@ class _Builder:
         elif name == "email":
             user = r.choice([f"{self.pfirst}.{self.plast}", f"{self.pfirst[0]}{self.plast}{r.randint(1, 99)}"])
             dom = r.choice(["example.com", "mail.example.org", "inbox.example.net"])
-            self.phi_(f"{user.lower().replace(' ', '')}@{dom}", "email")
+            user = user.lower().replace(" ", "").replace("'", "")
+            self.phi_(f"{user}@{dom}", "email")
         elif name == "mrn":
             fmt = r.randrange(3)
             v = r.randint(1_000_000, 99_999_999)

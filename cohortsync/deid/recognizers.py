@@ -84,6 +84,17 @@ ALLOW_LIST: frozenset[str] = frozenset(
     NIV ETT ASA NSAID NSAIDS APAP ACE ACEI ARB SSRI SNRI PPI LMWH TPA LASIX METFORMIN INSULIN
     LISINOPRIL METOPROLOL ATORVASTATIN ASPIRIN WARFARIN HEPARIN COUMADIN ELIQUIS XARELTO PLAVIX
     ZOFRAN TYLENOL MOTRIN ATIVAN HALDOL NORCO PERCOCET DILAUDID MORPHINE VANCOMYCIN ZOSYN
+    APIXABAN AMOXICILLIN FUROSEMIDE ALBUTEROL GLARGINE LISPRO ASPART DETEMIR GABAPENTIN SERTRALINE
+    LEVOTHYROXINE AMLODIPINE HYDROCHLOROTHIAZIDE LOSARTAN OMEPRAZOLE PANTOPRAZOLE SIMVASTATIN
+    ROSUVASTATIN CARVEDILOL SPIRONOLACTONE CLOPIDOGREL TRAMADOL OXYCODONE HYDROCODONE ACETAMINOPHEN
+    IBUPROFEN NAPROXEN DULOXETINE ESCITALOPRAM TRAZODONE QUETIAPINE DONEPEZIL TAMSULOSIN FINASTERIDE
+    ALLOPURINOL COLCHICINE DIGOXIN AMIODARONE DILTIAZEM HYDRALAZINE NITROGLYCERIN ENOXAPARIN
+    RIVAROXABAN DABIGATRAN CEPHALEXIN DOXYCYCLINE AZITHROMYCIN CIPROFLOXACIN LEVOFLOXACIN
+    NITROFURANTOIN METRONIDAZOLE CLINDAMYCIN PIPERACILLIN TAZOBACTAM MEROPENEM FLUCONAZOLE
+    ONDANSETRON LORAZEPAM HALOPERIDOL MIDAZOLAM FENTANYL HYDROMORPHONE NALOXONE BUDESONIDE
+    FLUTICASONE TIOTROPIUM MONTELUKAST SITAGLIPTIN EMPAGLIFLOZIN DAPAGLIFLOZIN SEMAGLUTIDE
+    LIRAGLUTIDE GLIPIZIDE PIOGLITAZONE ELECTRONICALLY PRIOR WT HT VS NO YES NONE DENIES
+    MRN DOB HAR SSN ACCT CSN FIN DOS EXAM
     CEFTRIAXONE KEFLEX AUGMENTIN LEVAQUIN CIPRO FLAGYL PREDNISONE SOLUMEDROL DISCHARGE ADMISSION
     ASSESSMENT PLAN IMPRESSION FINDINGS HISTORY EXAM LABS VITALS MEDICATIONS PATIENT PROVIDER
     PHYSICIAN ATTENDING RESIDENT NURSE CONSULT CARDIOLOGY NEUROLOGY ONCOLOGY RADIOLOGY PULMONOLOGY
@@ -130,6 +141,125 @@ def is_allowed(span_text: str) -> bool:
     return True
 
 
+_TITLE_WORDS = frozenset({"dr", "doctor", "mr", "mrs", "ms", "miss", "mx", "prof"})
+_RELATIONS = frozenset(
+    """
+    wife husband son daughter mother father sister brother spouse partner friend caregiver niece nephew
+    grandson granddaughter grandmother grandfather aunt uncle neighbor roommate boyfriend girlfriend
+    """.split()  # noqa: SIM905
+)
+_US_STATES = frozenset(
+    w.casefold()
+    for w in """
+    AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND OH
+    OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR USA US
+    """.split()  # noqa: SIM905
+) | frozenset(
+    s.casefold()
+    for s in [
+        "Alabama",
+        "Alaska",
+        "Arizona",
+        "Arkansas",
+        "California",
+        "Colorado",
+        "Connecticut",
+        "Delaware",
+        "Florida",
+        "Georgia",
+        "Hawaii",
+        "Idaho",
+        "Illinois",
+        "Indiana",
+        "Iowa",
+        "Kansas",
+        "Kentucky",
+        "Louisiana",
+        "Maine",
+        "Maryland",
+        "Massachusetts",
+        "Michigan",
+        "Minnesota",
+        "Mississippi",
+        "Missouri",
+        "Montana",
+        "Nebraska",
+        "Nevada",
+        "New Hampshire",
+        "New Jersey",
+        "New Mexico",
+        "New York",
+        "North Carolina",
+        "North Dakota",
+        "Ohio",
+        "Oklahoma",
+        "Oregon",
+        "Pennsylvania",
+        "Rhode Island",
+        "South Carolina",
+        "South Dakota",
+        "Tennessee",
+        "Texas",
+        "Utah",
+        "Vermont",
+        "Virginia",
+        "Washington",
+        "West Virginia",
+        "Wisconsin",
+        "Wyoming",
+        "United States",
+        "America",
+    ]
+)
+_WORD = re.compile(r"[^\s]+")
+
+
+def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[int, int]]:
+    """An NER span cut to what can be PHI: per line, without edge words that are vocabulary, titles or numbers.
+
+    The model's PERSON/LOCATION spans in notes swallow neighbours (``husband Jessica``, ``Wt 64.5 kg``,
+    ``2016\\n\\nDear Dr.``); a PERSON without a capital letter is dropped (context rules find lowercase
+    names), and so is a LOCATION that is only a state (states are not identifying under HIPAA).
+    """
+    out: list[tuple[int, int]] = []
+    line_start = start
+    for line in text[start:end].split("\n"):
+        words = [(line_start + m.start(), line_start + m.end()) for m in _WORD.finditer(line)]
+        line_start += len(line) + 1
+
+        def junk(w: tuple[int, int]) -> bool:
+            tok = text[w[0] : w[1]].strip(".,;:()[]\"'")
+            core = tok.casefold()
+            return (
+                not core
+                or core in ALLOW_LIST
+                or core in _STOP
+                or core in _TITLE_WORDS
+                or core in _RELATIONS
+                or any(c.isdigit() for c in core)
+                or (entity == PERSON and tok[:1].islower())
+            )
+
+        while words and junk(words[0]):
+            words.pop(0)
+        while words and junk(words[-1]):
+            words.pop()
+        if not words:
+            continue
+        s, e = words[0][0], words[-1][1]
+        while e > s and text[e - 1] in ".,;:)":
+            e -= 1
+        piece = text[s:e]
+        if entity == PERSON and (not any(c.isupper() for c in piece) or any(c.isdigit() for c in piece)):
+            continue
+        if entity != PERSON and piece.casefold().strip(".") in _US_STATES:
+            continue
+        if is_allowed(piece):
+            continue
+        out.append((s, e))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Dates: find, parse, shift and write back in the original format
 # ---------------------------------------------------------------------------------------------------
@@ -151,7 +281,7 @@ _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
     r"returned|f/u|follow[- ]?up|appt|appointment|surgery|procedure|performed|done|drawn|collected|"
-    r"obtained|received|before|after|by|of|onset|between|and|-|as\s+of)\s*[:,]?\s*$)",
+    r"obtained|received|before|after|by|of|onset|between|and|-|as\s+of|weeks?|days?|months?)\s*[:,(]?\s*$)",
     re.IGNORECASE,
 )
 
@@ -400,11 +530,13 @@ _SUFFIXES = (
 )
 _CAPWORD = r"(?:[A-Z][a-zA-Z'.-]*|\d+(?:st|nd|rd|th))"
 _STREET = (
-    r"\d{1,6}[A-Z]?(?:-\d+)?\s+(?:[NSEW]\.?\s+|North\s+|South\s+|East\s+|West\s+)?(?:" + _CAPWORD + r"\s+){1,3}"
+    r"\d{1,6}[A-Z]?(?:-\d+)?[ \t]+(?:[NSEW]\.?[ \t]+|North[ \t]+|South[ \t]+|East[ \t]+|West[ \t]+)?(?:"
+    + _CAPWORD
+    + r"[ \t]+){1,3}"
     r"(?:" + _SUFFIXES + r"|" + _SUFFIXES.upper() + r")\b\.?"
-    r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?\s*#?\s*[\w-]+)?"
+    r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?[ \t]*#?[ \t]*[\w-]+)?"
 )
-_CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},?\s+(?:" + _STATES + r")\.?(?:,?\s+\d{5}(?:-\d{4})?)?"
+_CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
 ADDRESS_RULES = [
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
@@ -415,10 +547,10 @@ ADDRESS_RULES = [
     Rule("ZIP", re.compile(r"\b(?:" + _STATES + r")\s+(?P<v>\d{5}(?:-\d{4})?)(?!\d)"), 0.8),
     Rule("LOCATION", re.compile(r"\b(?:lives|living|resides|residing|moved|from|born)\s+(?:in|at|to)\s+"
                                 r"(?P<v>[A-Z][a-z]+(?:\s+[A-Z][a-z]+){0,2})(?:,\s*(?:" + _STATES + r"))?\b"), 0.7),
-    Rule("FACILITY", re.compile(r"(?P<v>\b(?:(?:St\.|Saint|Mt\.|Mount)\s+)?(?:[A-Z][a-zA-Z'&-]+\s+){1,4}"
-                                r"(?:Hospital|Medical\s+Center|Health\s+Center|Clinic|Health\s+System|Healthcare|"
-                                r"Infirmary|Nursing\s+Home|Rehabilitation\s+Center|Rehab\s+Center|Care\s+Center|"
-                                r"Medical\s+Group|Family\s+Practice|Urgent\s+Care|Hospice|Memorial)\b)"), 0.75),
+    Rule("FACILITY", re.compile(r"(?P<v>\b(?:(?:St\.|Saint|Mt\.|Mount)[ ])?(?:[A-Z][a-zA-Z'&-]+[ ]){1,4}"
+                                r"(?:Hospital|Medical[ ]Center|Health[ ]Center|Clinic|Health[ ]System|Healthcare|"
+                                r"Infirmary|Nursing[ ]Home|Rehabilitation[ ]Center|Rehab[ ]Center|Care[ ]Center|"
+                                r"Medical[ ]Group|Family[ ]Practice|Urgent[ ]Care|Hospice|Memorial)\b)"), 0.75),
 ]  # fmt: skip
 
 
@@ -484,11 +616,15 @@ _CRED_AFTER_CI = re.compile(r",[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp)(?
 def _is_name_word(tok: str, require_cap: bool) -> bool:
     """A capitalised common word (``Will``, ``May``, ``Hope``) may be a name; a lowercase one may not."""
     core = tok.rstrip(".").strip("'’-").casefold()
-    if not core or core in _HARD_STOP or (core in ALLOW_LIST and len(core) > 1):
+    if not core or core in _HARD_STOP or core in _RELATIONS or (core in ALLOW_LIST and len(core) > 1):
         return False
     if tok[0].isupper():
         return True
     return not require_cap and core not in _STOP
+
+
+# Between two words of a name: one space, or ", " before a first name that ends the field (``Smith, John``).
+_NAME_GAP = re.compile(r"[ \t](?=\S)|,[ \t]?(?=[A-Z][a-z]+(?:[ \t][A-Z]\.)?(?:$|\n|[,;)(]|[ \t]{2,}|[ \t]*$))", re.M)
 
 
 def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 3) -> int:
@@ -505,6 +641,8 @@ def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 
         m = _NAME_TOKEN.match(text, i)
         if not m or not _is_name_word(m.group(), cap):
             break
+        if count and not cap and m.group()[0].isupper():  # lowercase name, then a capital: another field
+            break
         tok = m.group()
         if count == 0:
             cap = tok[0].isupper()
@@ -513,10 +651,10 @@ def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 
         count += 1
         if sentence_end or count >= max_tokens:
             break
-        nxt = re.match(r"[ \t]+|,[ \t]*(?=[A-Z][a-z]+(?:[ \t]+[A-Z]\.)?[ \t]*(?:$|\n|[,;)]))", text[end:])
+        nxt = _NAME_GAP.match(text, end)
         if not nxt or ("," in nxt.group() and count > 1):
             break
-        i = end + nxt.end()
+        i = nxt.end()
     return end
 
 

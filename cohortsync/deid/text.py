@@ -346,9 +346,10 @@ class _Worker:
         spans: list[tuple[int, int, str]] = []
         for r in results:
             name = (r.recognition_metadata or {}).get("recognizer_name", "")
-            if name == "SpacyRecognizer" and (r.end - r.start < 2 or R.is_allowed(text[r.start : r.end])):
-                continue
-            spans.append((r.start, r.end, r.entity_type))
+            if name == "SpacyRecognizer":
+                spans.extend((s, e, r.entity_type) for s, e in R.clean_ner_spans(text, r.start, r.end, r.entity_type))
+            else:
+                spans.append((r.start, r.end, r.entity_type))
         if self.settings.propagate_names:
             spans.extend(_propagate_names(text, spans, R))
         return _resolve(spans, R.PRIORITY)
