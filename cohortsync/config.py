@@ -44,7 +44,7 @@ class SourceSettings(_Section):
     # DuckDB
     database: Path = Path("omop.duckdb")
     threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")
-    memory_limit: str | None = Field(None, description="DuckDB memory_limit, e.g. '2GB'")
+    memory_limit: str = Field("1GB", description="DuckDB memory_limit: bounds its buffer cache, so RSS does not grow with the data")
     # Databricks
     server_hostname: str | None = None
     http_path: str | None = None
@@ -92,6 +92,7 @@ class DeidSettings(_Section):
 class LandingSettings(_Section):
     path: Path = Path("landing")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    writer_threads: int = Field(2, ge=1, le=32, description="Parquet encoder threads per cohort and table")
 
 
 class StateSettings(_Section):

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from datetime import datetime
 from typing import Protocol
 
@@ -255,7 +256,10 @@ def _sync_table(
                 progress.note(f"{s.cohort}/{table_name}: removed {len(removed)} uncommitted file(s) of a crashed run")
         query = plan.extraction(table, table_plan.select, due, upper, src.names)
         writers = {
-            s.cohort: landing.writer(s.cohort, table_name, s.lower, upper, settings.sync.file_rows) for s in due
+            s.cohort: landing.writer(
+                s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads
+            )
+            for s in due
         }
         total = 0
         with src.stream(query, settings.sync.batch_rows) as reader:
@@ -387,6 +391,12 @@ def _notes(
     return notes or None
 
 
+@cache
+def _local_engine() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB for reading back what was landed (one per process, main thread only)."""
+    return duckdb.connect(config={"memory_limit": "256MB", "threads": 1})
+
+
 def _oddities(landing: Landing, cohort: str, table: omop.Table, files: list[LandedFile]) -> dict[str, int] | None:
     """Count what real extracts hold and a reader should know: repeated or missing primary keys.
 
@@ -397,15 +407,11 @@ def _oddities(landing: Landing, cohort: str, table: omop.Table, files: list[Land
         return None
     d = landing.table_dir(cohort, table.name)
     paths = [str(d / f.name) for f in files]
-    con = duckdb.connect()
-    try:
-        pk = table.primary_key.replace('"', '""')
-        row = con.execute(
-            f'SELECT count("{pk}") - count(DISTINCT "{pk}"), count(*) - count("{pk}") FROM read_parquet($paths)',
-            {"paths": paths},
-        ).fetchone()
-    finally:
-        con.close()
+    pk = table.primary_key.replace('"', '""')
+    row = _local_engine().execute(
+        f'SELECT count("{pk}") - count(DISTINCT "{pk}"), count(*) - count("{pk}") FROM read_parquet($paths)',
+        {"paths": paths},
+    ).fetchone()
     assert row is not None
     notes = {"repeated_primary_key_rows": int(row[0]), "null_primary_key_rows": int(row[1])}
     return {k: v for k, v in notes.items() if v} or None

@@ -40,7 +40,7 @@ class DuckDBSource:
         sandbox_schema: str = "sandbox",
         members_table: str = "cohortsync_members",
         threads: int | None = None,
-        memory_limit: str | None = None,
+        memory_limit: str | None = "1GB",
     ) -> DuckDBSource:
         if not path.is_file():
             raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
@@ -143,7 +143,7 @@ def _catalog(con: duckdb.DuckDBPyConnection) -> str:
     """The quoted catalog name: a file omop.duckdb has catalog omop, so two-part names are ambiguous."""
     row = con.execute("SELECT current_database()").fetchone()
     assert row is not None
-    return '"' + str(row[0]).replace('"', '""') + '"' 
+    return '"' + str(row[0]).replace('"', '""') + '"'
 
 
 def _duck_type(c: omop.Column) -> str:

@@ -1,0 +1,160 @@
+"""cohortsync sync vs DuckDB's own COPY of the same extraction, measured side by side in one run.
+
+    python benchmarks/sync_vs_copy.py [--persons 40000] [--repeat 3] [--policy raw|structured]
+
+Generates a synthetic OMOP database (cohortsync.synth), registers a cohort of every 10th person and
+prints, as medians of interleaved repeats:
+  1. backfill: wall time of `cohortsync sync` ÷ wall time of `COPY (<the same query>) TO '...parquet'`
+     summed over the synced tables (zstd on both sides);
+  2. incremental sync after one more weekly load (~0.25 %) ÷ the backfill;
+  3. peak RSS of the sync process.
+`--policy raw` keeps every column (the core loop alone); `structured` is the default policy with free
+text dropped (pseudonyms and date shifts on, Presidio off: its own benchmark is deid_notes.py).
+Each sync runs in a fresh process, so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from cohortsync import api, omop, synth
+from cohortsync.config import load_settings
+from cohortsync.deid.policy import Action, load_policy
+from cohortsync.sources.base import schema_of
+from cohortsync.sources.duckdb import DuckDBSource
+
+KEY = "benchmark-key-" + "k" * 40
+# Peak RSS from VmHWM: ru_maxrss survives exec on Linux and would report the parent's peak.
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from cohortsync import api
+from cohortsync.config import load_settings
+s = load_settings(Path(sys.argv[1]))
+t = time.perf_counter()
+r = api.sync(s)
+dt = time.perf_counter() - t
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": dt, "rows": r.rows, "failed": len(r.failed), "max_rss_mb": hwm / 1024}))
+"""
+
+
+def write_config(root: Path, policy: str) -> Path:
+    lines = ['[source]', 'database = "omop.duckdb"', '[landing]', 'path = "landing"', '[state]', 'path = "state"']
+    if policy == "raw":
+        rules = []
+        for t in omop.registry().values():
+            rules.append(f"[{t.name}]")
+            rules += [f'"{c}" = "keep"' for c in t.column_names]
+        (root / "policy.toml").write_text("\n".join(rules) + "\n")
+    else:
+        pol = load_policy()
+        rules = []
+        for t in omop.registry():
+            rules.append(f"[{t}]")
+            rules += [f'"{c}" = "drop"' for c, r in pol.rules(t).items() if r.action is Action.SCRUB_TEXT]
+        (root / "policy.toml").write_text("\n".join(rules) + "\n")
+    lines += ["[deid]", 'policy = "policy.toml"']
+    cfg = root / "cohortsync.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def run_sync(cfg: Path) -> dict[str, float]:
+    env = {**os.environ, "COHORTSYNC_DEID_KEY": KEY}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(cfg)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def copy_time(cfg: Path, out_dir: Path) -> float:
+    """DuckDB's COPY of exactly the SQL the next sync would run, table by table (no sync state yet)."""
+    settings = load_settings(cfg)
+    planned = api.plan_next(settings)
+    src = DuckDBSource.from_settings(settings)
+    total = 0.0
+    try:
+        for p in planned:
+            if p.sql is None:
+                continue
+            target = out_dir / f"{p.table}.parquet"
+            t = time.perf_counter()
+            src.con.execute(f"COPY ({p.sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+            total += time.perf_counter() - t
+    finally:
+        src.close()
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--persons", type=int, default=40_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--policy", choices=["raw", "structured"], default="raw")
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    root = args.dir or Path(tempfile.mkdtemp(prefix="cohortsync-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    db = root / "omop.duckdb"
+    if not db.exists():
+        t = time.perf_counter()
+        counts = synth.generate(db, persons=args.persons, seed=11)
+        print(f"generated {sum(counts.values()):,} rows for {args.persons:,} persons in {time.perf_counter() - t:.1f}s")
+    cfg = write_config(root, args.policy)
+    con = duckdb.connect(str(db), read_only=True)
+    ids = [r[0] for r in con.execute("SELECT person_id FROM omop.omop.person WHERE person_id % 10 = 0").fetchall()]
+    total_rows = sum(
+        int(con.execute(f"SELECT count(*) FROM omop.omop.{t}").fetchall()[0][0]) for t in omop.DEFAULT_TABLES
+    )
+    con.close()
+    (root / "cohort.txt").write_text("".join(f"{i}\n" for i in ids))
+    os.environ["COHORTSYNC_DEID_KEY"] = KEY
+    settings = load_settings(cfg)
+    for d in ("landing", "state", "cohorts"):
+        shutil.rmtree(root / d, ignore_errors=True)
+    api.add_cohort(settings, "bench", root / "cohort.txt")
+    src = DuckDBSource.from_settings(settings)
+    width = sum(len(schema_of(src, t).names) for t in omop.DEFAULT_TABLES)
+    src.close()
+    print(f"database: {total_rows:,} rows in the 9 default tables ({width} columns); cohort: {len(ids):,} persons")
+
+    copies, syncs, rss = [], [], []
+    rows = 0
+    for _ in range(args.repeat):
+        shutil.rmtree(root / "landing", ignore_errors=True)
+        shutil.rmtree(root / "state", ignore_errors=True)
+        copy_dir = Path(tempfile.mkdtemp(prefix="copy-", dir=root))
+        copies.append(copy_time(cfg, copy_dir))
+        shutil.rmtree(copy_dir)
+        r = run_sync(cfg)
+        syncs.append(r["seconds"])
+        rss.append(r["max_rss_mb"])
+        rows = int(r["rows"])
+    c, s = statistics.median(copies), statistics.median(syncs)
+    print(f"backfill: {rows:,} rows; sync {s:.2f}s vs COPY {c:.2f}s -> ratio {s / c:.2f} (target <= 1.3)")
+    print(f"  runs: sync {[round(x, 2) for x in syncs]}  copy {[round(x, 2) for x in copies]}")
+
+    when, added = synth.append_load(db, seed=11)
+    inc = run_sync(cfg)
+    print(
+        f"incremental after the {when:%Y-%m-%d} load (+{sum(added.values()):,} rows in the source): "
+        f"{int(inc['rows']):,} rows in {inc['seconds']:.2f}s -> ratio to backfill {inc['seconds'] / s:.3f} (target <= 0.05)"
+    )
+    print(f"peak RSS of the sync: {max(rss):.0f} MB backfill, {inc['max_rss_mb']:.0f} MB incremental (target < 1024 MB)")
+    if args.dir is None:
+        shutil.rmtree(root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
