@@ -129,7 +129,11 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 @cli.command("add-cohort")
 @click.argument("name")
 @click.option(
-    "--patients", "patients", required=True, type=click.Path(path_type=Path), help="CSV with a person_id column, or one id a line."
+    "--patients",
+    "patients",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="CSV with a person_id column, or one id a line.",
 )
 @click.option("--allow-missing", is_flag=True, help="Register even if some ids are not in omop.person.")
 @click.pass_context
