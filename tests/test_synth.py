@@ -334,3 +334,14 @@ def test_truth_matches_structured_phi_and_spares_clinical_values(con: duckdb.Duc
             seen += 1
             assert not any(s < m.end() and m.start() < e for s, e in spans.get(note_id, [])), m.group()
     assert seen > 100
+
+
+def test_append_load_continues_generate_exactly(tmp_path: Path) -> None:
+    short, long = tmp_path / "short.duckdb", tmp_path / "long.duckdb"
+    synth.generate(short, 100, seed=5, weeks=2, first_load=FIRST)
+    synth.generate(long, 100, seed=5, weeks=3, first_load=FIRST)
+    synth.append_load(short, seed=5)
+    c = duckdb.connect()
+    c.execute(f"ATTACH '{short}' AS a (READ_ONLY)")
+    c.execute(f"ATTACH '{long}' AS b (READ_ONLY)")
+    _same_rows(c, "a", "b")
