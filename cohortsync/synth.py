@@ -502,7 +502,8 @@ def generate(
     """Create a NEW DuckDB OMOP v5.3 database file (refuse if path exists). Returns rows per table.
 
     The first load (``first_load`` 02:00, a Sunday) holds the history; ``weeks - 1`` further weekly
-    loads follow, each made exactly as ``append_load`` makes one.
+    loads follow, each made exactly as ``append_load`` makes one. ``threads`` and ``memory_limit`` only
+    bound the resources used (memory stays under the limit whatever ``persons``); they never change a row.
     """
     if path.exists():
         raise FileExistsError(f"{path} already exists; the demo generator only creates new databases")
