@@ -337,7 +337,7 @@ RE: {pname_lf}   MRN: {mrn}   HAR {har}   Age {age}
 glucose {glu} mg/dL, Hgb {hgb} g/dL, Plt {plt}, K {k}. Current medications: {med1}, {med2}.
 
 Assessment: {dx2} ({dx2code}), {dx1} ({dx1code}).
-Plan: {plan}. Rx {med3}. Discussed warning signs; call {fphone:s0} or after hours 1-800-555-0100.
+Plan: {plan}. Rx {med3}. Discussed warning signs; call {fphone:s0} with questions or worsening symptoms.
 Next appointment {fu:*}. Preferred contact {phone:s3}; {email}.
 
 Signed: {attending}, MD   {ndate:%m/%d/%Y}
