@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of, upper_bound
 from cohortsync.state import StateStore
-from cohortsync.sync import Progress, SyncReport, run_sync
+from cohortsync.sync import Progress, SyncReport, run_sync, windows
 
 MISSING_EXAMPLES = 5
 
@@ -107,13 +107,9 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
         out = []
         for t in settings.sync.tables:
             upper = upper_bound(src, t)
-            due, fresh = [], []
-            for n in names:
-                wm = marks.get((n, t))
-                if upper is None or (wm is not None and wm >= upper):
-                    fresh.append(n)
-                else:
-                    due.append(plan.Slice(n, wm))
+            chosen = [known[n] for n in names]
+            due, up_to_date = windows(chosen, t, upper, marks, timedelta(days=settings.sync.lookback_days))
+            fresh = [n for n, _ in up_to_date]
             sql = None
             if due and upper is not None:
                 q = plan.extraction(omop.table(t), list(schema_of(src, t).names), due, upper, src.names)

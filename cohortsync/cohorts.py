@@ -59,6 +59,7 @@ class Cohort:
     duplicates_collapsed: int
     missing_allowed: int
     folder: Path
+    batch: int = 0  # the latest amendment that added members (0: the registered list)
 
     def member_ids(self) -> list[int]:
         ids = [int(x) for x in (self.folder / MEMBERS).read_text(encoding="ascii").split()]
@@ -151,6 +152,7 @@ def load(folder: Path, name: str) -> Cohort | None:
             duplicates_collapsed=int(doc.get("duplicates_collapsed", 0)),
             missing_allowed=int(doc.get("missing_allowed", 0)),
             folder=d,
+            batch=int(doc.get("batch", 0)),
         )
     except (KeyError, ValueError, TypeError) as e:
         raise CohortError(f"cohort {name}: {DEFINITION} is missing or has a bad field ({e})") from None

@@ -41,10 +41,15 @@ class Names:
 
 @dataclass(frozen=True)
 class Slice:
-    """One cohort's share of a table scan: rows with ``lower < load_dt <= upper`` (no lower: backfill)."""
+    """One cohort's share of a table scan: rows with ``lower < load_dt <= upper`` (no lower: backfill).
+
+    ``new_after_batch``: members added by an amendment after this batch number get their own
+    backfill in the same scan (``members.batch > n`` needs no lower bound).
+    """
 
     cohort: str
     lower: datetime | None
+    new_after_batch: int | None = None
 
 
 def _table(catalog: str | None, schema: str, name: str) -> exp.Table:
@@ -125,15 +130,19 @@ def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper
         raise ValueError("no cohort is due")
     src_cols: list[exp.Expression] = [column(c, "src") for c in columns]
     load_dt = column(omop.LOAD_DT, "src")
-    known = [s.lower for s in slices if s.lower is not None]
-    # A bare-column lower bound lets engines skip files and row groups; only valid if no cohort backfills.
+    known = [s.lower for s in slices if s.lower is not None and s.new_after_batch is None]
+    # A bare-column lower bound lets engines skip files and row groups; only valid if nobody backfills.
     floor = min(known) if len(known) == len(slices) else None
     lower: exp.Expression = exp.GT(this=load_dt, expression=timestamp(floor)) if floor else exp.true()
     windows: list[exp.Expression] = []
     for s in sorted(slices, key=lambda s: s.cohort):
         cond: exp.Expression = exp.EQ(this=column("cohort", "members"), expression=cohort_literal(s.cohort))
         if s.lower is not None and s.lower != floor:
-            cond = exp.And(this=cond, expression=exp.GT(this=load_dt.copy(), expression=timestamp(s.lower)))
+            since: exp.Expression = exp.GT(this=load_dt.copy(), expression=timestamp(s.lower))
+            if s.new_after_batch is not None:
+                added = exp.GT(this=column("batch", "members"), expression=exp.Literal.number(int(s.new_after_batch)))
+                since = exp.Paren(this=exp.Or(this=since, expression=added))
+            cond = exp.And(this=cond, expression=since)
         windows.append(cond)
     tables = {"omop_table": names.omop(table.name), "members_table": names.members()}
     rename: dict[str, str] = {}

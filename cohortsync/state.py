@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS cohort (
 );
 CREATE TABLE IF NOT EXISTS watermark (
     cohort TEXT NOT NULL, tbl TEXT NOT NULL, wm TEXT NOT NULL, rows INTEGER NOT NULL, files INTEGER NOT NULL,
-    run_id TEXT NOT NULL, PRIMARY KEY (cohort, tbl)
+    run_id TEXT NOT NULL, member_batch INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (cohort, tbl)
 );
 CREATE TABLE IF NOT EXISTS landed_file (
     cohort TEXT NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL, lower TEXT, upper TEXT NOT NULL,
@@ -65,6 +65,14 @@ def parse_iso(value: str | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """A (cohort, table) watermark, and the last amendment batch whose members it covers."""
+
+    wm: datetime
+    batch: int
+
+
+@dataclass(frozen=True)
 class TableOutcome:
     """What one (cohort, table) got in a run; the unit the run log and the reports speak of."""
 
@@ -78,6 +86,7 @@ class TableOutcome:
     error: str | None = None
     seconds: float = 0.0
     notes: dict[str, Any] | None = None
+    batch: int = 0  # member batch the watermark covers after this outcome
 
 
 class StateStore:
@@ -178,9 +187,9 @@ class StateStore:
             )
 
     # -- watermarks and files --------------------------------------------------------------------
-    def watermarks(self) -> dict[tuple[str, str], datetime]:
-        rows = self.db.execute("SELECT cohort, tbl, wm FROM watermark").fetchall()
-        return {(c, t): datetime.fromisoformat(w) for c, t, w in rows}
+    def watermarks(self) -> dict[tuple[str, str], Mark]:
+        rows = self.db.execute("SELECT cohort, tbl, wm, member_batch FROM watermark").fetchall()
+        return {(c, t): Mark(datetime.fromisoformat(w), int(b)) for c, t, w, b in rows}
 
     def committed_files(self, cohort: str, table: str) -> set[str]:
         rows = self.db.execute("SELECT name FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table)).fetchall()
@@ -206,10 +215,10 @@ class StateStore:
                         (o.cohort, o.table, f.name, iso(o.lower), iso(o.upper), f.rows, f.bytes, f.sha256, run_id),
                     )
                 db.execute(
-                    "INSERT INTO watermark VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(cohort, tbl) DO UPDATE SET "
+                    "INSERT INTO watermark VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(cohort, tbl) DO UPDATE SET "
                     "wm=excluded.wm, rows=watermark.rows+excluded.rows, files=watermark.files+excluded.files, "
-                    "run_id=excluded.run_id",
-                    (o.cohort, o.table, iso(o.upper), o.rows, len(o.files), run_id),
+                    "run_id=excluded.run_id, member_batch=excluded.member_batch",
+                    (o.cohort, o.table, iso(o.upper), o.rows, len(o.files), run_id, o.batch),
                 )
                 self._log(db, run_id, o)
 

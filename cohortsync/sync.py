@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Protocol
 
@@ -37,7 +37,7 @@ from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceErr
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of, upper_bound
-from cohortsync.state import StateStore, TableOutcome
+from cohortsync.state import Mark, StateStore, TableOutcome
 
 FAULT_ENV = "COHORTSYNC_FAULT_POINT"
 
@@ -180,6 +180,34 @@ def _close(scrubber: object) -> None:
         close()
 
 
+def windows(
+    selected: Sequence[cohort_files.Cohort],
+    table: str,
+    upper: datetime | None,
+    marks: dict[tuple[str, str], Mark],
+    lookback: timedelta = timedelta(0),
+) -> tuple[list[plan.Slice], list[tuple[str, Mark | None]]]:
+    """Which cohorts are due for ``table`` and from where; the rest are up to date.
+
+    New cohort: full backfill. Existing: ``(watermark - lookback, upper]``, plus a backfill of the
+    members an amendment added since its last sync. Nothing, if the watermark reached ``upper`` and
+    no member was added.
+    """
+    due: list[plan.Slice] = []
+    fresh: list[tuple[str, Mark | None]] = []
+    for c in selected:
+        m = marks.get((c.name, table))
+        if upper is None:
+            fresh.append((c.name, m))
+        elif m is None:
+            due.append(plan.Slice(c.name, None))
+        elif m.wm >= upper and c.batch <= m.batch:
+            fresh.append((c.name, m))
+        else:
+            due.append(plan.Slice(c.name, m.wm - lookback, m.batch if c.batch > m.batch else None))
+    return due, fresh
+
+
 def _inspect(src: Source, deid: Deidentifier, table: str) -> tuple[TablePlan, datetime | None] | CohortsyncError:
     """A table's policy-checked columns and its upper bound, or the error that fails this table only."""
     try:
@@ -234,15 +262,9 @@ def _sync_table(
 ) -> list[TableOutcome]:
     started = time.monotonic()
     table = omop.table(table_name)
-    marks = state.watermarks()
-    done: list[TableOutcome] = []
-    due: list[plan.Slice] = []
-    for c in selected:
-        wm = marks.get((c.name, table_name))
-        if upper is None or (wm is not None and wm >= upper):
-            done.append(TableOutcome(c.name, table_name, wm, upper, 0, [], "up-to-date"))
-        else:
-            due.append(plan.Slice(c.name, wm))
+    due, fresh = windows(selected, table_name, upper, state.watermarks(), timedelta(days=settings.sync.lookback_days))
+    done = [TableOutcome(c, table_name, m.wm if m else None, upper, 0, [], "up-to-date") for c, m in fresh]
+    batch_of = {c.name: c.batch for c in selected}
     if not due:
         progress.table_finished(table_name, done)
         return done
@@ -275,6 +297,7 @@ def _sync_table(
             TableOutcome(
                 s.cohort, table_name, s.lower, upper, writers[s.cohort].rows, landed[s.cohort], "landed",
                 seconds=elapsed, notes=_notes(landing, s.cohort, table, landed[s.cohort], table_plan),
+                batch=batch_of[s.cohort],
             )
             for s in due
         ]

@@ -68,7 +68,7 @@ def test_backfill_then_incremental(project: Project, two_cohorts: tuple[list[int
 
     before = {t: landed_count(project, "alpha", t) for t in TABLES}
     with StateStore(project.root / "state") as st:
-        wm = st.watermarks()[("alpha", "drug_exposure")]
+        wm = st.watermarks()[("alpha", "drug_exposure")].wm
     new_load = project.add_load()
     r = project.cli("sync", "--quiet")
     assert r.exit_code == 0, r.output
