@@ -94,7 +94,8 @@ ALLOW_LIST: frozenset[str] = frozenset(
     ONDANSETRON LORAZEPAM HALOPERIDOL MIDAZOLAM FENTANYL HYDROMORPHONE NALOXONE BUDESONIDE
     FLUTICASONE TIOTROPIUM MONTELUKAST SITAGLIPTIN EMPAGLIFLOZIN DAPAGLIFLOZIN SEMAGLUTIDE
     LIRAGLUTIDE GLIPIZIDE PIOGLITAZONE ELECTRONICALLY PRIOR WT HT VS NO YES NONE DENIES
-    MRN DOB HAR SSN ACCT CSN FIN DOS EXAM
+    MRN DOB HAR SSN ACCT CSN FIN DOS EXAM RETURN RETURNS FOLLOW CONTINUE START STOP CALL TAKE SEE
+    HOLD RESUME INCREASE DECREASE DISCONTINUE
     CEFTRIAXONE KEFLEX AUGMENTIN LEVAQUIN CIPRO FLAGYL PREDNISONE SOLUMEDROL DISCHARGE ADMISSION
     ASSESSMENT PLAN IMPRESSION FINDINGS HISTORY EXAM LABS VITALS MEDICATIONS PATIENT PROVIDER
     PHYSICIAN ATTENDING RESIDENT NURSE CONSULT CARDIOLOGY NEUROLOGY ONCOLOGY RADIOLOGY PULMONOLOGY
@@ -264,8 +265,10 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
 # Dates: find, parse, shift and write back in the original format
 # ---------------------------------------------------------------------------------------------------
 
-#: Year assumed for dates written without one; 2000 is a leap year, so ``02/29`` still parses.
+#: Year assumed when parsing dates written without one; 2000 is a leap year, so ``02/29`` still parses.
 REFERENCE_YEAR = 2000
+#: A non-leap year: dates without a year are shifted modulo 365 days in it.
+NO_YEAR_CYCLE = 2001
 _MONTH_NAMES = {name.casefold(): i for i, name in enumerate(calendar.month_name) if name}
 _MONTH_ABBR = {name.casefold(): i for i, name in enumerate(calendar.month_abbr) if name}
 _MONTH_ABBR["sept"] = 9
@@ -375,7 +378,11 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     """Write ``new`` exactly as ``parsed`` was written: separators, padding, month names, ordinals."""
     m = parsed.match
     g = m.groupdict()
-    padded = any(g.get(k) and len(g[k]) == 2 and g[k].startswith("0") for k in ("m", "d"))
+    nums = [g[k] for k in ("m", "d") if g.get(k)]
+    # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
+    # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
+    numeric = parsed.fmt in ("iso", "mdy", "md", "my") or (parsed.fmt == "dmony" and g.get("s1") == "-")
+    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
     out: list[str] = []
     pos = m.start()
     spans = sorted((m.start(k), m.end(k), k) for k in ("y", "m", "d", "mon", "suf") if g.get(k) is not None)
@@ -400,14 +407,22 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
 def shift_date_text(text: str, days: int) -> str | None:
     """The date in ``text`` moved by ``days``, in the same format; None if ``text`` is not a date we know.
 
-    Without a year the date is placed in :data:`REFERENCE_YEAR` and written back without one; without
-    a day (``March 2021``) the middle of the month is shifted and only month and year are written.
+    Without a year (``07/11``, ``Jun 11``) the shift runs on a 365-day calendar (:data:`NO_YEAR_CYCLE`,
+    Feb 29 read as Feb 28), so shifting back by ``-days`` always restores the text; the true date may be
+    one day off across a leap day, which the missing year makes unknowable anyway. Without a day
+    (``March 2021``) the middle of the month is shifted and month and year are written.
     """
     parsed = parse_date(text)
     if parsed is None:
         return None
     try:
-        new = parsed.date + dt.timedelta(days=days)
+        if parsed.has_year:
+            new = parsed.date + dt.timedelta(days=days)
+        else:
+            d = parsed.date
+            base = dt.date(NO_YEAR_CYCLE, d.month, min(d.day, 28) if d.month == 2 else d.day)
+            doy = (base - dt.date(NO_YEAR_CYCLE, 1, 1)).days
+            new = dt.date(NO_YEAR_CYCLE, 1, 1) + dt.timedelta(days=(doy + days) % 365)
     except OverflowError:
         return None
     return format_like(parsed, new)

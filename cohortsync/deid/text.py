@@ -344,15 +344,20 @@ class _Worker:
     def _finish(self, text: str, results: Sequence[Any]) -> list[Detection]:
         R = self.R
         spans: list[tuple[int, int, str]] = []
+        weak: set[int] = set()
         for r in results:
             name = (r.recognition_metadata or {}).get("recognizer_name", "")
             if name == "SpacyRecognizer":
-                spans.extend((s, e, r.entity_type) for s, e in R.clean_ner_spans(text, r.start, r.end, r.entity_type))
+                for s, e in R.clean_ner_spans(text, r.start, r.end, r.entity_type):
+                    weak.add(len(spans))
+                    spans.append((s, e, r.entity_type))
             else:
                 spans.append((r.start, r.end, r.entity_type))
         if self.settings.propagate_names:
-            spans.extend(_propagate_names(text, spans, R))
-        return _resolve(spans, R.PRIORITY)
+            for span in _propagate_names(text, spans, R):
+                weak.add(len(spans))
+                spans.append(span)
+        return _resolve(text, spans, R.PRIORITY, weak)
 
     # -- anonymization --------------------------------------------------------------------------------
     def scrub(self, items: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[tuple[list[str], dict[str, int]]]:
@@ -406,28 +411,43 @@ def _propagate_names(text: str, spans: Sequence[tuple[int, int, str]], R: Any) -
     return out
 
 
-def _resolve(spans: Iterable[tuple[int, int, str]], priority: Mapping[str, int]) -> list[Detection]:
-    """Non-overlapping spans: a span covering its whole overlap cluster wins, else the cluster is merged.
-
-    Merging (rather than dropping the loser) guarantees no detected character is left in the output.
+def _resolve(text: str, spans: Iterable[tuple[int, int, str]], priority: Mapping[str, int], weak: set[int]) -> list[Detection]:
+    """Non-overlapping spans. Rule-based spans go first (longest, then by type priority); the NER model's
+    spans (indices in ``weak``) fill in around them. A span that loses an overlap keeps its uncovered
+    pieces (without edge spaces and commas), so no detected character
+    is left in the output.
     """
-    ordered = sorted(spans)
+    items = list(spans)
+    order = sorted(
+        range(len(items)),
+        key=lambda k: (k not in weak, items[k][1] - items[k][0], priority.get(items[k][2], 0)),
+        reverse=True,
+    )
+    covered: list[tuple[int, int]] = []
     out: list[Detection] = []
-    i = 0
-    while i < len(ordered):
-        cluster = [ordered[i]]
-        end = ordered[i][1]
-        j = i + 1
-        while j < len(ordered) and ordered[j][0] < end:
-            cluster.append(ordered[j])
-            end = max(end, ordered[j][1])
-            j += 1
-        start = cluster[0][0]
-        covering = [c for c in cluster if c[0] == start and c[1] == end]
-        pool = covering or cluster
-        best = max(pool, key=lambda c: (priority.get(c[2], 0), c[1] - c[0]))
-        out.append(Detection(start, end, best[2]))
-        i = j
+    for k in order:
+        start, end, entity = items[k]
+        pieces = [(start, end)]
+        for cs, ce in covered:
+            nxt: list[tuple[int, int]] = []
+            for ps, pe in pieces:
+                if ce <= ps or cs >= pe:
+                    nxt.append((ps, pe))
+                    continue
+                if ps < cs:
+                    nxt.append((ps, cs))
+                if ce < pe:
+                    nxt.append((ce, pe))
+            pieces = nxt
+        for ps, pe in pieces:
+            while ps < pe and (text[ps].isspace() or text[ps] in ",;:"):
+                ps += 1
+            while pe > ps and (text[pe - 1].isspace() or text[pe - 1] in ",;:"):
+                pe -= 1
+            if ps < pe:
+                covered.append((ps, pe))
+                out.append(Detection(ps, pe, entity))
+    out.sort()
     return out
 
 

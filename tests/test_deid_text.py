@@ -1,0 +1,337 @@
+"""Free-text de-identification with the real Presidio and the real spaCy model (no mocks).
+
+Worker processes are spawned, so helpers the workers import (the network guard, the broken recognizer)
+live at module level here and are named in ``TextSettings.extra_recognizers``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from cohortsync.deid import recognizers as R
+from cohortsync.deid.evalset import evaluate, make_evalset
+from cohortsync.deid.text import SCRUB_FAILED, NameSurrogates, TextScrubber, TextScrubError, TextSettings
+from cohortsync.errors import InputError
+
+KEY = b"test-key-0123456789abcdef"
+RAISE_MARKER = "ZZRAISEZZ"
+KILL_MARKER = "ZZKILLZZ"
+
+
+# --- helpers imported by the worker processes ------------------------------------------------------
+
+
+class _NetworkUsed(RuntimeError):
+    pass
+
+
+def _guard_sockets() -> None:
+    """Make any network use in this process fail loudly (and count as an analysis failure)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise _NetworkUsed("network access attempted")
+
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+
+
+def network_guard() -> list[Any]:
+    """Extra-recognizer factory: installs the guard in the worker, adds no recognizer."""
+    _guard_sockets()
+    return []
+
+
+def broken_recognizers() -> list[Any]:
+    """A recognizer that raises on one marker and kills its process on another."""
+    from presidio_analyzer import LocalRecognizer
+
+    class Broken(LocalRecognizer):  # type: ignore[misc]
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text: str, entities: Any, nlp_artifacts: Any = None) -> list[Any]:
+            if KILL_MARKER in text:
+                os._exit(3)
+            if RAISE_MARKER in text:
+                raise ValueError("deliberately broken")
+            return []
+
+    _guard_sockets()
+    return [Broken(supported_entities=["BROKEN"], name="Broken")]
+
+
+# --- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evalset() -> Any:
+    return make_evalset(320)
+
+
+@pytest.fixture(scope="module")
+def scrubber(evalset: Any) -> Iterator[TextScrubber]:
+    s = TextSettings(workers=2, extra_recognizers=("test_deid_text:network_guard",))
+    with TextScrubber(s, KEY, deny_list=evalset.known_phi) as scr:
+        yield scr
+
+
+def scrub1(scr: TextScrubber, texts: list[str | None], shift: int | None = 10) -> list[str | None]:
+    out, _ = scr.scrub(pa.array(texts, pa.string()), pa.array([shift] * len(texts), pa.int32()))
+    return list(out.to_pylist())
+
+
+# --- quality on the labelled set ----------------------------------------------------------------------
+
+
+def test_recall_and_precision_on_the_evaluation_set(scrubber: TextScrubber, evalset: Any) -> None:
+    rep = evaluate(scrubber, evalset.notes)
+    assert rep.notes >= 300
+    assert rep.failures == 0
+    assert rep.overall.recall >= 0.97, rep.format()
+    for cat in ("NAME", "DATE", "IDENTIFIER"):
+        assert rep.by_category[cat].recall >= 0.95, rep.format()
+    assert rep.overall.precision >= 0.85, rep.format()
+    assert rep.keep_damaged == 0, rep.format()
+
+
+def test_scrubbed_notes_hold_none_of_their_phi(scrubber: TextScrubber, evalset: Any) -> None:
+    notes = evalset.notes[:60]
+    out = scrub1(scrubber, [n.text for n in notes], shift=17)
+    leaked = []
+    for note, new in zip(notes, out, strict=True):
+        assert new is not None
+        for sp in note.phi:
+            value = note.text[sp.start : sp.end]
+            if len(value) >= 4 and re.search(r"(?<![\w/.-])" + re.escape(value) + r"(?![\w/-])", new):
+                leaked.append(sp.kind)
+    # Dates may coincide with their shifted value only if the shift is 0; names may collide with a surrogate.
+    assert not [k for k in leaked if k not in ("patient_name", "clinician_name", "relative_name")], leaked
+
+
+def test_clinical_content_survives(scrubber: TextScrubber) -> None:
+    text = (
+        "BP 120/80, HR 88, Hgb 13.2 g/dL, WBC 11.2, K 4.1, A1c 7.4%. Metformin 500 mg PO BID, lisinopril 5 mg "
+        "daily, 1/2 tab if dizzy. Pain 4/10, strength 5/5, 2/6 murmur. ICD-10 E11.9, I10, N18.30. CT chest and "
+        "MRI brain ordered in the ED; IV fluids; seen by PT. MD to follow. SpO2 97% on RA. Follow-up in 2 weeks."
+    )
+    [out] = scrub1(scrubber, [text])
+    assert out == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Seen on 2021-03-04.", "Seen on 2021-03-14."),
+        ("Seen on 03/04/2021.", "Seen on 03/14/2021."),
+        ("Seen on 3/4/21.", "Seen on 3/14/21."),
+        ("Seen on March 4, 2021.", "Seen on March 14, 2021."),
+        ("Seen on 04-Mar-2021.", "Seen on 14-Mar-2021."),
+        ("Seen on 28-FEB-21.", "Seen on 10-MAR-21."),
+        ("Return on 07/11.", "Return on 07/21."),
+        ("Return Jun 11.", "Return Jun 21."),
+        ("Return 11 June.", "Return 21 June."),
+        ("Return June 25th.", "Return July 5th."),
+        ("Since March 2021.", "Since March 2021."),
+        ("Admitted 12/28/2020 to 1/2/21.", "Admitted 01/07/2021 to 1/12/21."),
+        ("Seen 12/28/20, on 12/28 and 12/2/20.", "Seen 01/07/21, on 01/07 and 12/12/20."),
+        ("Seen 1/2/21 and 4 Mar 2021.", "Seen 1/12/21 and 14 Mar 2021."),
+    ],
+)
+def test_dates_shift_by_the_row_offset_in_their_own_format(scrubber: TextScrubber, text: str, expected: str) -> None:
+    [out] = scrub1(scrubber, [text], shift=10)
+    assert out == expected
+
+
+def test_each_row_shifts_by_its_own_offset_and_null_offset_tags(scrubber: TextScrubber) -> None:
+    texts = pa.array(["Seen 2021-03-04."] * 3, pa.string())
+    out, stats = scrubber.scrub(texts, pa.array([1, -1, None], pa.int32()))
+    assert out.to_pylist() == ["Seen 2021-03-05.", "Seen 2021-03-03.", "Seen [DATE]."]
+    assert stats.distinct == 1 and stats.entities["DATE"] == 3
+
+
+def test_names_get_consistent_keyed_surrogates(scrubber: TextScrubber) -> None:
+    rows = [
+        "Patient: Rose Green. Ms. Green reports improvement; Rose Green will return.",
+        "Rose Green was seen by Dr. Will Hope.",
+        "Signed by Will Hope, MD",
+    ]
+    out = scrub1(scrubber, rows)
+    assert all(o is not None and "Rose" not in o and "Green" not in o and "Hope" not in o for o in out)
+    sur = NameSurrogates(KEY)
+    rose = sur.name_for("Rose Green")
+    hope = sur.name_for("Will Hope")
+    assert out[0] is not None and out[0].count(rose) == 2
+    assert out[0].count(sur.name_for("Green")) >= 1
+    assert out[1] == f"{rose} was seen by Dr. {hope}."
+    assert out[2] == f"Signed by {hope}, MD"
+    # Same name, same key: same surrogate; another key: (almost surely) another.
+    assert NameSurrogates(KEY).name_for("rose green") == rose.lower()
+    assert NameSurrogates(b"another key").name_for("Rose Green") != rose
+
+
+def test_lowercase_names_and_names_that_are_words(scrubber: TextScrubber) -> None:
+    text = "pt: faith price, mrn 55512345. seen with dr. brown. Sincerely,\nWill Hope"
+    [out] = scrub1(scrubber, [text])
+    assert out is not None
+    for word in ("faith", "price", "brown", "Will", "Hope", "55512345"):
+        assert word not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("Call +1 (555) 201-3344 today", "[PHONE]"),
+        ("Call 1-555-201-3344 today", "[PHONE]"),
+        ("Fax 555.201.3344 today", "[PHONE]"),
+        ("SSN 123-45-6789 on file", "[SSN]"),
+        ("MRN: A1234567 on file", "[MRN]"),
+        ("HAR# 99887766 on file", "[ACCOUNT]"),
+        ("Member ID XQW123456789 on file", "[ACCOUNT]"),
+        ("Pacemaker S/N: PJN123456 placed", "[SERIAL]"),
+        ("Email jane.doe@example.com now", "[EMAIL]"),
+        ("Lives at 12 Oak Street, Springfield, IL 62704 alone", "[ADDRESS]"),
+        ("Zip code 62704 only", "[ZIP]"),
+        ("A 93-year-old man", "90+"),
+    ],
+)
+def test_identifiers_become_tags(scrubber: TextScrubber, text: str, tag: str) -> None:
+    [out] = scrub1(scrubber, [text])
+    assert out is not None and tag in out
+    assert not re.search(r"\d{4}", out.replace("90+", "")), out
+
+
+def test_deny_list_is_case_insensitive_whole_words(scrubber: TextScrubber, evalset: Any) -> None:
+    facility = next(t.text for t in evalset.known_phi if t.entity == "FACILITY")
+    [a, b] = scrub1(scrubber, [f"Transferred from {facility.upper()} today.", f"{facility}s are not ours."])
+    assert a == "Transferred from [FACILITY] today."
+    assert b is not None and facility.split()[0] in b
+
+
+def test_nulls_and_empty_strings_pass_through(scrubber: TextScrubber) -> None:
+    texts = pa.array([None, "", "   ", "Dr. Smith", None], pa.large_string())
+    out, stats = scrubber.scrub(texts, pa.array([1, 2, None, 4, None], pa.int32()))
+    assert out.type == pa.large_string()
+    got = out.to_pylist()
+    assert got[:3] == [None, "", "   "] and got[4] is None
+    assert got[3] is not None and "Smith" not in got[3]
+    assert (stats.rows, stats.nulls, stats.empty, stats.distinct, stats.failures) == (5, 2, 2, 1, 0)
+
+
+def test_repeated_values_are_analysed_once(scrubber: TextScrubber) -> None:
+    texts = pa.array(["Dr. Smith"] * 500 + ["Mr. Jones"] * 500, pa.string())
+    out, stats = scrubber.scrub(texts, pa.array([5] * 1000, pa.int32()))
+    assert stats.distinct == 2 and stats.entities["PERSON"] == 1000
+    assert len(set(out.to_pylist())) == 2
+
+
+def test_bad_input_errors_carry_no_values(scrubber: TextScrubber) -> None:
+    with pytest.raises(InputError) as e:
+        scrubber.scrub(pa.array(["Jane Roe"]), pa.array([1, 2], pa.int32()))
+    assert "Jane" not in str(e.value)
+    with pytest.raises(InputError):
+        scrubber.scrub(pa.array([1, 2]), pa.array([1, 2], pa.int32()))
+    assert "test-key" not in repr(scrubber)
+
+
+def test_analysis_failure_never_passes_text_through() -> None:
+    """Policy: a value whose analysis raises becomes SCRUB_FAILED and is counted; a dead worker fails the call."""
+    s = TextSettings(workers=1, extra_recognizers=("test_deid_text:broken_recognizers",))
+    with TextScrubber(s, KEY) as scr:
+        texts = ["Dr. Smith is fine", f"Jane Roe {RAISE_MARKER} 555-201-3344", None]
+        out, stats = scr.scrub(pa.array(texts), pa.array([1, 1, 1], pa.int32()))
+        assert out.to_pylist()[1] == SCRUB_FAILED
+        assert out.to_pylist()[0] is not None and "Smith" not in out.to_pylist()[0]
+        assert stats.failures == 1
+        with pytest.raises(TextScrubError) as e:
+            scr.scrub(pa.array([f"Jane Roe {KILL_MARKER}"]), pa.array([1], pa.int32()))
+        assert "Jane" not in str(e.value) and KILL_MARKER not in str(e.value)
+        with pytest.raises(TextScrubError):  # the scrubber stays closed rather than half-working
+            scr.scrub(pa.array(["x"]), pa.array([1], pa.int32()))
+
+
+def test_no_network_in_the_parent_either() -> None:
+    """The benchmark's default Presidio e-mail recognizer uses tldextract: it must use its bundled list."""
+    import tldextract
+
+    saved = (socket.socket.connect, socket.create_connection, socket.getaddrinfo)
+    try:
+        _guard_sockets()
+        assert tldextract.extract("jane.doe@mail.example.co.uk").suffix == "co.uk"
+    finally:
+        socket.socket.connect, socket.create_connection, socket.getaddrinfo = saved  # type: ignore[method-assign]
+
+
+# --- date shifting as a property -----------------------------------------------------------------------
+
+FORMATS = [
+    ("%Y-%m-%d", False),
+    ("%m/%d/%Y", False),
+    ("%-m/%-d/%y", False),
+    ("%B %-d, %Y", False),
+    ("%d-%b-%Y", True),
+    ("%b %-d, %Y", True),
+    ("%-d %b %Y", True),
+    ("%b %-d", True),
+    ("%m/%d", False),
+    ("%-d %B", False),
+    ("%B %-d", False),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    d=st.dates(dt.date(1931, 1, 1), dt.date(2024, 12, 31)),
+    fmt=st.sampled_from(FORMATS),
+    days=st.integers(-1500, 1500).filter(lambda x: x != 0),
+)
+def test_date_shift_round_trips(d: dt.date, fmt: tuple[str, bool], days: int) -> None:
+    pattern, abbreviated = fmt
+    has_year = "%Y" in pattern or "%y" in pattern
+    has_day = "%d" in pattern or "%-d" in pattern
+    if not has_year:  # shifted on a 365-day calendar
+        d = d.replace(year=R.NO_YEAR_CYCLE, day=min(d.day, 28) if d.month == 2 else d.day)
+        new = dt.date(R.NO_YEAR_CYCLE, 1, 1) + dt.timedelta(days=(d.timetuple().tm_yday - 1 + days) % 365)
+    else:
+        new = d + dt.timedelta(days=days)
+    if "%y" in pattern:
+        assume(1928 < new.year <= 2026)
+    if abbreviated:
+        assume(5 not in (d.month, new.month))  # "May" is both full and short: written back as a full name
+    text = d.strftime(pattern)
+    shifted = R.shift_date_text(text, days)
+    assert shifted is not None
+    parsed = R.parse_date(shifted)
+    assert parsed is not None and parsed.fmt == R.parse_date(text).fmt  # type: ignore[union-attr]
+    if has_day:
+        assert (parsed.date.month, parsed.date.day) == (new.month, new.day)
+    if has_year:
+        assert parsed.date.year == new.year
+    back = R.shift_date_text(shifted, -days)
+    assert back is not None
+    # Exact, except that zero padding is a guess when no part shows it (10/10 -> 9/1 or 09/01).
+    assert re.sub(r"\b0(\d)", r"\1", back) == re.sub(r"\b0(\d)", r"\1", text)
+    if any(len(p) == 1 for p in re.findall(r"\d+", shifted)) or re.search(r"\b0\d", shifted):
+        assert back == text
+
+
+@given(st.text(alphabet="0123456789/-. ", max_size=12))
+def test_numbers_that_are_not_dates_are_left_alone(s: str) -> None:
+    assume(R.parse_date(s) is None)
+    assert R.shift_date_text(s, 10) is None
+
+
+@pytest.mark.parametrize("text", ["strength 5/5", "pain 4/10", "1/2 tab", "BP 120/80", "2/6 murmur", "10/10 pain"])
+def test_fractions_and_scores_are_not_dates(text: str) -> None:
+    found = [r for rec in R.build_recognizers() for r in rec.analyze(text, None)]
+    assert not [r for r in found if r.entity_type == R.DATE], text
