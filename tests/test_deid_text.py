@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -56,7 +56,7 @@ def broken_recognizers() -> list[Any]:
     """A recognizer that raises on one marker and kills its process on another."""
     from presidio_analyzer import LocalRecognizer
 
-    class Broken(LocalRecognizer):  # type: ignore[misc]
+    class Broken(LocalRecognizer):
         def load(self) -> None:
             pass
 
@@ -86,7 +86,7 @@ def scrubber(evalset: Any) -> Iterator[TextScrubber]:
         yield scr
 
 
-def scrub1(scr: TextScrubber, texts: list[str | None], shift: int | None = 10) -> list[str | None]:
+def scrub1(scr: TextScrubber, texts: Sequence[str | None], shift: int | None = 10) -> list[str | None]:
     out, _ = scr.scrub(pa.array(texts, pa.string()), pa.array([shift] * len(texts), pa.int32()))
     return list(out.to_pylist())
 
@@ -333,5 +333,5 @@ def test_numbers_that_are_not_dates_are_left_alone(s: str) -> None:
 
 @pytest.mark.parametrize("text", ["strength 5/5", "pain 4/10", "1/2 tab", "BP 120/80", "2/6 murmur", "10/10 pain"])
 def test_fractions_and_scores_are_not_dates(text: str) -> None:
-    found = [r for rec in R.build_recognizers() for r in rec.analyze(text, None)]
+    found = [r for rec in R.build_recognizers() for r in rec.analyze(text, [], None)]
     assert not [r for r in found if r.entity_type == R.DATE], text
