@@ -333,5 +333,5 @@ def test_numbers_that_are_not_dates_are_left_alone(s: str) -> None:
 
 @pytest.mark.parametrize("text", ["strength 5/5", "pain 4/10", "1/2 tab", "BP 120/80", "2/6 murmur", "10/10 pain"])
 def test_fractions_and_scores_are_not_dates(text: str) -> None:
-    found = [r for rec in R.build_recognizers() for r in rec.analyze(text, [], None)]
+    found = [r for rec in R.build_recognizers() for r in rec.analyze(text, None)]
     assert not [r for r in found if r.entity_type == R.DATE], text

@@ -769,13 +769,13 @@ class DenyListRecognizer(RegexRecognizer):
         super().__init__("DenyListRecognizer", [Rule(e, rx, 1.0) for e, rx in compile_deny_list(terms)])
 
 
-def build_recognizers(deny_list: Iterable[str | DenyTerm] = ()) -> list[LocalRecognizer]:
+def build_recognizers(deny_list: Iterable[str | DenyTerm] = ()) -> list[RegexRecognizer | ContextNameRecognizer]:
     """Every recognizer cohortsync adds to the NER model, for one worker's AnalyzerEngine.
 
     Presidio's own phone (phonenumbers: ~30 ms a note), date, e-mail (tldextract) and SSN recognizers
     are replaced; crypto, IBAN, NHS and the non-US national ids are not loaded at all.
     """
-    recs: list[LocalRecognizer] = [
+    recs: list[RegexRecognizer | ContextNameRecognizer] = [
         RegexRecognizer("IdentifierRecognizer", IDENTIFIER_RULES),
         RegexRecognizer("AgeRecognizer", AGE_RULES),
         RegexRecognizer("AddressRecognizer", ADDRESS_RULES),
