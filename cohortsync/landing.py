@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cohortsync.errors import LandingError, StateError
+from cohortsync.faults import fault_point
 
 TMP_PREFIX = ".tmp-"
 FILE_RE = re.compile(r"^(?P<table>[a-z_]+)__(?P<lo>\d{8}T\d{12}|backfill)__(?P<hi>\d{8}T\d{12})__(?P<part>\d{4})\.parquet$")
@@ -151,6 +152,7 @@ class WindowWriter:
                 digest, size = _fsync_and_hash(tmp)
                 os.replace(tmp, self.dir / name)
                 out.append(LandedFile(name, rows, size, digest))
+                fault_point("between_renames")
             if out:
                 _fsync_dir(self.dir)
             return out

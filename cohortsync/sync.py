@@ -12,16 +12,14 @@ A table that fails stops at its own step; the tables before it stay committed, t
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -34,12 +32,11 @@ from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber
 from cohortsync.deid.policy import load_policy
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
+from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of, upper_bound
 from cohortsync.state import Mark, StateStore, TableOutcome
-
-FAULT_ENV = "COHORTSYNC_FAULT_POINT"
 
 
 class Progress(Protocol):
@@ -78,12 +75,6 @@ class SyncReport:
         return sum(o.rows for o in self.outcomes)
 
 
-def fault_point(name: str) -> None:
-    """Die here, as a power cut would, when a crash-safety test asks for it (never set in production)."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_sync(
     settings: Settings,
     cohort_names: Sequence[str] | None = None,
@@ -109,7 +100,7 @@ def run_sync(
             for n in report.notes:
                 progress.note(n)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
-            bounds = {t: _inspect(src, deid, t) for t in settings.sync.tables}
+            bounds = {t: _inspect(src, deid, t, settings.source.retries) for t in settings.sync.tables}
             if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
             landing = Landing(settings.landing_path, settings.landing.compression)
@@ -120,9 +111,16 @@ def run_sync(
                     report.outcomes += _failed(state, run_id, due, None, {}, str(found), time.monotonic(), progress, table)
                     continue
                 table_plan, upper = found
-                report.outcomes += _sync_table(
-                    settings, src, state, landing, deid, run_id, table, table_plan, upper, selected, progress
-                )
+                for attempt in range(settings.source.retries + 1):
+                    try:
+                        report.outcomes += _sync_table(
+                            settings, src, state, landing, deid, run_id, table, table_plan, upper, selected, progress,
+                            attempt,
+                        )
+                        break
+                    except CohortsyncError as e:  # transient, with attempts left
+                        progress.note(f"{table}: {e}; retrying in {backoff(attempt):.0f}s")
+                        time.sleep(backoff(attempt))
         except BaseException:
             state.end_run(run_id, "crashed")
             raise
@@ -132,6 +130,26 @@ def run_sync(
                 src.close()
         state.end_run(run_id, "failed" if report.failed else "ok")
         return report
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Bounded exponential backoff between retries of a transient failure: 1, 2, 4, ... 60 s."""
+    return float(min(cap, base * 2**attempt))
+
+
+T = TypeVar("T")
+
+
+def retrying(call: Callable[[], T], retries: int, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``call``; retry transient errors (unreachable, starting, throttled) up to ``retries`` times."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except CohortsyncError as e:
+            if not e.transient or attempt == retries:
+                raise
+            sleep(backoff(attempt))
+    raise AssertionError("unreachable")
 
 
 def deid_keys(settings: Settings) -> Keys:
@@ -208,11 +226,13 @@ def windows(
     return due, fresh
 
 
-def _inspect(src: Source, deid: Deidentifier, table: str) -> tuple[TablePlan, datetime | None] | CohortsyncError:
+def _inspect(
+    src: Source, deid: Deidentifier, table: str, retries: int = 0
+) -> tuple[TablePlan, datetime | None] | CohortsyncError:
     """A table's policy-checked columns and its upper bound, or the error that fails this table only."""
+    t = omop.table(table)
     try:
-        t = omop.table(table)
-        return deid.prepare(t, _source_columns(src, t)), upper_bound(src, table)
+        return retrying(lambda: (deid.prepare(t, _source_columns(src, t)), upper_bound(src, table)), retries)
     except CohortsyncError as e:
         return e
 
@@ -259,6 +279,7 @@ def _sync_table(
     upper: datetime | None,
     selected: list[cohort_files.Cohort],
     progress: Progress,
+    attempt: int = 0,
 ) -> list[TableOutcome]:
     started = time.monotonic()
     table = omop.table(table_name)
@@ -288,6 +309,7 @@ def _sync_table(
             for raw in _prefetch(reader):
                 _fan_out(deid.apply(table, raw, upper.year), writers)
                 total += raw.num_rows
+                fault_point("mid_stream")
                 progress.rows(table_name, total)
         fault_point("before_finish")
         landed: dict[str, list[LandedFile]] = {c: w.finish() for c, w in writers.items()}
@@ -304,6 +326,10 @@ def _sync_table(
         state.commit_table(run_id, outcomes)
         fault_point("after_commit")
     except CohortsyncError as e:
+        if e.transient and attempt < settings.source.retries:
+            for w in writers.values():
+                w.abort()
+            raise  # run_sync waits and runs the table again
         return done + _failed(state, run_id, due, upper, writers, str(e), started, progress, table_name)
     except Exception as e:  # an engine or file error we did not anticipate: still only this table fails
         msg = f"{type(e).__name__}: {safe_message(e)}"

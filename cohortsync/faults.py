@@ -1,0 +1,26 @@
+"""Named crash points for the fault-injection tests (tests/test_faults.py, benchmarks/crash_trials.py).
+
+Never set in production: ``COHORTSYNC_FAULT_POINT=after_land`` kills the process with SIGKILL, as a
+power cut would, the first time the sync passes that point; ``after_land@3`` the third time.
+Points: mid_stream, before_finish, between_renames, after_land, after_commit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAULT_ENV = "COHORTSYNC_FAULT_POINT"
+_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    want = os.environ.get(FAULT_ENV)
+    if not want:
+        return
+    point, _, nth = want.partition("@")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
