@@ -174,7 +174,7 @@ _WORKER_ERROR: str | None = None
 
 def _ner_only(nlp: Any) -> list[str]:
     """Pipes NER needs: ner/entity rulers plus any shared embedding layer that NER listens to."""
-    keep = {n for n in nlp.pipe_names if n == "ner" or "entity" in n or n.endswith("ruler")}
+    keep = {n for n in nlp.pipe_names if n == "ner" or "entity" in n or n in ("span_ruler", "entity_ruler")}
     for name in nlp.pipe_names:
         pipe = nlp.get_pipe(name)
         listeners = getattr(pipe, "listening_components", None) or []
@@ -207,7 +207,7 @@ class _Worker:
         self.nlp = nlp
 
         class _LoadedSpacy(SpacyNlpEngine):
-            """The already-loaded model; lemmas are lowercase forms (no lemmatizer runs)."""
+            """The already-loaded model; artifacts carry only entities (building token/lemma lists cost ~10%)."""
 
             def load(self) -> None:
                 self.nlp = {"en": nlp}  # type: ignore[assignment]
@@ -221,8 +221,8 @@ class _Worker:
                 return NlpArtifacts(
                     entities=entities,
                     tokens=doc,
-                    tokens_indices=[t.idx for t in doc],
-                    lemmas=[t.lower_ for t in doc],
+                    tokens_indices=[],  # nothing downstream reads tokens or lemmas: no context enhancer runs
+                    lemmas=[],
                     nlp_engine=self,
                     language=language,
                     scores=scores,
