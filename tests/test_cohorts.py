@@ -6,12 +6,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import Project, person_ids, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cohortsync.cohorts import NAME_RE, check_name, read_patients
 from cohortsync.errors import InputError
+from conftest import Project, person_ids, snapshot
 
 
 @given(ids=st.lists(st.integers(min_value=1, max_value=2**63 - 1), min_size=1, max_size=50), header=st.booleans())

@@ -7,7 +7,6 @@ from datetime import date, datetime, timedelta
 import duckdb
 import pyarrow as pa
 import pytest
-from conftest import TEST_KEY, Project, person_ids
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, default_action, load_policy, render_default
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import DeidError
+from conftest import TEST_KEY, Project, person_ids
 
 KEYS = Keys.from_secret(TEST_KEY)
 OTHER = Keys.from_secret("another-key-" + "x" * 40)

@@ -40,8 +40,8 @@ def test_landed_rows_equal_source_rows_row_for_row(project: Project) -> None:
 
     # Eunomia repeats primary keys in drug_exposure and measurement: kept, counted and reported.
     dupes = con.execute(
-        f"SELECT count(drug_exposure_id) - count(DISTINCT drug_exposure_id) FROM src.omop.drug_exposure "
-        f"WHERE person_id IN (SELECT person_id FROM m) AND load_dt <= TIMESTAMP '2026-10-25 02:00:00'"
+        "SELECT count(drug_exposure_id) - count(DISTINCT drug_exposure_id) FROM src.omop.drug_exposure "
+        "WHERE person_id IN (SELECT person_id FROM m) AND load_dt <= TIMESTAMP '2026-10-25 02:00:00'"
     ).fetchall()[0][0]
     assert dupes > 0
     assert f"repeated_primary_key_rows={dupes}" in r.output

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import TEST_KEY, Project, person_ids, snapshot
 
 from cohortsync import omop
 from cohortsync.state import StateStore
+from conftest import TEST_KEY, Project, person_ids, snapshot
 
 TABLES = [t for t in omop.DEFAULT_TABLES if t != "note"]  # Eunomia has no notes
 
