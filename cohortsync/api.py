@@ -18,12 +18,25 @@ from cohortsync import omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
+from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, remove_cohort
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of, upper_bound
 from cohortsync.state import StateStore
 from cohortsync.sync import Progress, SyncReport, run_sync, windows
 
 MISSING_EXAMPLES = 5
+__all__ = [
+    "AmendResult",
+    "RemovalPlan",
+    "add_cohort",
+    "amend_cohort",
+    "plan_next",
+    "policy_check",
+    "policy_rows",
+    "remove_cohort",
+    "status",
+    "sync",
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,7 @@ def add_cohort(
                     )
                 cohort = cohort_files.record(settings.cohorts_path, name, patients, str(patients_file), len(missing))
             except BaseException:
-                src.execute(plan.members_delete(name, src.names))  # undo the upload of a refused cohort
+                src.delete_members(name)  # undo the upload of a refused cohort
                 raise
             state.record_cohort(name, cohort.members, cohort.members_sha256, cohort.registered_at)
             return AddCohortResult(cohort, patients.lines, patients.duplicates, len(missing), False)

@@ -156,6 +156,49 @@ def add_cohort_cmd(ctx: click.Context, name: str, patients: Path, allow_missing:
     )
 
 
+@cli.command("amend-cohort")
+@click.argument("name")
+@click.option("--add", "add", type=click.Path(path_type=Path), help="Patients to add (same formats as add-cohort).")
+@click.option("--remove", "remove", type=click.Path(path_type=Path), help="Patients who withdraw.")
+@click.option("--allow-missing", is_flag=True, help="Add ids even if some are not in omop.person.")
+@click.pass_context
+@handle_errors
+def amend_cohort_cmd(ctx: click.Context, name: str, add: Path | None, remove: Path | None, allow_missing: bool) -> None:
+    """Amend an approved cohort: add patients and/or withdraw patients.
+
+    Added patients get a backfill of their own history at the next sync (existing members still
+    pull only new rows). Withdrawn patients leave the sandbox now and their rows are purged from
+    every file of the cohort's landing. The amendment is recorded under cohorts/NAME/.
+    """
+    r = api.amend_cohort(_settings(ctx), name, add, remove, allow_missing)
+    a = r.amendment
+    click.echo(f"amended cohort {name} (amendment {a.number}): +{a.added} -{a.removed} -> {r.cohort.members} members")
+    if r.purged_rows:
+        click.echo("purged from the landing: " + ", ".join(f"{t} {n:,}" for t, n in r.purged_rows.items()))
+
+
+@cli.command("remove-cohort")
+@click.argument("name")
+@click.option("--purge", "purge", is_flag=True, help="Really delete: landing files, sandbox membership, watermarks.")
+@click.pass_context
+@handle_errors
+def remove_cohort_cmd(ctx: click.Context, name: str, purge: bool) -> None:
+    """Retire cohort NAME. Without --purge nothing is deleted: it says what would be.
+
+    With --purge: deletes the cohort's landing data, its sandbox membership and its watermarks, and
+    moves its record to cohorts/.retired/ (the act is also logged in the state store).
+    """
+    p = api.remove_cohort(_settings(ctx), name, purge)
+    what = (
+        f"{p.files} landing files ({p.rows:,} rows, {p.bytes / 2**20:.1f} MiB), {p.members:,} sandbox members, "
+        f"{p.watermarks} watermarks"
+    )
+    if not purge:
+        click.echo(f"error: would delete {what} of cohort {name}; run again with --purge to do it", err=True)
+        sys.exit(2)
+    click.echo(f"removed cohort {name}: deleted {what}")
+
+
 @cli.command("sync")
 @click.option("--cohort", "cohorts", multiple=True, help="Only this cohort (repeatable). Default: all registered.")
 @click.option("--quiet", "-q", is_flag=True, help="Plain lines, no live progress.")

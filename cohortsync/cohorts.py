@@ -9,6 +9,7 @@ Error messages give line numbers and counts, never the offending text, which cou
 from __future__ import annotations
 
 import csv
+import getpass
 import hashlib
 import io
 import json
@@ -16,7 +17,7 @@ import os
 import re
 import shutil
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,12 +61,29 @@ class Cohort:
     missing_allowed: int
     folder: Path
     batch: int = 0  # the latest amendment that added members (0: the registered list)
+    registered_by: str = ""
+    amendments: tuple[Amendment, ...] = ()
+
+    def member_batches(self) -> tuple[list[int], list[int]]:
+        """Members and, for each, the amendment that added them last (0: the registered list)."""
+        ids = self.member_ids()
+        batch = dict.fromkeys(ids, 0)
+        for a in self.amendments:
+            if a.add_file:
+                for i in _read_ids(self.folder / a.add_file):
+                    if i in batch:
+                        batch[i] = a.number
+        return ids, [batch[i] for i in ids]
 
     def member_ids(self) -> list[int]:
-        ids = [int(x) for x in (self.folder / MEMBERS).read_text(encoding="ascii").split()]
+        ids = _read_ids(self.folder / MEMBERS)
         if members_sha256(ids) != self.members_sha256 or len(ids) != self.members:
             raise CohortError(f"cohort {self.name}: {MEMBERS} does not match the checksum in {DEFINITION}")
         return ids
+
+
+def _read_ids(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text(encoding="ascii").split()]
 
 
 def members_sha256(ids: list[int]) -> str:
@@ -135,6 +153,8 @@ def _values(path: Path, text: str) -> Iterator[tuple[int, str]]:
 
 def load(folder: Path, name: str) -> Cohort | None:
     d = folder / check_name(name)
+    if folder.is_dir():
+        _recover(folder)
     try:
         with (d / DEFINITION).open("rb") as f:
             doc = tomllib.load(f)
@@ -153,6 +173,14 @@ def load(folder: Path, name: str) -> Cohort | None:
             missing_allowed=int(doc.get("missing_allowed", 0)),
             folder=d,
             batch=int(doc.get("batch", 0)),
+            registered_by=str(doc.get("registered_by", "")),
+            amendments=tuple(
+                Amendment(
+                    int(a["number"]), str(a["at"]), str(a["by"]), int(a["added"]), int(a["removed"]),
+                    a.get("add_file"), a.get("remove_file"),
+                )
+                for a in doc.get("amendment", [])
+            ),
         )
     except (KeyError, ValueError, TypeError) as e:
         raise CohortError(f"cohort {name}: {DEFINITION} is missing or has a bad field ({e})") from None
@@ -161,6 +189,7 @@ def load(folder: Path, name: str) -> Cohort | None:
 def load_all(folder: Path) -> list[Cohort]:
     if not folder.is_dir():
         return []
+    _recover(folder)
     out = []
     for d in sorted(folder.iterdir()):
         if d.is_dir() and NAME_RE.fullmatch(d.name) and (d / DEFINITION).exists():
@@ -170,32 +199,80 @@ def load_all(folder: Path) -> list[Cohort]:
     return out
 
 
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _who() -> str:
+    """Who made a change, for the reviewable history (the OS user; a scheduler's service account)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry in some containers
+        return "unknown"
+
+
+def _write_ids(path: Path, ids: Iterable[int]) -> None:
+    with path.open("w", encoding="ascii") as f:
+        for i in ids:
+            f.write(f"{i}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _render(doc: dict[str, object], amendments: list[Amendment]) -> str:
+    lines = ["# Approved cohort, recorded by cohortsync. Members: members.txt; history: [[amendment]] below."]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in doc.items()]
+    for a in amendments:
+        lines += ["", "[[amendment]]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in a.as_dict().items()]
+    return "\n".join(lines) + "\n"
+
+
+def _swap_in(folder: Path, name: str, tmp: Path) -> None:
+    """Put a fully written folder in place of the cohort's: two renames, recoverable in between."""
+    target = folder / name
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = folder / f".{name}.old-{os.getpid()}"
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old)
+
+
+def _recover(folder: Path) -> None:
+    """Finish or undo a swap a crash interrupted: a cohort folder is never left missing."""
+    for old in folder.glob(".*.old-*"):
+        name = old.name[1:].split(".old-")[0]
+        if (folder / name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, folder / name)
+    for tmp in folder.glob(".*.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def record(folder: Path, name: str, patients: PatientList, source_file: str, missing_allowed: int) -> Cohort:
-    """Write the cohort's two files into place atomically (temporary folder, then rename)."""
+    """Write the cohort's files into place atomically (temporary folder, then rename)."""
     check_name(name)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     try:
-        with (tmp / MEMBERS).open("w", encoding="ascii") as f:
-            for i in patients.ids:
-                f.write(f"{i}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        doc = {
+        _write_ids(tmp / MEMBERS, patients.ids)
+        doc: dict[str, object] = {
             "name": name,
-            "registered_at": now,
+            "registered_at": _now(),
+            "registered_by": _who(),
             "members": len(patients.ids),
             "members_sha256": patients.sha256,
             "source_file": os.path.basename(source_file),
             "duplicates_collapsed": patients.duplicates,
             "missing_allowed": missing_allowed,
+            "batch": 0,
         }
-        lines = ["# Approved cohort, registered by cohortsync add-cohort. Members: members.txt"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in doc.items()]
-        (tmp / DEFINITION).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (tmp / DEFINITION).write_text(_render(doc, []), encoding="utf-8")
         os.replace(tmp, folder / name)  # fails if the target exists and is not empty: never overwrite
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -203,3 +280,74 @@ def record(folder: Path, name: str, patients: PatientList, source_file: str, mis
     c = load(folder, name)
     assert c is not None
     return c
+
+
+@dataclass(frozen=True)
+class Amendment:
+    number: int
+    at: str
+    by: str
+    added: int
+    removed: int
+    add_file: str | None  # relative to the cohort folder: amendments/0001-add.txt
+    remove_file: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"number": self.number, "at": self.at, "by": self.by, "added": self.added,
+                                "removed": self.removed}
+        if self.add_file:
+            d["add_file"] = self.add_file
+        if self.remove_file:
+            d["remove_file"] = self.remove_file
+        return d
+
+
+def amend(folder: Path, cohort: Cohort, add: list[int], remove: list[int]) -> tuple[Cohort, Amendment]:
+    """Record an amendment: new members.txt, the amendment's id lists, and a history entry."""
+    current = cohort.member_ids()
+    number = len(cohort.amendments) + 1
+    members = sorted((set(current) - set(remove)) | set(add))
+    amendment = Amendment(
+        number, _now(), _who(), len(add), len(remove),
+        f"amendments/{number:04d}-add.txt" if add else None,
+        f"amendments/{number:04d}-remove.txt" if remove else None,
+    )
+    tmp = folder / f".{cohort.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(cohort.folder, tmp)
+        (tmp / "amendments").mkdir(exist_ok=True)
+        if add:
+            _write_ids(tmp / str(amendment.add_file), sorted(add))
+        if remove:
+            _write_ids(tmp / str(amendment.remove_file), sorted(remove))
+        _write_ids(tmp / MEMBERS, members)
+        doc: dict[str, object] = {
+            "name": cohort.name,
+            "registered_at": cohort.registered_at,
+            "registered_by": cohort.registered_by,
+            "members": len(members),
+            "members_sha256": members_sha256(members),
+            "source_file": cohort.source_file,
+            "duplicates_collapsed": cohort.duplicates_collapsed,
+            "missing_allowed": cohort.missing_allowed,
+            "batch": number if add else cohort.batch,
+        }
+        (tmp / DEFINITION).write_text(_render(doc, [*cohort.amendments, amendment]), encoding="utf-8")
+        _swap_in(folder, cohort.name, tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CohortError(f"cannot record the amendment of {cohort.name}: {e.strerror}") from None
+    c = load(folder, cohort.name)
+    assert c is not None
+    return c, amendment
+
+
+def retire(folder: Path, cohort: Cohort) -> Path:
+    """Move a removed cohort's record aside (kept for the audit trail; the name becomes free)."""
+    retired = folder / ".retired"
+    retired.mkdir(exist_ok=True)
+    target = retired / f"{cohort.name}-{_now().replace(':', '')}"
+    (cohort.folder / "retired.toml").write_text(f'retired_at = "{_now()}"\nretired_by = {json.dumps(_who())}\n')
+    os.replace(cohort.folder, target)
+    return target

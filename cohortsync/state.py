@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS landed_file (
     PRIMARY KEY (cohort, tbl, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS purge (
+    cohort TEXT NOT NULL, amendment INTEGER NOT NULL, purged_at TEXT NOT NULL, rows INTEGER NOT NULL,
+    PRIMARY KEY (cohort, amendment)
+);
+CREATE TABLE IF NOT EXISTS retired (cohort TEXT NOT NULL, retired_at TEXT NOT NULL, files INTEGER, rows INTEGER);
 CREATE TABLE IF NOT EXISTS run (
     run_id TEXT PRIMARY KEY, command TEXT NOT NULL, started TEXT NOT NULL, ended TEXT, status TEXT NOT NULL
 );
@@ -221,6 +226,41 @@ class StateStore:
                     (o.cohort, o.table, iso(o.upper), o.rows, len(o.files), run_id, o.batch),
                 )
                 self._log(db, run_id, o)
+
+    def update_files(self, cohort: str, table: str, files: list[LandedFile], rows_removed: int) -> None:
+        """Record rewritten files (a purge): new sizes and checksums, fewer rows."""
+        with self.transaction() as db:
+            for f in files:
+                db.execute(
+                    "UPDATE landed_file SET rows=?, bytes=?, sha256=? WHERE cohort=? AND tbl=? AND name=?",
+                    (f.rows, f.bytes, f.sha256, cohort, table, f.name),
+                )
+            db.execute("UPDATE watermark SET rows = rows - ? WHERE cohort=? AND tbl=?", (rows_removed, cohort, table))
+
+    def purged_amendments(self, cohort: str) -> set[int]:
+        return {r[0] for r in self.db.execute("SELECT amendment FROM purge WHERE cohort=?", (cohort,)).fetchall()}
+
+    def record_purge(self, cohort: str, amendment: int, rows: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO purge VALUES (?, ?, ?, ?)", (cohort, amendment, iso(now_utc()), rows))
+
+    def forget_cohort(self, cohort: str) -> None:
+        """A retired cohort: its watermarks and file list go; the run log and the act itself stay."""
+        with self.transaction() as db:
+            n, rows = db.execute(
+                "SELECT count(*), coalesce(sum(rows), 0) FROM landed_file WHERE cohort=?", (cohort,)
+            ).fetchone()
+            db.execute("DELETE FROM landed_file WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM watermark WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM purge WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM cohort WHERE name=?", (cohort,))
+            db.execute("INSERT INTO retired VALUES (?, ?, ?, ?)", (cohort, iso(now_utc()), n, rows))
+
+    def forget_table(self, cohort: str, table: str) -> None:
+        """Forget what was landed for one (cohort, table), so the next sync backfills it (verify --repair)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
+            db.execute("DELETE FROM watermark WHERE cohort=? AND tbl=?", (cohort, table))
 
     def log_outcome(self, run_id: str, o: TableOutcome) -> None:
         with self.transaction() as db:

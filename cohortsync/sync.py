@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import omop, plan
+from cohortsync import lifecycle, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber
 from cohortsync.deid.policy import load_policy
@@ -89,6 +89,10 @@ def run_sync(
         state.lock("sync")
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
+        for c in selected:  # a withdrawal whose purge a crash interrupted is finished before anything else
+            for a in lifecycle.pending_purges(state, c):
+                gone = lifecycle.purge(settings, state, keys, c, a)
+                progress.note(f"{c.name}: finished the purge of amendment {a.number} ({sum(gone.values())} rows removed)")
         own_source = source is None
         src = source or open_source(settings)
         run_id = state.start_run("sync " + " ".join(c.name for c in selected))
@@ -262,7 +266,8 @@ def restore_membership(src: Source, selected: list[cohort_files.Cohort]) -> list
     notes = []
     for c in selected:
         if counts.get(c.name) != c.members:
-            src.replace_members(c.name, pa.array(c.member_ids(), pa.int64()))
+            ids, batches = c.member_batches()
+            src.replace_members(c.name, pa.array(ids, pa.int64()), pa.array(batches, pa.int32()))
             notes.append(f"sandbox membership of {c.name} re-uploaded from {cohort_files.MEMBERS} ({c.members} ids)")
     return notes
 

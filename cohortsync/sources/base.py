@@ -29,8 +29,15 @@ class Source(Protocol):
         """Run a statement that returns nothing (DDL, DELETE)."""
         ...
 
-    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int = 0) -> None:
-        """Make the sandbox hold exactly ``person_ids`` for ``cohort`` (idempotent; creates the table)."""
+    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int | pa.Array = 0) -> None:
+        """Make the sandbox hold exactly ``person_ids`` for ``cohort`` (idempotent; creates the table).
+
+        ``batch`` numbers the amendment that added each member (one number for all, or one per id).
+        """
+        ...
+
+    def delete_members(self, cohort: str) -> None:
+        """Remove every sandbox row of ``cohort`` (undoing a refused registration, retiring a cohort)."""
         ...
 
     def close(self) -> None: ...

@@ -81,16 +81,15 @@ class DuckDBSource:
         with _errors():
             self.con.execute(self.render(statement))
 
-    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int = 0) -> None:
+    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int | pa.Array = 0) -> None:
         names = self.names
-        upload = pa.table({"person_id": person_ids.cast(pa.int64())})
-        insert = (
-            exp.insert(
-                exp.select(plan.cohort_literal(cohort), exp.column("person_id"), exp.Literal.number(int(batch))).from_(
-                    "__cohortsync_upload"
-                ),
-                names.members(),
-            )
+        batches = batch if isinstance(batch, pa.Array) else pa.array([int(batch)] * len(person_ids), pa.int32())
+        upload = pa.table({"person_id": person_ids.cast(pa.int64()), "batch": batches.cast(pa.int32())})
+        insert = exp.insert(
+            exp.select(plan.cohort_literal(cohort), exp.column("person_id"), exp.column("batch")).from_(
+                "__cohortsync_upload"
+            ),
+            names.members(),
         )
         with _errors():
             self.execute(plan.create_schema(names.catalog, names.sandbox_schema))
@@ -106,6 +105,9 @@ class DuckDBSource:
                 raise
             finally:
                 self.con.unregister("__cohortsync_upload")
+
+    def delete_members(self, cohort: str) -> None:
+        self.execute(plan.members_delete(cohort, self.names))
 
     def close(self) -> None:
         self.con.close()
