@@ -199,6 +199,42 @@ def remove_cohort_cmd(ctx: click.Context, name: str, purge: bool) -> None:
     click.echo(f"removed cohort {name}: deleted {what}")
 
 
+@cli.command("verify")
+@click.argument("cohort")
+@click.option("--tables", "tables", multiple=True, help="Only this table (repeatable). Default: the configured tables.")
+@click.option("--repair", is_flag=True, help="Re-backfill every table whose landing disagrees with the source.")
+@click.pass_context
+@handle_errors
+def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair: bool) -> None:
+    """Compare the source and the landing of COHORT, table by table; exit 1 on any disagreement.
+
+    For rows up to each watermark: missing rows, extra rows (e.g. deleted upstream) and duplicates.
+    With --repair, a disagreeing table's landing is deleted and backfilled again by a sync.
+    """
+    from cohortsync import verify as verifying
+
+    settings = _settings(ctx)
+    checks = verifying.verify(settings, cohort, list(tables) or None)
+    for c in checks:
+        click.echo(
+            f"{c.table:<22} {c.status:<10} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
+            f"missing {c.missing:,}  extra {c.extra:,}  duplicates {c.duplicates:,}{'  ' + c.note if c.note else ''}"
+        )
+    bad = [c for c in checks if c.bad]
+    if bad and repair:
+        fixed = verifying.repair(settings, cohort, bad)
+        click.echo(f"repairing {', '.join(fixed)}: backfilling again")
+        report = api.sync(settings, [cohort], Reporter(sys.stderr, live=False))
+        bad = [c for c in verifying.verify(settings, cohort, fixed) if c.bad]
+        if report.failed or bad:
+            click.echo(f"error: still disagreeing: {', '.join(sorted({c.table for c in bad}))}", err=True)
+            sys.exit(1)
+        click.echo("repaired")
+        return
+    if bad:
+        sys.exit(1)
+
+
 @cli.command("sync")
 @click.option("--cohort", "cohorts", multiple=True, help="Only this cohort (repeatable). Default: all registered.")
 @click.option("--quiet", "-q", is_flag=True, help="Plain lines, no live progress.")

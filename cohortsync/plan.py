@@ -50,6 +50,7 @@ class Slice:
     cohort: str
     lower: datetime | None
     new_after_batch: int | None = None
+    max_batch: int | None = None  # only members added up to this amendment (verify compares those)
 
 
 def _table(catalog: str | None, schema: str, name: str) -> exp.Table:
@@ -143,6 +144,9 @@ def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper
                 added = exp.GT(this=column("batch", "members"), expression=exp.Literal.number(int(s.new_after_batch)))
                 since = exp.Paren(this=exp.Or(this=since, expression=added))
             cond = exp.And(this=cond, expression=since)
+        if s.max_batch is not None:
+            limit = exp.LTE(this=column("batch", "members"), expression=exp.Literal.number(int(s.max_batch)))
+            cond = exp.And(this=cond, expression=limit)
         windows.append(cond)
     tables = {"omop_table": names.omop(table.name), "members_table": names.members()}
     rename: dict[str, str] = {}

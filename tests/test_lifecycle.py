@@ -235,3 +235,35 @@ def test_transient_failures_are_retried(project: Project, monkeypatch: pytest.Mo
     assert [o.table for o in report.failed] == ["condition_occurrence"]
     assert "warehouse unreachable" in (report.failed[0].error or "")
     assert Flaky.failures == 3  # the first try and one retry, then it gave up
+
+
+def test_verify_finds_missing_extra_and_duplicate_rows_and_repairs(project: Project) -> None:
+    structured_only(project)
+    ids = person_ids(project)[:300]
+    project.cli("add-cohort", "v", "--patients", str(project.write_ids("v.csv", ids)))
+    assert project.cli("sync", "-q").exit_code == 0
+    r = project.cli("verify", "v")
+    assert r.exit_code == 0, r.output
+    assert "condition_occurrence   ok" in r.output
+    # Upstream deletes rows and inserts some with an old load_dt: the landing now has extra rows and misses some.
+    con = project.con()
+    con.execute(f"DELETE FROM omop.omop.condition_occurrence WHERE person_id = {ids[3]}")
+    con.execute(
+        "INSERT INTO omop.omop.drug_exposure SELECT * REPLACE (drug_exposure_id + 90000000 AS drug_exposure_id) "
+        f"FROM omop.omop.drug_exposure WHERE person_id = {ids[5]}"
+    )
+    con.close()
+    # And a landed file appears twice under another name (e.g. copied by hand).
+    files = sorted((project.landing / "v" / "measurement").glob("*.parquet"))
+    (files[0].parent / files[0].name.replace("__0000", "__0099")).write_bytes(files[0].read_bytes())
+    r = project.cli("verify", "v")
+    assert r.exit_code == 1
+    lines = {line.split()[0]: line for line in r.output.splitlines()}
+    assert "mismatch" in lines["condition_occurrence"] and "extra 0" not in lines["condition_occurrence"]
+    assert "mismatch" in lines["drug_exposure"] and "missing 0" not in lines["drug_exposure"]
+    assert "mismatch" in lines["measurement"] and "1 file(s) in the folder that the state does not list" in r.output
+    r = project.cli("verify", "v", "--repair")
+    assert r.exit_code == 0, r.output
+    assert "repaired" in r.output
+    assert project.cli("verify", "v").exit_code == 0
+    assert project.cli("sync", "-q").exit_code == 0
