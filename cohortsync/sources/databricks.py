@@ -274,6 +274,7 @@ def _chain(e: BaseException) -> list[BaseException]:
             continue
         out.append(link)
         todo += [link.__cause__, link.__context__]
+        todo += [a for a in link.args if isinstance(a, BaseException)]  # RequestError keeps the cause in args
         original = getattr(link, "context", None)
         if isinstance(original, dict) and isinstance(original.get("original-exception"), BaseException):
             todo.append(original["original-exception"])
@@ -412,7 +413,7 @@ class DatabricksSource:
         connect_timeout_s: float = 60,
         query_timeout_s: float = 3600,
         retries: int = 5,
-        backoff_s: float = 2.0,
+        backoff_s: float = 5.0,
         max_backoff_s: float = 120.0,
         upload_rows: int = DEFAULT_UPLOAD_ROWS,
         connect_options: Mapping[str, Any] | None = None,
@@ -476,12 +477,12 @@ class DatabricksSource:
         options: dict[str, Any] = {
             "enable_telemetry": False,  # nothing about this hospital's queries leaves for Databricks' telemetry
             "_socket_timeout": self.connect_timeout_s,
-            # The connector retries 429/503 and network errors itself; keep its budget small so that
-            # source.retries (with our backoff) is what bounds the total wait.
-            "_retry_stop_after_attempts_count": 2,
-            "_retry_delay_min": 1.0,
-            "_retry_delay_max": 10.0,
-            "_retry_stop_after_attempts_duration": max(30.0, float(self.connect_timeout_s)),
+            # The connector would retry 429/503 for up to 15 minutes, sleeping at least its delay_max
+            # (5 s or more) each time. A 4 s budget stops that at once, so source.retries with our
+            # exponential backoff is the one bound on waiting (and a failure says what happened).
+            "_retry_stop_after_attempts_count": 1,
+            "_retry_delay_max": 5.0,
+            "_retry_stop_after_attempts_duration": 4.0,
             "user_agent_entry": "cohortsync",
         }
         if self._credentials is not None:

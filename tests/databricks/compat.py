@@ -88,6 +88,8 @@ def _row_count(row_set: Any) -> int:
 
 def _columns_to_arrow(columns: list[Any], schema: pa.Schema) -> pa.Table:
     """Hive sends timestamps and dates as text (in the session time zone, UTC here): cast by the schema."""
+    if not columns:  # a statement without a result (DDL, INSERT) still has a schema
+        return schema.empty_table()
     arrays = []
     for column, field in zip(columns, schema, strict=True):
         array = dbutils._convert_column_to_arrow_array(column)

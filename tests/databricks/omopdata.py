@@ -38,7 +38,8 @@ def add_notes(con: duckdb.DuckDBPyConnection, first_load: str, loads: int) -> No
             nlp_system, nlp_date, nlp_datetime, term_exists, load_dt)
         SELECT note_id * 10 + k, note_id, 'snippet ' || k, CAST(k * 7 AS VARCHAR), 'term' || k, 4000 + k,
             'test-nlp', note_date, note_datetime + INTERVAL 1 MINUTE * k, CASE WHEN k = 1 THEN 'N' ELSE 'Y' END,
-            load_dt + INTERVAL 7 DAY * (k % 2) * CAST(load_dt < TIMESTAMP '{first_load}' + INTERVAL 7 DAY * {loads - 1} AS INTEGER)
+            load_dt + INTERVAL 7 DAY * (k % 2)
+                * CAST(load_dt < TIMESTAMP '{first_load}' + INTERVAL 7 DAY * {loads - 1} AS INTEGER)
         FROM omop.note, range(1, {NLP_PER_NOTE + 1}) AS r(k)
         """
     )

@@ -141,10 +141,17 @@ def extraction_cases(dates: list[datetime]) -> dict[str, tuple[str, list[plan.Sl
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["new cohort (backfill)", "existing cohorts", "new and existing", "earlier upper bound", "via note_nlp, existing", "via note_nlp, new"],
-)
+CASES = [
+    "new cohort (backfill)",
+    "existing cohorts",
+    "new and existing",
+    "earlier upper bound",
+    "via note_nlp, existing",
+    "via note_nlp, new",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_extraction_equals_duckdb(spark: Any, duck: DuckDBSource, cohorts: dict[str, list[int]], case: str) -> None:
     table, slices, upper = extraction_cases(load_dates(duck))[case]
     spark_q = plan.extraction(omop.table(table), columns(table), slices, upper, SPARK_NAMES)
