@@ -56,6 +56,8 @@ class TextSettings:
     start_method: Literal["spawn", "forkserver"] = "spawn"
     names: Literal["surrogate", "tag"] = "surrogate"
     propagate_names: bool = True
+    #: Run NER line by line and remember each distinct line's entities (boilerplate lines are common).
+    ner_by_line: bool = True
     extra_recognizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -188,10 +190,12 @@ class _Worker:
 
     def __init__(self, settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
         import spacy
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer import AnalyzerEngine, LocalRecognizer, RecognizerRegistry
+        from presidio_analyzer import RecognizerResult as Found
         from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
-        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
-        from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, SpacyRecognizer
+        from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+        from presidio_analyzer.nlp_engine.ner_model_configuration import MODEL_TO_PRESIDIO_ENTITY_MAPPING
+        from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
         from presidio_anonymizer import AnonymizerEngine
         from presidio_anonymizer.entities import OperatorConfig
         from presidio_anonymizer.operators import Operator, OperatorType
@@ -205,28 +209,33 @@ class _Worker:
             raise ConfigError(f"spaCy model {settings.model!r} has no 'ner' component")
         nlp.select_pipes(enable=_ner_only(nlp))
         self.nlp = nlp
+        # Model labels to the two NER types kept (PERSON, LOCATION); dates, organisations etc. come from rules.
+        self._labels = {k: v for k, v in MODEL_TO_PRESIDIO_ENTITY_MAPPING.items() if v in R.NER_ENTITIES}
+        self._labels.pop("FAC", None)
+        self._labels.update({"FAC": "LOCATION"})
+        self._line_cache: dict[str, tuple[tuple[int, int, str], ...]] = {}
+        self._artifacts_cls = NlpArtifacts
 
         class _LoadedSpacy(SpacyNlpEngine):
-            """The already-loaded model; artifacts carry only entities (building token/lemma lists cost ~10%)."""
+            """The already-loaded model (never a download); NER itself runs in :meth:`_Worker._ner`."""
 
             def load(self) -> None:
                 self.nlp = {"en": nlp}  # type: ignore[assignment]
 
-            def _doc_to_nlp_artifact(self, doc: Any, language: str) -> Any:
-                from presidio_analyzer.nlp_engine import NlpArtifacts
+        class NerSpanRecognizer(LocalRecognizer):
+            """Presidio's view of the model's entities, computed per batch (and per line) beforehand."""
 
-                entities, scores = self._get_updated_entities(
-                    list(doc.ents), [float(self.ner_model_configuration.default_score or 0.85)] * len(doc.ents)
-                )
-                return NlpArtifacts(
-                    entities=entities,
-                    tokens=doc,
-                    tokens_indices=[],  # nothing downstream reads tokens or lemmas: no context enhancer runs
-                    lemmas=[],
-                    nlp_engine=self,
-                    language=language,
-                    scores=scores,
-                )
+            def load(self) -> None:
+                return None
+
+            def analyze(self, text: str, entities: Any, nlp_artifacts: Any = None) -> list[Any]:
+                return [
+                    Found(e, s, t, 0.85, recognition_metadata={
+                        Found.RECOGNIZER_NAME_KEY: "NerSpanRecognizer",
+                        Found.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    })
+                    for s, t, e in getattr(nlp_artifacts, "ner_spans", ())
+                ]  # fmt: skip
 
         class _NoContext(ContextAwareEnhancer):
             """Context is part of each cohortsync regex; Presidio's lemma pass would only cost time."""
@@ -237,16 +246,11 @@ class _Worker:
             def enhance_using_context(self, text: str, raw_results: Any, *args: Any, **kwargs: Any) -> Any:
                 return raw_results
 
-        ignore = ["ORGANIZATION", "DATE_TIME", "NRP", "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL",
-                  "PERCENT", "PRODUCT", "QUANTITY", "WORK_OF_ART", "ORG", "DATE", "TIME", "NORP"]  # fmt: skip
-        engine = _LoadedSpacy(
-            models=[{"lang_code": "en", "model_name": settings.model}],
-            ner_model_configuration=NerModelConfiguration(labels_to_ignore=ignore),
-        )
+        engine = _LoadedSpacy(models=[{"lang_code": "en", "model_name": settings.model}])
         engine.load()
         self.engine = engine
         recs: list[Any] = [
-            SpacyRecognizer(supported_language="en", supported_entities=sorted(R.NER_ENTITIES)),
+            NerSpanRecognizer(supported_entities=sorted(R.NER_ENTITIES), name="NerSpanRecognizer"),
             CreditCardRecognizer(),
             *R.build_recognizers(deny_list),
         ]
@@ -327,18 +331,73 @@ class _Worker:
         return out
 
     def _artifacts(self, texts: Sequence[str]) -> list[Any]:
-        """NER for a batch through ``nlp.pipe``; if the batch fails, text by text so one bad text stays one."""
-        try:
-            batch = self.engine.process_batch(list(texts), "en", batch_size=self.settings.batch_size)
-            return [item[1] for item in batch]
-        except Exception:
-            pass
+        """Presidio artifacts carrying the model's entities per text (None where NER failed)."""
         out: list[Any] = []
-        for text in texts:
-            try:
-                out.append(self.engine.process_text(text, "en"))
-            except Exception:
+        for spans in self._ner(texts):
+            if spans is None:
                 out.append(None)
+                continue
+            no_doc: Any = None
+            art: Any = self._artifacts_cls(
+                entities=[], tokens=no_doc, tokens_indices=[], lemmas=[], nlp_engine=self.engine, language="en"
+            )
+            art.ner_spans = spans
+            out.append(art)
+        return out
+
+    def _ner(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]] | None]:
+        """Entities per text, by line (NER context is a few tokens, so lines lose little) with a cache.
+
+        Lines without a capital letter are skipped: a PERSON without one is discarded anyway, and the
+        rules find lowercase names. If ``nlp.pipe`` fails on a batch, lines are redone one by one so a
+        bad line fails only the texts that contain it.
+        """
+        by_line = self.settings.ner_by_line
+        pieces: list[list[tuple[int, str]]] = []
+        todo: dict[str, None] = {}
+        for text in texts:
+            parts: list[tuple[int, str]] = []
+            if by_line:
+                pos = 0
+                for line in text.split("\n"):
+                    parts.append((pos, line))
+                    pos += len(line) + 1
+            else:
+                parts.append((0, text))
+            for _, line in parts:
+                if line not in self._line_cache and any(c.isupper() for c in line):
+                    todo[line] = None
+            pieces.append(parts)
+        failed: set[str] = set()
+        if todo:
+            if len(self._line_cache) > 200_000:
+                self._line_cache.clear()
+            lines = list(todo)
+            try:
+                docs: list[Any] = list(self.nlp.pipe(lines, batch_size=self.settings.batch_size * 4))
+            except Exception:
+                docs = []
+                for line in lines:
+                    try:
+                        docs.append(self.nlp(line))
+                    except Exception:
+                        docs.append(None)
+            for line, doc in zip(lines, docs, strict=True):
+                if doc is None:
+                    failed.add(line)
+                    continue
+                self._line_cache[line] = tuple(
+                    (e.start_char, e.end_char, self._labels[e.label_]) for e in doc.ents if e.label_ in self._labels
+                )
+        out: list[list[tuple[int, int, str]] | None] = []
+        for parts in pieces:
+            if any(line in failed for _, line in parts):
+                out.append(None)
+                continue
+            spans: list[tuple[int, int, str]] = []
+            for offset, line in parts:
+                spans.extend((offset + s, offset + e, label) for s, e, label in self._line_cache.get(line, ()))
+            out.append(spans)
         return out
 
     def _finish(self, text: str, results: Sequence[Any]) -> list[Detection]:
@@ -347,7 +406,7 @@ class _Worker:
         weak: set[int] = set()
         for r in results:
             name = (r.recognition_metadata or {}).get("recognizer_name", "")
-            if name == "SpacyRecognizer":
+            if name == "NerSpanRecognizer":
                 for s, e in R.clean_ner_spans(text, r.start, r.end, r.entity_type):
                     weak.add(len(spans))
                     spans.append((s, e, r.entity_type))
@@ -451,10 +510,19 @@ def _resolve(text: str, spans: Iterable[tuple[int, int, str]], priority: Mapping
     return out
 
 
+_WARM_UP = (
+    "Patient: Jane Roe (MRN 1234567), seen 03/04/2021 by Dr. John Smith, MD at Springfield General Hospital, "
+    "12 Oak Street, Springfield, IL 62704. Call (555) 201-3344. BP 120/80, Hgb 13.2.\nFollow up Jun 11."
+)
+
+
 def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
     global _WORKER, _WORKER_ERROR
     try:
         _WORKER = _Worker(settings, key, deny_list)
+        # First calls pay one-time costs (allocations, lazy regex and model state): pay them at start-up.
+        _WORKER.scrub([(_WARM_UP, (1,))])
+        _WORKER._line_cache.clear()
     except CohortsyncError as e:
         _WORKER_ERROR = str(e)
     except Exception as e:  # no text has been seen yet, so the type name is safe to report
@@ -557,13 +625,15 @@ class TextScrubber:
             raise TextScrubError("a text scrubber worker died; no output was produced") from e
 
     def _batches(self, items: Sequence[Any], size_of: Callable[[Any], int]) -> list[list[Any]]:
-        """Up to ``batch_size`` values per batch, and at most ~256 KB of text, so long notes spread out."""
+        """Up to ``batch_size`` values and ~256 KB of text per batch, and at least 4 batches per worker
+        when there are enough values, so no worker idles at the end of a call."""
+        size = max(1, min(self.settings.batch_size, -(-len(items) // (4 * self.settings.workers))))
         batches: list[list[Any]] = []
         cur: list[Any] = []
         chars = 0
         for it in items:
             n = size_of(it)
-            if cur and (len(cur) >= self.settings.batch_size or chars + n > 262_144):
+            if cur and (len(cur) >= size or chars + n > 262_144):
                 batches.append(cur)
                 cur, chars = [], 0
             cur.append(it)
