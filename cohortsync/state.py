@@ -99,6 +99,8 @@ class StateStore:
         self.folder = folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise StateError(f"state store {folder} is not writable (read-only file system?)")
             self.db = sqlite3.connect(folder / DB_NAME, isolation_level=None)  # explicit transactions only
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")

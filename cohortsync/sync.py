@@ -158,7 +158,7 @@ def retrying(call: Callable[[], T], retries: int, sleep: Callable[[float], None]
 
 def deid_keys(settings: Settings) -> Keys:
     """The de-identification key, from the environment only; sync refuses to run without it."""
-    if settings.deid_key is None:
+    if settings.deid_key is None or not settings.deid_key.get_secret_value():
         raise DeidError(
             "COHORTSYNC_DEID_KEY is not set: cohortsync will not land data without its de-identification key "
             "(see docs/deidentification.md; 'cohortsync demo' makes a local demo key)"

@@ -1,0 +1,235 @@
+"""Every row of tests/BAD_INPUTS.md, run for real: one-line errors, non-zero exits, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TEST_KEY, Project, person_ids, snapshot
+
+ROWS = {
+    m.group(1)
+    for m in re.finditer(r"^\| ([a-z0-9][a-z0-9-]*) \|", (REPO / "tests" / "BAD_INPUTS.md").read_text(), re.M)
+    if m.group(1) != "id"
+}
+CASES: dict[str, Callable[[Project], None]] = {}
+
+
+def case(name: str) -> Callable[[Callable[[Project], None]], Callable[[Project], None]]:
+    def deco(f: Callable[[Project], None]) -> Callable[[Project], None]:
+        CASES[name] = f
+        return f
+
+    return deco
+
+
+def one_line(output: str, needle: str) -> None:
+    assert output.startswith("error: ") and output.count("\n") == 1, output
+    assert needle in output, output
+
+
+def refused_add(project: Project, name: str, content: bytes, needle: str) -> None:
+    f = project.root / "p.txt"
+    f.write_bytes(content)
+    before = snapshot(project.root / "cohorts"), snapshot(project.root / "state")
+    r = project.cli("add-cohort", name, "--patients", str(f))
+    assert r.exit_code == 2
+    one_line(r.output, needle)
+    assert (snapshot(project.root / "cohorts"), snapshot(project.root / "state")) == before
+
+
+@case("junk-line")
+def _(p: Project) -> None:
+    refused_add(p, "c", b"1\n2\nabc\n", "line 3: not a positive integer person_id")
+
+
+@case("huge-id")
+def _(p: Project) -> None:
+    refused_add(p, "c", b"9223372036854775808\n", "line 1: person_id exceeds the 64-bit range")
+
+
+@case("unicode-digits")
+def _(p: Project) -> None:
+    refused_add(p, "c", "1\n١٢\n".encode(), "line 2: not a positive integer person_id")
+
+
+@case("not-utf8")
+def _(p: Project) -> None:
+    refused_add(p, "c", "1\n2\nJos\xe9\n".encode("latin-1"), "not UTF-8 text (byte 7)")
+
+
+@case("empty-file")
+def _(p: Project) -> None:
+    refused_add(p, "c", b"", "holds no person_id")
+
+
+@case("sql-name")
+def _(p: Project) -> None:
+    refused_add(p, "x'; DROP TABLE omop.person; --", b"1\n", "invalid cohort name")
+
+
+@case("unicode-name")
+def _(p: Project) -> None:
+    refused_add(p, "kohorte-ü", b"1\n", "invalid cohort name")
+
+
+def registered(p: Project) -> None:
+    assert p.cli("add-cohort", "c", "--patients", str(p.write_ids("c.csv", person_ids(p)[:30]))).exit_code == 0
+
+
+@case("missing-config")
+def _(p: Project) -> None:
+    from click.testing import CliRunner
+
+    from cohortsync.cli import cli
+
+    r = CliRunner().invoke(cli, ["--config", str(p.root / "nope.toml"), "sync"], obj={})
+    assert r.exit_code == 2
+    one_line(r.output, "no config file")
+
+
+def config_error(p: Project, extra: str, needle: str, env: dict[str, str] | None = None) -> None:
+    p.config.write_text(p.config.read_text() + extra)
+    r = p.cli("sync", env=env)
+    assert r.exit_code == 2
+    one_line(r.output, needle)
+
+
+@case("wrong-type")
+def _(p: Project) -> None:
+    config_error(p, '\n[sync]\nbatch_rows = "many"\n', "sync.batch_rows: Input should be a valid integer")
+
+
+@case("unknown-key")
+def _(p: Project) -> None:
+    p.config.write_text(p.config.read_text().replace('[source]\n', '[source]\ndatabse = "x"\n'))
+    r = p.cli("sync")
+    assert r.exit_code == 2
+    one_line(r.output, "source.databse: unknown key")
+
+
+@case("unknown-env")
+def _(p: Project) -> None:
+    config_error(p, "", "COHORTSYNC_LANDNG__PATH matches no setting", env={"COHORTSYNC_LANDNG__PATH": "x"})
+
+
+@case("no-key")
+def _(p: Project) -> None:
+    registered(p)
+    r = p.cli("sync", env={"COHORTSYNC_DEID_KEY": ""})
+    assert r.exit_code == 2
+    one_line(r.output, "COHORTSYNC_DEID_KEY is not set")
+
+
+@case("unknown-cohort")
+def _(p: Project) -> None:
+    registered(p)
+    r = p.cli("sync", "--cohort", "nope")
+    assert r.exit_code == 2
+    one_line(r.output, "unknown cohort 'nope' (registered: c)")
+
+
+@case("landing-is-a-file")
+def _(p: Project) -> None:
+    registered(p)
+    (p.root / "landing").write_text("not a folder")
+    r = p.cli("sync", "-q")
+    assert r.exit_code == 1
+    assert "FAILED: cannot write" in r.output and "error: 8 cohort table(s) failed" in r.output  # note: empty
+    from cohortsync.state import StateStore
+
+    with StateStore(p.root / "state") as st:
+        assert st.watermarks() == {}
+
+
+def in_mount_namespace(p: Project, script: str) -> subprocess.CompletedProcess[str]:
+    """Run shell commands in a private mount namespace (root only): tmpfs mounts vanish with it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed: tmpfs cases need it")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a mount namespace here ({probe.stderr.decode().strip()}); run as root")
+    env = {**os.environ, "COHORTSYNC_DEID_KEY": TEST_KEY, "PY": sys.executable, "CFG": str(p.config), "ROOT": str(p.root)}
+    return subprocess.run(["unshare", "-m", "sh", "-ec", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+@case("disk-full")
+def _(p: Project) -> None:
+    registered(p)
+    (p.root / "landing").mkdir()
+    r = in_mount_namespace(
+        p,
+        'mount -t tmpfs -o size=64k tmpfs "$ROOT/landing"\n'
+        '"$PY" -m cohortsync.cli --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n'
+        'find "$ROOT/landing" -name ".tmp-*" >> "$ROOT/tmpfiles.txt"\n'
+        '"$PY" - <<EOF >> "$ROOT/out.txt"\n'
+        "from pathlib import Path\n"
+        "from cohortsync.state import StateStore\n"
+        "with StateStore(Path('$ROOT/state')) as st:\n"
+        "    for (c, t) in st.watermarks():\n"
+        "        for f in st.files(c, t):\n"
+        "            assert (Path('$ROOT/landing') / c / t / f['name']).exists(), f\n"
+        "print('state consistent')\n"
+        "EOF\n",
+    )
+    out = (p.root / "out.txt").read_text()
+    assert r.returncode == 0, r.stderr
+    assert "No space left on device" in out and "rc=1" in out and "state consistent" in out
+    assert (p.root / "tmpfiles.txt").read_text() == ""
+
+
+@case("read-only-state")
+def _(p: Project) -> None:
+    registered(p)
+    r = in_mount_namespace(
+        p,
+        'mkdir -p "$ROOT/ro" && cp -r "$ROOT/state/." "$ROOT/ro/"\n'
+        'mount --bind "$ROOT/ro" "$ROOT/state" && mount -o remount,bind,ro "$ROOT/state"\n'
+        '"$PY" -m cohortsync.cli --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n',
+    )
+    assert r.returncode == 0, r.stderr
+    out = (p.root / "out.txt").read_text()
+    assert "rc=1" in out
+    first = out.splitlines()[0]
+    assert first.startswith("error: state store") and "is not writable" in first, out
+    assert not (p.root / "landing").exists()
+
+
+@case("corrupt-state")
+def _(p: Project) -> None:
+    registered(p)
+    (p.root / "state" / "cohortsync.sqlite3").write_bytes(b"this is not sqlite" * 100)
+    for leftover in (p.root / "state").glob("cohortsync.sqlite3-*"):
+        leftover.unlink()
+    r = p.cli("status")
+    assert r.exit_code == 1
+    one_line(r.output, "file is not a database")
+
+
+@case("stray-landing-file")
+def _(p: Project) -> None:
+    registered(p)
+    assert p.cli("sync", "-q").exit_code == 0
+    p.add_load()
+    d = p.landing / "c" / "measurement"
+    stray = d / "measurement__20200101T000000000000__20200108T000000000000__0000.parquet"
+    stray.write_bytes(b"x")
+    r = p.cli("sync", "-q")
+    assert r.exit_code == 1 and "is not recorded in the state store; refusing" in r.output
+    assert stray.exists()
+
+
+def test_every_row_has_a_test_and_every_test_a_row() -> None:
+    assert set(CASES) == ROWS
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(name: str, project: Project) -> None:
+    CASES[name](project)
