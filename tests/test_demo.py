@@ -1,0 +1,106 @@
+"""The README's first command, end to end: `cohortsync demo` on a generated database with PHI in notes.
+
+After it, no name, phone, MRN, SSN, e-mail or street address the generator wrote appears anywhere in
+the landing (every string of every Parquet file is scanned), the dates inside each note are the
+original dates moved by that person's offset, and the landed tables join on their pseudonymous ids.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cohortsync.deid.structured import Keys, pseudonymize, shift_days
+
+PERSONS = 150
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("demo") / "run"
+    env = {k: v for k, v in os.environ.items() if k != "COHORTSYNC_DEID_KEY"}
+    r = subprocess.run(
+        [sys.executable, "-m", "cohortsync.cli", "demo", str(d), "--persons", str(PERSONS), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "created a local demo de-identification key" in r.stdout
+    assert "sync 2 (existing cohorts: only rows past the watermark)" in r.stdout
+    assert "FAILED" not in r.stdout
+    return d
+
+
+def strings_in_landing(root: Path) -> list[str]:
+    out: list[str] = []
+    for f in sorted((root / "landing").rglob("*.parquet")):
+        t = pq.read_table(f)
+        for col in t.columns:
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                out += [v for v in col.to_pylist() if v]
+    return out
+
+
+def test_no_phi_the_generator_wrote_reaches_the_landing(demo: Path) -> None:
+    con = duckdb.connect(str(demo / "omop.duckdb"), read_only=True)
+    phi = con.execute(
+        "SELECT DISTINCT kind, value FROM omop.demo_truth.note_phi "
+        "WHERE kind IN ('patient_name', 'clinician_name', 'phone', 'fax', 'mrn', 'ssn', 'email', 'address') "
+        "UNION SELECT DISTINCT kind, value FROM omop.demo_truth.person_phi"
+    ).fetchall()
+    con.close()
+    assert {k for k, _ in phi} >= {"patient_name", "phone", "mrn", "ssn", "email", "address"}
+    text = "\n".join(strings_in_landing(demo)).lower()
+    assert len(text) > 10_000  # notes did land
+    leaks = sorted({f"{k}: {v}" for k, v in phi if len(v) >= 6 and v.lower() in text})
+    assert not leaks, f"{len(leaks)} PHI values found in the landing, e.g. {leaks[:5]}"
+
+
+def test_dates_in_notes_move_by_the_persons_offset(demo: Path) -> None:
+    key = (demo / "demo-deid-key.txt").read_text().strip()
+    keys = Keys.from_secret(key)
+    con = duckdb.connect(str(demo / "omop.duckdb"), read_only=True)
+    truth = con.execute(
+        "SELECT note_id, person_id, date_value, format FROM omop.demo_truth.note_dates ORDER BY note_id"
+    ).fetchall()
+    con.close()
+    landed = {}
+    for f in (demo / "landing").glob("*/note/*.parquet"):
+        t = pq.read_table(f, columns=["note_id", "note_text"])
+        landed.update(zip(t.column("note_id").to_pylist(), t.column("note_text").to_pylist(), strict=True))
+    note_ids = pa.array([n for n, *_ in truth], pa.int64())
+    pseudo = pseudonymize(keys, "note", note_ids).to_pylist()
+    offsets = shift_days(keys, pa.array([p for _, p, *_ in truth], pa.int64())).to_pylist()
+    checked = wrong = 0
+    examples = []
+    for (note_id, _, value, fmt), pn, off in zip(truth, pseudo, offsets, strict=True):
+        text = landed.get(pn)
+        if text is None:
+            continue  # the note's person is in neither demo cohort
+        expected = (value + timedelta(days=off)).strftime(fmt)
+        checked += 1
+        if expected not in text:
+            wrong += 1
+            examples.append((note_id, value.strftime(fmt), expected))
+    assert checked > 50
+    assert wrong == 0, f"{wrong} of {checked} dates not shifted as expected, e.g. {examples[:5]}"
+
+
+def test_landed_tables_join_on_pseudonymous_ids(demo: Path) -> None:
+    con = duckdb.connect()
+    g = lambda t: f"read_parquet('{demo}/landing/cardio-2026/{t}/*.parquet')"  # noqa: E731
+    n = con.execute(
+        f"SELECT count(*) FROM {g('condition_occurrence')} c JOIN {g('visit_occurrence')} v USING (visit_occurrence_id) "
+        f"JOIN {g('person')} p ON p.person_id = c.person_id"
+    ).fetchall()[0][0]
+    total = con.execute(f"SELECT count(*) FROM {g('condition_occurrence')}").fetchall()[0][0]
+    assert n == total > 0
+    notes = con.execute(f"SELECT count(*) FROM {g('note')} n JOIN {g('person')} p USING (person_id)").fetchall()[0][0]
+    assert notes > 0
