@@ -103,7 +103,10 @@ class StateStore:
                 raise StateError(f"state store {folder} is not writable (read-only file system?)")
             self.db = sqlite3.connect(folder / DB_NAME, isolation_level=None)  # explicit transactions only
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: a power cut may undo the last commit, never corrupt the store. That is
+            # safe here: an undone commit leaves fsynced files the state does not list, which the next
+            # sync removes and lands again (docs/sync.md). FULL would fsync on every commit.
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
