@@ -57,28 +57,40 @@ MEM = plan.Names("memory", "omop", "sandbox", "cohortsync_members")
 @settings(max_examples=60, deadline=None)
 @given(
     rows=st.lists(st.tuples(st.integers(1, 8), st.integers(0, 9)), max_size=40),
-    members=st.dictionaries(slugs, st.sets(st.integers(1, 8), max_size=8), min_size=1, max_size=3),
+    members=st.dictionaries(slugs, st.dictionaries(st.integers(1, 8), st.integers(0, 2), max_size=8), min_size=1, max_size=3),
     lowers=st.lists(st.one_of(st.none(), st.integers(0, 9)), min_size=3, max_size=3),
+    synced=st.lists(st.one_of(st.none(), st.integers(0, 2)), min_size=3, max_size=3),
     upper=st.integers(0, 9),
 )
 def test_extraction_returns_exactly_each_cohorts_window(
-    rows: list[tuple[int, int]], members: dict[str, set[int]], lowers: list[int | None], upper: int
+    rows: list[tuple[int, int]],
+    members: dict[str, dict[int, int]],
+    lowers: list[int | None],
+    synced: list[int | None],
+    upper: int,
 ) -> None:
-    """Against a Python oracle: a row reaches cohort c iff its person is a member and lower_c < load_dt <= upper."""
+    """Against a Python oracle: a row reaches cohort c iff its person is a member and either
+    lower_c < load_dt <= upper, or the member was added after batch b_c (its own backfill)."""
     _con.execute("DELETE FROM omop.person; DELETE FROM sandbox.cohortsync_members")
     week = lambda k: BASE + timedelta(days=7 * k)  # noqa: E731
     if rows:
         _con.executemany("INSERT INTO omop.person VALUES (?, ?)", [(p, week(w)) for p, w in rows])
     for c, ids in members.items():
-        for i in ids:
-            _con.execute("INSERT INTO sandbox.cohortsync_members VALUES (?, ?, 0)", (c, i))
-    slices = [plan.Slice(c, None if lo is None else week(lo)) for c, lo in zip(members, lowers, strict=False)]
+        for i, b in ids.items():
+            _con.execute("INSERT INTO sandbox.cohortsync_members VALUES (?, ?, ?)", (c, i, b))
+    slices = [
+        plan.Slice(c, None if lo is None else week(lo), None if lo is None else nb)
+        for c, lo, nb in zip(members, lowers, synced, strict=False)
+    ]
     q = plan.extraction(omop.table("person"), ["person_id", "load_dt"], slices, week(upper), MEM)
     got = sorted(_con.sql(plan.render(q, "duckdb")).fetchall())
-    want = sorted(
-        (s.cohort, p, week(w))
-        for s in slices
-        for p, w in rows
-        if p in members[s.cohort] and (s.lower is None or week(w) > s.lower) and week(w) <= week(upper)
-    )
+
+    def due(s: plan.Slice, p: int, w: int) -> bool:
+        if p not in members[s.cohort] or week(w) > week(upper):
+            return False
+        if s.lower is None or week(w) > s.lower:
+            return True
+        return s.new_after_batch is not None and members[s.cohort][p] > s.new_after_batch
+
+    want = sorted((s.cohort, p, week(w)) for s in slices for p, w in rows if due(s, p, w))
     assert got == want
