@@ -6,13 +6,11 @@ Not collected by a plain ``pytest`` (the file name does not start with ``test_``
 directly in a shared network is refused by :func:`thrift_server.assert_private_network`.
 """
 
+# ruff: noqa: F811  (fixtures imported from dbx_fixtures are parameters here)
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import pytest
 import sqlglot
 from compat import install
 from dbx_env import require_java
+from dbx_fixtures import omop_db, omop_parquet  # noqa: F401  (fixtures)
 from omopdata import spark_ctas
 from thrift_server import ThriftServer, free_port
 
@@ -29,22 +28,12 @@ from cohortsync import api, omop, plan
 from cohortsync.config import Settings, settings_from_dict
 from cohortsync.errors import SourceError, TransientSourceError
 from cohortsync.sources.databricks import DatabricksSource
+from conftest import keep_everything_policy
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = ["person", "condition_occurrence", "drug_exposure", "note", "note_nlp"]
 BIG = 250_000
 DEID_KEY = "connector-tier-key-0123456789abcdef0123"
-
-
-@cache
-def _root_conftest() -> Any:
-    """tests/conftest.py as a plain module, for its helpers (``import conftest`` is ambiguous here)."""
-    spec = importlib.util.spec_from_file_location("cohortsync_root_conftest", REPO / "tests" / "conftest.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +63,7 @@ def loaded(server: ThriftServer, omop_parquet: dict[str, Path]) -> ThriftServer:
 
 def settings_for(root: Path, server: ThriftServer, **source: Any) -> Settings:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "keep_everything.toml").write_text(_root_conftest().keep_everything_policy(), encoding="utf-8")
+    (root / "keep_everything.toml").write_text(keep_everything_policy(), encoding="utf-8")
     return settings_from_dict(
         {
             "source": {"kind": "databricks", "server_hostname": "127.0.0.1", "http_path": "cliservice",

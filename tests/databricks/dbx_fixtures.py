@@ -1,4 +1,7 @@
-"""Fixtures of the Databricks tiers: the shared test OMOP data, Java, and a local SparkSession.
+"""Fixtures of the Databricks tiers: the shared test OMOP data and a local SparkSession.
+
+Imported by name into the test modules that use them, not kept in a ``conftest.py``: the repository's
+tests do ``from conftest import ...``, which a second conftest module would shadow.
 
 Both tiers need Java 17 (Spark 4). Where it is missing the tiers are skipped with that reason on a
 developer's machine and fail under CI (``CI=true``), so a CI run can never pass by skipping them.

@@ -6,6 +6,7 @@ a statement that Spark rejects or answers differently would fail on a warehouse 
 compared, not Arrow schemas: Spark and DuckDB differ in integer widths and time zone annotations.
 """
 
+# ruff: noqa: F811  (fixtures imported from dbx_fixtures are parameters here)
 from __future__ import annotations
 
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from dbx_fixtures import omop_db, omop_parquet, spark  # noqa: F401  (fixtures)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
