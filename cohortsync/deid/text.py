@@ -458,7 +458,7 @@ def _propagate_names(text: str, spans: Sequence[tuple[int, int, str]], R: Any) -
             continue
         for w in re.findall(r"[A-Za-z][A-Za-z'’-]+", text[s:e]):
             core = w.casefold()
-            if len(core) >= 3 and core not in R.ALLOW_LIST and not R.is_allowed(w):
+            if len(core) >= 3 and core not in R.ALLOW_LIST and core not in R.HARD_STOP:
                 words.add(w)
     if not words:
         return []
