@@ -434,7 +434,7 @@ class DatabricksSource:
         self.upload_rows = upload_rows
         self._connect_options = dict(connect_options or {})
         self._connection: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a failed connect drops the connection
 
     @classmethod
     def from_settings(
@@ -522,6 +522,7 @@ class DatabricksSource:
                     raise error from None
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
                 attempt += 1
+                self._drop_connection()  # its session may be gone with the failure: reconnect next time
                 log.warning("%s: %s; retry %d/%d in %.1f s", what, error, attempt, self.retries, delay)
                 time.sleep(delay)
 
@@ -640,6 +641,9 @@ class DatabricksSource:
         self._retrying(f"upload of cohort {cohort}", run)
 
     def close(self) -> None:
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
         with self._lock:
             connection, self._connection = self._connection, None
         if connection is not None:
