@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import cohortsync.deid.recognizers  # noqa: F401  (pins tldextract offline before presidio loads)
-from cohortsync.deid.evalset import Report, evaluate, make_evalset
+from cohortsync.deid.evalset import EvalSet, Note, Report, Span, evaluate, make_evalset
+from cohortsync.deid.recognizers import DenyTerm
 from cohortsync.deid.text import TextScrubber, TextSettings
 
 MODEL = TextSettings.model
@@ -102,6 +103,34 @@ def ours(
     return load, timing, scrubber
 
 
+def synth_notes(persons: int, seed: int) -> tuple[list[Note], list[DenyTerm]]:
+    """Held-out notes: ``cohortsync.synth``'s own templates and ground truth (written independently of
+    the evaluation set), with the deny-list a deployment would build from provider, care_site and location."""
+    import tempfile
+    from pathlib import Path
+
+    import duckdb
+
+    from cohortsync import synth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "synth.duckdb"
+        synth.generate(path, persons, seed=seed, threads=1)
+        con = duckdb.connect(str(path), read_only=True)
+        rows = con.execute("SELECT note_id, note_text FROM omop.note ORDER BY note_id").fetchall()
+        truth: dict[int, list[Span]] = {}
+        for nid, kind, s, e in con.execute(
+            f"SELECT note_id, kind, start_offset, end_offset FROM {synth.TRUTH_SCHEMA}.note_phi"
+        ).fetchall():
+            truth.setdefault(nid, []).append(Span(s, e, kind))
+        deny = [DenyTerm(r[0], "PERSON") for r in con.execute("SELECT provider_name FROM omop.provider").fetchall()]
+        deny += [DenyTerm(r[0], "FACILITY") for r in con.execute("SELECT care_site_name FROM omop.care_site").fetchall()]
+        deny += [DenyTerm(r[0], "ADDRESS") for r in con.execute("SELECT address_1 FROM omop.location").fetchall()]
+        con.close()
+    notes = [Note("synth", text, tuple(truth.get(nid, [])), ()) for nid, text in rows if text]
+    return notes, [d for d in deny if d.text]
+
+
 def spacy_speed(texts: Sequence[str]) -> None:
     """Words/s of the model alone, to separate spaCy's cost from Presidio's."""
     import spacy
@@ -137,8 +166,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20240611)
     ap.add_argument("--runs", type=int, default=2, help="timed runs per engine; the best is reported")
     ap.add_argument("--spacy", action="store_true", help="also time spaCy alone")
+    ap.add_argument("--synth", type=int, default=0, metavar="PERSONS", help="use cohortsync.synth's notes instead")
     args = ap.parse_args()
     es = make_evalset(args.notes, args.seed)
+    if args.synth:
+        notes, deny = synth_notes(args.synth, 7)
+        es = EvalSet(tuple(notes), tuple(deny))
+        print("held-out notes from cohortsync.synth (its truth labels every age; only ages over 89 are PHI here)")
     texts = [n.text for n in es.notes]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"{len(texts)} notes, {mb:.3f} MB, {os.cpu_count()} CPUs, model {MODEL}")

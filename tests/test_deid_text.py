@@ -199,6 +199,8 @@ def test_lowercase_names_and_names_that_are_words(scrubber: TextScrubber) -> Non
         ("HAR# 99887766 on file", "[ACCOUNT]"),
         ("Member ID XQW123456789 on file", "[ACCOUNT]"),
         ("Pacemaker S/N: PJN123456 placed", "[SERIAL]"),
+        ("Prescriber DEA# AB1234563 noted", "[LICENSE]"),
+        ("Driver license no. D1234567 seen", "[LICENSE]"),
         ("Email jane.doe@example.com now", "[EMAIL]"),
         ("Lives at 12 Oak Street, Springfield, IL 62704 alone", "[ADDRESS]"),
         ("Zip code 62704 only", "[ZIP]"),

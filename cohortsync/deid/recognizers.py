@@ -39,6 +39,7 @@ TAGS: dict[str, str] = {
     "MRN": "[MRN]",
     "ACCOUNT": "[ACCOUNT]",
     "SERIAL": "[SERIAL]",
+    "LICENSE": "[LICENSE]",
     "ID": "[ID]",
     "SSN": "[SSN]",
     "PHONE": "[PHONE]",
@@ -57,7 +58,7 @@ TAGS: dict[str, str] = {
 }
 #: When spans of different types overlap, the higher priority names the merged span.
 PRIORITY: dict[str, int] = {
-    "EMAIL": 95, "URL": 92, "SSN": 90, "PHONE": 85, "MRN": 84, "ACCOUNT": 83, "SERIAL": 82,
+    "EMAIL": 95, "URL": 92, "SSN": 90, "PHONE": 85, "MRN": 84, "ACCOUNT": 83, "SERIAL": 82, "LICENSE": 81,
     DATE: 80, "AGE": 79, "CREDIT_CARD": 78, "IP_ADDRESS": 77, "ADDRESS": 75, "ZIP": 70,
     "KNOWN_PHI": 65, PERSON: 60, "FACILITY": 58, "LOCATION": 50, "ID": 40,
 }  # fmt: skip
@@ -510,6 +511,10 @@ IDENTIFIER_RULES = [
     Rule("SERIAL", re.compile(r"\b(?:serial|S/N|SN|device\s+(?:id|serial)|UDI|lot|model|catalog|ref|"
                               r"pacemaker|ICD\s+serial|implant\s+id)" + _SEP
                               + r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{3,}(?<!-))", re.IGNORECASE), 0.9),
+    Rule("LICENSE", re.compile(r"\b(?:licen[cs]e|lic|DEA|NPI|certificate|cert|registration|plate|permit)"
+                               + _SEP + r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{3,}(?<!-))", re.IGNORECASE), 0.9),
+    Rule("LICENSE", re.compile(r"(?<![\w-])(?P<v>[ABCDEFGHJKLMPRSTUX][A-Z]\d{7})(?![\w-])"), 0.6),  # DEA number
+    Rule("SERIAL", re.compile(r"\b(?:VIN)\s*[:#]?\s*(?P<v>[A-HJ-NPR-Z0-9]{17})\b", re.IGNORECASE), 0.95),
     Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}-\d{2}-\d{4})(?![\d-])"), 0.95),
     Rule("SSN", re.compile(r"\b(?:SSN|social\s+security(?:\s+(?:number|no\.?|#))?|SS#)\s*[:#]?\s*"
                            r"(?P<v>\d{3}[\s.-]?\d{2}[\s.-]?\d{4})(?!\d)", re.IGNORECASE), 0.95),
