@@ -227,6 +227,19 @@ _US_STATES = frozenset(
     ]
 )
 _WORD = re.compile(r"[^\s]+")
+#: Words that are never the start of a name or place by themselves (NER is skipped on lines holding only these).
+VOCABULARY = (
+    ALLOW_LIST
+    | _STOP
+    | HARD_STOP
+    | _RELATIONS
+    | _TITLE_WORDS
+    | _US_STATES
+    | frozenset(m.casefold() for m in calendar.month_name[1:])
+    | frozenset(m.casefold() for m in calendar.month_abbr[1:])
+    | frozenset(d.casefold() for d in calendar.day_name)
+    | frozenset(d.casefold() for d in calendar.day_abbr)
+)
 
 
 def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[int, int]]:

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import importlib
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -190,8 +191,7 @@ class _Worker:
 
     def __init__(self, settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
         import spacy
-        from presidio_analyzer import AnalyzerEngine, LocalRecognizer, RecognizerRegistry
-        from presidio_analyzer import RecognizerResult as Found
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
         from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
         from presidio_analyzer.nlp_engine.ner_model_configuration import MODEL_TO_PRESIDIO_ENTITY_MAPPING
@@ -214,28 +214,14 @@ class _Worker:
         self._labels.pop("FAC", None)
         self._labels.update({"FAC": "LOCATION"})
         self._line_cache: dict[str, tuple[tuple[int, int, str], ...]] = {}
-        self._artifacts_cls = NlpArtifacts
+        no_doc: Any = None
+        self._no_nlp = NlpArtifacts(entities=[], tokens=no_doc, tokens_indices=[], lemmas=[], nlp_engine=None, language="en")
 
         class _LoadedSpacy(SpacyNlpEngine):
             """The already-loaded model (never a download); NER itself runs in :meth:`_Worker._ner`."""
 
             def load(self) -> None:
                 self.nlp = {"en": nlp}  # type: ignore[assignment]
-
-        class NerSpanRecognizer(LocalRecognizer):
-            """Presidio's view of the model's entities, computed per batch (and per line) beforehand."""
-
-            def load(self) -> None:
-                return None
-
-            def analyze(self, text: str, entities: Any, nlp_artifacts: Any = None) -> list[Any]:
-                return [
-                    Found(e, s, t, 0.85, recognition_metadata={
-                        Found.RECOGNIZER_NAME_KEY: "NerSpanRecognizer",
-                        Found.RECOGNIZER_IDENTIFIER_KEY: self.id,
-                    })
-                    for s, t, e in getattr(nlp_artifacts, "ner_spans", ())
-                ]  # fmt: skip
 
         class _NoContext(ContextAwareEnhancer):
             """Context is part of each cohortsync regex; Presidio's lemma pass would only cost time."""
@@ -250,7 +236,6 @@ class _Worker:
         engine.load()
         self.engine = engine
         recs: list[Any] = [
-            NerSpanRecognizer(supported_entities=sorted(R.NER_ENTITIES), name="NerSpanRecognizer"),
             CreditCardRecognizer(),
             *R.build_recognizers(deny_list),
         ]
@@ -317,101 +302,100 @@ class _Worker:
 
     # -- analysis -------------------------------------------------------------------------------------
     def detect(self, texts: Sequence[str]) -> list[list[Detection] | None]:
-        """Spans per text; None where analysis failed (the caller must not emit that text)."""
+        """Spans per text; None where analysis failed (the caller must not emit that text).
+
+        Rules run first (one Presidio ``analyze`` per text); NER then runs only on lines holding a
+        capitalised word that is neither vocabulary nor inside a rule's span, because only those can
+        yield a PERSON/LOCATION span that survives cleaning. That halves the model's work on notes.
+        """
+        found: list[list[Any] | None] = []
+        for text in texts:
+            try:
+                found.append(list(self.analyzer.analyze(text=text, language="en", nlp_artifacts=self._no_nlp)))
+            except Exception:
+                found.append(None)
+        ner = self._ner(texts, found)
         out: list[list[Detection] | None] = []
-        for text, artifacts in zip(texts, self._artifacts(texts), strict=True):
-            if artifacts is None:
+        for text, results, spans in zip(texts, found, ner, strict=True):
+            if results is None or spans is None:
                 out.append(None)
                 continue
             try:
-                results = self.analyzer.analyze(text=text, language="en", nlp_artifacts=artifacts)
-                out.append(self._finish(text, results))
+                out.append(self._finish(text, results, spans))
             except Exception:
                 out.append(None)
         return out
 
-    def _artifacts(self, texts: Sequence[str]) -> list[Any]:
-        """Presidio artifacts carrying the model's entities per text (None where NER failed)."""
-        out: list[Any] = []
-        for spans in self._ner(texts):
-            if spans is None:
-                out.append(None)
-                continue
-            no_doc: Any = None
-            art: Any = self._artifacts_cls(
-                entities=[], tokens=no_doc, tokens_indices=[], lemmas=[], nlp_engine=self.engine, language="en"
-            )
-            art.ner_spans = spans
-            out.append(art)
+    def _ner_parts(self, text: str, results: Sequence[Any]) -> list[tuple[int, str]]:
+        """(offset, piece) of the text that NER must see: whole lines (or the whole text) with a candidate."""
+        covered = bytearray(len(text))
+        for r in results:
+            covered[r.start : r.end] = b"\x01" * (r.end - r.start)
+        pieces = [(0, text)]
+        if self.settings.ner_by_line:
+            pieces, pos = [], 0
+            for line in text.split("\n"):
+                pieces.append((pos, line))
+                pos += len(line) + 1
+        out = []
+        for offset, piece in pieces:
+            for m in _CANDIDATE.finditer(piece):
+                if not covered[offset + m.start()] and m.group().casefold().strip("'’-") not in self.R.VOCABULARY:
+                    out.append((offset, piece))
+                    break
         return out
 
-    def _ner(self, texts: Sequence[str]) -> list[list[tuple[int, int, str]] | None]:
-        """Entities per text, by line (NER context is a few tokens, so lines lose little) with a cache.
-
-        Lines without a capital letter are skipped: a PERSON without one is discarded anyway, and the
-        rules find lowercase names. If ``nlp.pipe`` fails on a batch, lines are redone one by one so a
-        bad line fails only the texts that contain it.
-        """
-        by_line = self.settings.ner_by_line
-        pieces: list[list[tuple[int, str]]] = []
+    def _ner(self, texts: Sequence[str], found: Sequence[Sequence[Any] | None]) -> list[list[tuple[int, int, str]] | None]:
+        """Model entities per text, from the per-line cache; if ``nlp.pipe`` fails on a batch, pieces are
+        redone one by one so a bad piece fails only the texts that contain it."""
+        parts_of: list[list[tuple[int, str]]] = []
         todo: dict[str, None] = {}
-        for text in texts:
-            parts: list[tuple[int, str]] = []
-            if by_line:
-                pos = 0
-                for line in text.split("\n"):
-                    parts.append((pos, line))
-                    pos += len(line) + 1
-            else:
-                parts.append((0, text))
-            for _, line in parts:
-                if line not in self._line_cache and any(c.isupper() for c in line):
-                    todo[line] = None
-            pieces.append(parts)
+        for text, results in zip(texts, found, strict=True):
+            parts = self._ner_parts(text, results) if results is not None else []
+            parts_of.append(parts)
+            for _, piece in parts:
+                if piece not in self._line_cache:
+                    todo[piece] = None
         failed: set[str] = set()
         if todo:
             if len(self._line_cache) > 200_000:
                 self._line_cache.clear()
-            lines = list(todo)
+            pieces = list(todo)
             try:
-                docs: list[Any] = list(self.nlp.pipe(lines, batch_size=self.settings.batch_size * 4))
+                docs: list[Any] = list(self.nlp.pipe(pieces, batch_size=self.settings.batch_size * 4))
             except Exception:
                 docs = []
-                for line in lines:
+                for piece in pieces:
                     try:
-                        docs.append(self.nlp(line))
+                        docs.append(self.nlp(piece))
                     except Exception:
                         docs.append(None)
-            for line, doc in zip(lines, docs, strict=True):
+            for piece, doc in zip(pieces, docs, strict=True):
                 if doc is None:
-                    failed.add(line)
+                    failed.add(piece)
                     continue
-                self._line_cache[line] = tuple(
+                self._line_cache[piece] = tuple(
                     (e.start_char, e.end_char, self._labels[e.label_]) for e in doc.ents if e.label_ in self._labels
                 )
         out: list[list[tuple[int, int, str]] | None] = []
-        for parts in pieces:
-            if any(line in failed for _, line in parts):
+        for parts in parts_of:
+            if any(piece in failed for _, piece in parts):
                 out.append(None)
                 continue
             spans: list[tuple[int, int, str]] = []
-            for offset, line in parts:
-                spans.extend((offset + s, offset + e, label) for s, e, label in self._line_cache.get(line, ()))
+            for offset, piece in parts:
+                spans.extend((offset + s, offset + e, label) for s, e, label in self._line_cache.get(piece, ()))
             out.append(spans)
         return out
 
-    def _finish(self, text: str, results: Sequence[Any]) -> list[Detection]:
+    def _finish(self, text: str, results: Sequence[Any], ner: Sequence[tuple[int, int, str]]) -> list[Detection]:
         R = self.R
-        spans: list[tuple[int, int, str]] = []
+        spans: list[tuple[int, int, str]] = [(r.start, r.end, r.entity_type) for r in results]
         weak: set[int] = set()
-        for r in results:
-            name = (r.recognition_metadata or {}).get("recognizer_name", "")
-            if name == "NerSpanRecognizer":
-                for s, e in R.clean_ner_spans(text, r.start, r.end, r.entity_type):
-                    weak.add(len(spans))
-                    spans.append((s, e, r.entity_type))
-            else:
-                spans.append((r.start, r.end, r.entity_type))
+        for start, end, label in ner:
+            for s, e in R.clean_ner_spans(text, start, end, label):
+                weak.add(len(spans))
+                spans.append((s, e, label))
         if self.settings.propagate_names:
             for span in _propagate_names(text, spans, R):
                 weak.add(len(spans))
@@ -509,6 +493,9 @@ def _resolve(text: str, spans: Iterable[tuple[int, int, str]], priority: Mapping
     out.sort()
     return out
 
+
+#: A capitalised or all-caps word: only lines holding one that no rule covered go through NER.
+_CANDIDATE = re.compile(r"\b(?:[A-Z][a-z][\w'’-]*|[A-Z]{2,}[\w'’-]*)")
 
 _WARM_UP = (
     "Patient: Jane Roe (MRN 1234567), seen 03/04/2021 by Dr. John Smith, MD at Springfield General Hospital, "
