@@ -70,6 +70,9 @@ class ThriftServer:
             "--conf", "spark.ui.enabled=false",
             "--conf", "spark.sql.session.timeZone=UTC",
             "--conf", "spark.sql.shuffle.partitions=4",
+            # Stream results partition by partition instead of collecting them in the driver first
+            # (a warehouse streams too; without it a large result exhausts the 1 GB heap).
+            "--conf", "spark.sql.thriftServer.incrementalCollect=true",
             "--conf", f"spark.sql.warehouse.dir={w / 'warehouse'}",
             "--conf", f"spark.hadoop.javax.jdo.option.ConnectionURL=jdbc:derby:;databaseName={w / 'metastore_db'};create=true",
             "--driver-java-options", f"-Dderby.system.home={w}",
