@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import importlib
+import logging
 import os
 import re
 from collections import Counter
@@ -505,6 +506,9 @@ _WARM_UP = (
 
 def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
     global _WORKER, _WORKER_ERROR
+    # Presidio's debug/info records name operators and their parameters (a row's date offset): keep them quiet.
+    for name in ("presidio-analyzer", "presidio-anonymizer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         _WORKER = _Worker(settings, key, deny_list)
         # First calls pay one-time costs (allocations, lazy regex and model state): pay them at start-up.
