@@ -14,10 +14,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 
 from cohortsync import omop, plan
 from cohortsync.config import Settings
 from cohortsync.errors import SourceError, TransientSourceError, safe_message
+
+
+# sqlglot builds a dialect's generator on first use (~70 ms); do it when the module loads, not mid-run.
+Dialect.get_or_raise("duckdb")
 
 
 class DuckDBSource:
@@ -40,7 +45,7 @@ class DuckDBSource:
         sandbox_schema: str = "sandbox",
         members_table: str = "cohortsync_members",
         threads: int | None = None,
-        memory_limit: str | None = "1GB",
+        memory_limit: str | None = "512MB",
     ) -> DuckDBSource:
         if not path.is_file():
             raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
