@@ -20,7 +20,6 @@ from cohortsync import omop, plan
 from cohortsync.config import Settings
 from cohortsync.errors import SourceError, TransientSourceError, safe_message
 
-
 # sqlglot builds a dialect's generator on first use (~70 ms); do it when the module loads, not mid-run.
 Dialect.get_or_raise("duckdb")
 
