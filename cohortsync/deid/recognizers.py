@@ -108,7 +108,8 @@ ALLOW_LIST: frozenset[str] = frozenset(
     X-RAY XRAY RADIOGRAPH ULTRASOUND SONOGRAM MAMMOGRAM COLONOSCOPY ENDOSCOPY BIOPSY ANGIOGRAM
     CATHETERIZATION DIALYSIS INTUBATION TRANSFUSION VACCINE VACCINATION INFLUENZA COVID COVID-19 SARS-COV-2
     TEL FAX PHONE CELL PAGER READING ORDERING REFERRING INDICATION TECHNIQUE COMPARISON CLINIC NOTE
-    MRN DOB HAR SSN ACCT CSN FIN DOS EXAM RETURN RETURNS FOLLOW CONTINUE START STOP CALL TAKE SEE
+    MRN DOB HAR SSN ACCT CSN FIN DOS EXAM EMAIL E-MAIL ADDRESS HOME WORK MOBILE ACCESSION IMAGING
+    RETURN RETURNS FOLLOW CONTINUE START STOP CALL TAKE SEE
     HOLD RESUME INCREASE DECREASE DISCONTINUE
     CEFTRIAXONE KEFLEX AUGMENTIN LEVAQUIN CIPRO FLAGYL PREDNISONE SOLUMEDROL DISCHARGE ADMISSION
     ASSESSMENT PLAN IMPRESSION FINDINGS HISTORY EXAM LABS VITALS MEDICATIONS PATIENT PROVIDER
@@ -311,7 +312,8 @@ _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
     r"returned|f/u|follow[- ]?up|appt|appointment|surgery|procedure|performed|done|drawn|collected|"
-    r"obtained|received|before|after|by|of|onset|between|and|-|as\s+of|weeks?|days?|months?)\s*[:,(]?\s*$)",
+    r"obtained|received|before|after|by|of|onset|between|and|-|as\s+of|weeks?|days?|months?|transcribed|"
+    r"dictated|signed|reviewed|printed|faxed|sent|updated)\s*[:,(]?\s*$)",
     re.IGNORECASE,
 )
 
@@ -655,6 +657,15 @@ _RELATION = re.compile(
     r"girlfriend)[ \t]*,?[ \t]+(?:named[ \t]+)?",
     re.IGNORECASE,
 )
+# A name right before a birth date or record number ("Ivy Baker | DOB ...", "Smith, John (MRN ...)"), or
+# opening a sentence that gives an age ("Skip Black is a 50-year-old man").
+_BEFORE_ID = re.compile(
+    r"[ \t]*[|,(;:-]?[ \t]*(?:DOB|D\.O\.B\.?|date[ \t]+of[ \t]+birth|born|MRN|MR#|med(?:ical)?[ \t]+rec)\b", re.IGNORECASE
+)
+_BEFORE_AGE = re.compile(
+    r"[ \t]+(?:is|was)[ \t]+an?[ \t]+\d{1,3}[ \t]*(?:-|[ \t])?[ \t]*(?:years?|yrs?|yo\b|y/o|y\.o\.|months?|weeks?|days?)",
+    re.IGNORECASE,
+)
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
 _CRED_AFTER_CI = re.compile(r",[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp)(?![\w])", re.IGNORECASE)
 
@@ -662,6 +673,8 @@ _CRED_AFTER_CI = re.compile(r",[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp)(?
 def _is_name_word(tok: str, require_cap: bool) -> bool:
     """A capitalised common word (``Will``, ``May``, ``Hope``) may be a name; a lowercase one may not."""
     core = tok.rstrip(".").strip("'’-").casefold()
+    if core.endswith(("'s", "’s")):
+        core = core[:-2]
     if not core or core in HARD_STOP or core in _RELATIONS or (core in ALLOW_LIST and len(core) > 1):
         return False
     if tok[0].isupper():
@@ -747,7 +760,7 @@ class ContextNameRecognizer(LocalRecognizer):
                 end = scan_name_forward(text, m.end(), require_cap=cap)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
-        for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False)):
+        for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
             for m in rx.finditer(text):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
                 if start < m.start():
