@@ -198,7 +198,7 @@ class _Worker:
         from presidio_analyzer.nlp_engine.ner_model_configuration import MODEL_TO_PRESIDIO_ENTITY_MAPPING
         from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
         from presidio_anonymizer import AnonymizerEngine
-        from presidio_anonymizer.entities import OperatorConfig
+        from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
         from presidio_anonymizer.operators import Operator, OperatorType
 
         from cohortsync.deid import recognizers as R
@@ -212,8 +212,7 @@ class _Worker:
         self.nlp = nlp
         # Model labels to the two NER types kept (PERSON, LOCATION); dates, organisations etc. come from rules.
         self._labels = {k: v for k, v in MODEL_TO_PRESIDIO_ENTITY_MAPPING.items() if v in R.NER_ENTITIES}
-        self._labels.pop("FAC", None)
-        self._labels.update({"FAC": "LOCATION"})
+        self._labels["FAC"] = "LOCATION"  # buildings and sites, absent from Presidio's mapping
         self._line_cache: dict[str, tuple[tuple[int, int, str], ...]] = {}
         no_doc: Any = None
         self._no_nlp = NlpArtifacts(entities=[], tokens=no_doc, tokens_indices=[], lemmas=[], nlp_engine=None, language="en")
@@ -297,8 +296,6 @@ class _Worker:
             tag_ops[R.PERSON] = OperatorConfig("keyed_surrogate", {})
         self._tag_ops = tag_ops
         self._op_config = OperatorConfig
-        from presidio_anonymizer.entities import RecognizerResult
-
         self._result_cls = RecognizerResult
 
     # -- analysis -------------------------------------------------------------------------------------
