@@ -124,7 +124,9 @@ def synth_notes(persons: int, seed: int) -> tuple[list[Note], list[DenyTerm]]:
         ).fetchall():
             truth.setdefault(nid, []).append(Span(s, e, kind))
         deny = [DenyTerm(r[0], "PERSON") for r in con.execute("SELECT provider_name FROM omop.provider").fetchall()]
-        deny += [DenyTerm(r[0], "FACILITY") for r in con.execute("SELECT care_site_name FROM omop.care_site").fetchall()]
+        deny += [
+            DenyTerm(r[0], "FACILITY") for r in con.execute("SELECT care_site_name FROM omop.care_site").fetchall()
+        ]
         deny += [DenyTerm(r[0], "ADDRESS") for r in con.execute("SELECT address_1 FROM omop.location").fetchall()]
         con.close()
     notes = [Note("synth", text, tuple(truth.get(nid, [])), ()) for nid, text in rows if text]
@@ -137,7 +139,10 @@ def spacy_speed(texts: Sequence[str]) -> None:
 
     words = sum(len(t.split()) for t in texts)
     full = spacy.load(MODEL)
-    print(f"spaCy alone ({len(texts)} notes, {words} words, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}):")
+    print(
+        f"spaCy alone ({len(texts)} notes, {words} words, "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}):"
+    )
     for label, nlp in (("full pipeline", full), ("NER only", spacy.load(MODEL))):
         if label == "NER only":
             nlp.select_pipes(enable=["ner"])
@@ -191,7 +196,10 @@ def main() -> None:
     with TextScrubber(TextSettings(workers=args.workers), key=b"benchmark-key") as plain:
         p_rep = evaluate(plain, es.notes)
 
-    print(f"engine start-up: naive {n_load:.1f} s, cohortsync {o_load:.1f} s ({args.workers} workers); best of {args.runs}")
+    print(
+        f"engine start-up: naive {n_load:.1f} s, cohortsync {o_load:.1f} s ({args.workers} workers); "
+        f"best of {args.runs}"
+    )
     print(line("naive Presidio loop", len(texts), mb, n_t, n_rep))
     print(line(f"cohortsync ({args.workers} workers)", len(texts), mb, o_t, o_rep))
     print(line("  NER on whole notes", len(texts), mb, w_t, w_rep))

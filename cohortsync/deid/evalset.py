@@ -112,23 +112,70 @@ Okafor Chen Haddad McAllister Van Buren Goldberg
 STREETS = """Oak Maple Cedar Pine Elm Washington Lake Hill Park Main Church Mill River Sunset Highland Jefferson
 Lincoln Franklin Chestnut Walnut Spring Forest Meadow Willow""".split()  # noqa: SIM905
 STREET_SUFFIX = ["Street", "St", "Avenue", "Ave", "Road", "Rd", "Drive", "Dr", "Lane", "Ln", "Blvd", "Court", "Way"]
-CITIES = [("Springfield", "IL"), ("Riverton", "WY"), ("Fairview", "OR"), ("Greenville", "SC"), ("Madison", "WI"),
-          ("Clinton", "IA"), ("Franklin", "TN"), ("Georgetown", "TX"), ("Salem", "MA"), ("Bristol", "CT"),
-          ("Arlington", "VA"), ("Ashland", "KY"), ("Dover", "DE"), ("Oxford", "MS"), ("Milton", "PA")]  # fmt: skip
+CITIES = [
+    ("Springfield", "IL"),
+    ("Riverton", "WY"),
+    ("Fairview", "OR"),
+    ("Greenville", "SC"),
+    ("Madison", "WI"),
+    ("Clinton", "IA"),
+    ("Franklin", "TN"),
+    ("Georgetown", "TX"),
+    ("Salem", "MA"),
+    ("Bristol", "CT"),
+    ("Arlington", "VA"),
+    ("Ashland", "KY"),
+    ("Dover", "DE"),
+    ("Oxford", "MS"),
+    ("Milton", "PA"),
+]
 FACILITIES = [
     "Mercy General Hospital", "St. Brendan Medical Center", "Lakeside Community Hospital", "Northfield Clinic",
     "Valley View Health Center", "Harborview Family Practice", "Cedar Ridge Rehabilitation Center",
 ]  # fmt: skip
-MEDS = ["metoprolol 25 mg PO BID", "lisinopril 10 mg daily", "metformin 500 mg BID", "atorvastatin 40 mg QHS",
-        "aspirin 81 mg daily", "furosemide 20 mg PO daily", "apixaban 5 mg BID", "insulin glargine 20 units QHS",
-        "amoxicillin 875 mg BID x 7 days", "prednisone 40 mg daily x 5 days", "albuterol 2 puffs q4h PRN"]  # fmt: skip
-DX = [("type 2 diabetes mellitus", "E11.9"), ("essential hypertension", "I10"), ("CHF", "I50.9"),
-      ("COPD with exacerbation", "J44.1"), ("community-acquired pneumonia", "J18.9"), ("CKD stage 3", "N18.30"),
-      ("atrial fibrillation", "I48.91"), ("hyperlipidemia", "E78.5"), ("UTI", "N39.0"), ("NSTEMI", "I21.4")]  # fmt: skip
-COMPLAINTS = ["chest pain", "shortness of breath", "productive cough", "dysuria", "lower extremity edema",
-              "palpitations", "fatigue", "dizziness", "abdominal pain"]  # fmt: skip
-STUDIES = [("CT chest", "no PE; small bilateral effusions."), ("CXR", "RLL consolidation."),
-           ("MRI brain", "no acute infarct."), ("Echo", "EF 35-40%, mild MR."), ("US abdomen", "cholelithiasis.")]  # fmt: skip
+MEDS = [
+    "metoprolol 25 mg PO BID",
+    "lisinopril 10 mg daily",
+    "metformin 500 mg BID",
+    "atorvastatin 40 mg QHS",
+    "aspirin 81 mg daily",
+    "furosemide 20 mg PO daily",
+    "apixaban 5 mg BID",
+    "insulin glargine 20 units QHS",
+    "amoxicillin 875 mg BID x 7 days",
+    "prednisone 40 mg daily x 5 days",
+    "albuterol 2 puffs q4h PRN",
+]
+DX = [
+    ("type 2 diabetes mellitus", "E11.9"),
+    ("essential hypertension", "I10"),
+    ("CHF", "I50.9"),
+    ("COPD with exacerbation", "J44.1"),
+    ("community-acquired pneumonia", "J18.9"),
+    ("CKD stage 3", "N18.30"),
+    ("atrial fibrillation", "I48.91"),
+    ("hyperlipidemia", "E78.5"),
+    ("UTI", "N39.0"),
+    ("NSTEMI", "I21.4"),
+]
+COMPLAINTS = [
+    "chest pain",
+    "shortness of breath",
+    "productive cough",
+    "dysuria",
+    "lower extremity edema",
+    "palpitations",
+    "fatigue",
+    "dizziness",
+    "abdominal pain",
+]
+STUDIES = [
+    ("CT chest", "no PE; small bilateral effusions."),
+    ("CXR", "RLL consolidation."),
+    ("MRI brain", "no acute infarct."),
+    ("Echo", "EF 35-40%, mild MR."),
+    ("US abdomen", "cholelithiasis."),
+]
 #: (format name, strftime format); "-" flags drop zero padding (glibc).
 DATE_FORMATS: tuple[tuple[str, str], ...] = (
     ("iso", "%Y-%m-%d"), ("mdy", "%m/%d/%Y"), ("mdy_short", "%-m/%-d/%y"), ("long", "%B %-d, %Y"),
@@ -596,7 +643,11 @@ def evaluate(scrubber: Detector | Callable[[list[str]], Sequence[Detections]], n
         gold = bytearray(len(text))
         for sp in note.phi:
             cat = CATEGORY[sp.kind]
-            for target in (rep.overall, rep.by_category.setdefault(cat, Score()), rep.by_kind.setdefault(sp.kind, Score())):
+            for target in (
+                rep.overall,
+                rep.by_category.setdefault(cat, Score()),
+                rep.by_kind.setdefault(sp.kind, Score()),
+            ):
                 for i in range(sp.start, sp.end):
                     if not text[i].isspace():
                         target.gold += 1

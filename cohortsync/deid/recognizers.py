@@ -411,7 +411,9 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
     numeric = parsed.fmt in ("iso", "mdy", "md", "my") or (parsed.fmt == "dmony" and g.get("s1") == "-")
-    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
+    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (
+        numeric and bool(nums) and all(len(n) == 2 for n in nums)
+    )
     out: list[str] = []
     pos = m.start()
     spans = sorted((m.start(k), m.end(k), k) for k in ("y", "m", "d", "mon", "suf") if g.get(k) is not None)
@@ -584,7 +586,9 @@ _STREET = (
     r"(?:" + _SUFFIXES + r"|" + _SUFFIXES.upper() + r")\b\.?"
     r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?[ \t]*#?[ \t]*[\w-]+)?"
 )
-_CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
+_CITY_ST_ZIP = (
+    r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
+)
 ADDRESS_RULES = [
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
@@ -627,7 +631,8 @@ def _check_md(m: re.Match[str]) -> bool:
 
 
 DATE_RULES = [
-    Rule(DATE, rx, 0.95 if fmt != "md" else 0.85, _check_md if fmt == "md" else _check_date) for fmt, rx in _DATE_FORMATS
+    Rule(DATE, rx, 0.95 if fmt != "md" else 0.85, _check_md if fmt == "md" else _check_date)
+    for fmt, rx in _DATE_FORMATS
 ]
 
 
@@ -660,10 +665,12 @@ _RELATION = re.compile(
 # A name right before a birth date or record number ("Ivy Baker | DOB ...", "Smith, John (MRN ...)"), or
 # opening a sentence that gives an age ("Skip Black is a 50-year-old man").
 _BEFORE_ID = re.compile(
-    r"[ \t]*[|,(;:-]?[ \t]*(?:DOB|D\.O\.B\.?|date[ \t]+of[ \t]+birth|born|MRN|MR#|med(?:ical)?[ \t]+rec)\b", re.IGNORECASE
+    r"[ \t]*[|,(;:-]?[ \t]*(?:DOB|D\.O\.B\.?|date[ \t]+of[ \t]+birth|born|MRN|MR#|med(?:ical)?[ \t]+rec)\b",
+    re.IGNORECASE,
 )
 _BEFORE_AGE = re.compile(
-    r"[ \t]+(?:is|was)[ \t]+an?[ \t]+\d{1,3}[ \t]*(?:-|[ \t])?[ \t]*(?:years?|yrs?|yo\b|y/o|y\.o\.|months?|weeks?|days?)",
+    r"[ \t]+(?:is|was)[ \t]+an?[ \t]+\d{1,3}[ \t]*(?:-|[ \t])?[ \t]*"
+    r"(?:years?|yrs?|yo\b|y/o|y\.o\.|months?|weeks?|days?)",
     re.IGNORECASE,
 )
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")

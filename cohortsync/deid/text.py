@@ -215,7 +215,9 @@ class _Worker:
         self._labels["FAC"] = "LOCATION"  # buildings and sites, absent from Presidio's mapping
         self._line_cache: dict[str, tuple[tuple[int, int, str], ...]] = {}
         no_doc: Any = None
-        self._no_nlp = NlpArtifacts(entities=[], tokens=no_doc, tokens_indices=[], lemmas=[], nlp_engine=None, language="en")
+        self._no_nlp = NlpArtifacts(
+            entities=[], tokens=no_doc, tokens_indices=[], lemmas=[], nlp_engine=None, language="en"
+        )
 
         class _LoadedSpacy(SpacyNlpEngine):
             """The already-loaded model (never a download); NER itself runs in :meth:`_Worker._ner`."""
@@ -343,7 +345,9 @@ class _Worker:
                     break
         return out
 
-    def _ner(self, texts: Sequence[str], found: Sequence[Sequence[Any] | None]) -> list[list[tuple[int, int, str]] | None]:
+    def _ner(
+        self, texts: Sequence[str], found: Sequence[Sequence[Any] | None]
+    ) -> list[list[tuple[int, int, str]] | None]:
         """Model entities per text, from the per-line cache; if ``nlp.pipe`` fails on a batch, pieces are
         redone one by one so a bad piece fails only the texts that contain it."""
         parts_of: list[list[tuple[int, str]]] = []
@@ -452,7 +456,9 @@ def _propagate_names(text: str, spans: Sequence[tuple[int, int, str]], R: Any) -
     return out
 
 
-def _resolve(text: str, spans: Iterable[tuple[int, int, str]], priority: Mapping[str, int], weak: set[int]) -> list[Detection]:
+def _resolve(
+    text: str, spans: Iterable[tuple[int, int, str]], priority: Mapping[str, int], weak: set[int]
+) -> list[Detection]:
     """Non-overlapping spans. Rule-based spans go first (longest, then by type priority); the NER model's
     spans (indices in ``weak``) fill in around them. A span that loses an overlap keeps its uncovered
     pieces (without edge spaces and commas), so no detected character
