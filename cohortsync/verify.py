@@ -81,10 +81,10 @@ def verify(
             local.execute("CREATE OR REPLACE TABLE src_keys (k BIGINT, load_dt TIMESTAMP)")
             with src.stream(q, settings.sync.batch_rows) as reader:
                 for b in batches(reader):
-                    k = b.column(1)
+                    k = b.column(pk)
                     if rule.action is Action.PSEUDONYMIZE:
                         k = pseudonymize(keys, rule.domain or t, k)
-                    chunk = pa.table({"k": k.cast(pa.int64()), "load_dt": b.column(2)})
+                    chunk = pa.table({"k": k.cast(pa.int64()), "load_dt": b.column(omop.LOAD_DT)})
                     local.register("chunk", chunk)
                     local.execute("INSERT INTO src_keys SELECT k, load_dt FROM chunk")
                     local.unregister("chunk")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -267,3 +268,44 @@ def test_verify_finds_missing_extra_and_duplicate_rows_and_repairs(project: Proj
     assert "repaired" in r.output
     assert project.cli("verify", "v").exit_code == 0
     assert project.cli("sync", "-q").exit_code == 0
+
+
+def test_withdrawal_reaches_tables_linked_through_a_parent(tmp_path: Path) -> None:
+    """note_nlp has no person_id: its rows go with the withdrawn persons' notes."""
+    from click.testing import CliRunner
+
+    from cohortsync import synth
+    from conftest import CONFIG
+
+    synth.generate(tmp_path / "omop.duckdb", persons=80, seed=3, weeks=2)
+    con = duckdb.connect(str(tmp_path / "omop.duckdb"))
+    con.execute(
+        "INSERT INTO omop.omop.note_nlp (note_nlp_id, note_id, note_nlp_concept_id, nlp_system, nlp_date, load_dt) "
+        "SELECT note_id * 10 + k, note_id, 0, 'test', note_date, load_dt FROM omop.omop.note, range(2) t(k)"
+    )
+    con.close()
+    (tmp_path / "cohortsync.toml").write_text(
+        CONFIG.replace('policy = "keep_everything.toml"', 'policy = "structured_only.toml"')
+        + '\n[sync]\ntables = ["person", "note", "note_nlp"]\n'
+    )
+    p = Project(tmp_path, CliRunner())
+    structured_only(p)
+    ids = list(range(1, 81))
+    assert p.cli("add-cohort", "n", "--patients", str(p.write_ids("n.csv", ids))).exit_code == 0
+    r = p.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    before = landed_count(p, "n", "note_nlp")
+    assert before > 0
+    gone = ids[:20]
+    con = duckdb.connect(str(tmp_path / "omop.duckdb"), read_only=True)
+    expected_gone = con.execute(
+        "SELECT count(*) FROM omop.omop.note_nlp x JOIN omop.omop.note n USING (note_id) "
+        "WHERE n.person_id IN (SELECT unnest($g::BIGINT[]))",
+        {"g": gone},
+    ).fetchall()[0][0]
+    con.close()
+    assert expected_gone > 0
+    r = p.cli("amend-cohort", "n", "--remove", str(p.write_ids("g.csv", gone)))
+    assert r.exit_code == 0, r.output
+    assert landed_count(p, "n", "note_nlp") == before - expected_gone
+    assert p.cli("verify", "n").exit_code == 0
