@@ -346,24 +346,43 @@ def members_ddl(names: plan.Names, table: exp.Table | None = None) -> exp.Expres
     return plan._fill(_template("members_ddl_databricks"), tables={"members_table": table or names.members()})
 
 
-def upload_clear(cohort: str, names: plan.Names) -> exp.Expression:
+def members_clear(cohort: str, names: plan.Names, table: exp.Table | None = None) -> exp.Expression:
+    """Empty one cohort's partition (of the members table, or of ``table``)."""
     return _fill(
-        _template("members_upload_clear_databricks"),
-        tables={"upload_table": upload_table(names)},
+        _template("members_clear_databricks"),
+        tables={"members_table": table or names.members()},
         values={"cohort": plan.cohort_literal(cohort)},
     )
 
 
-def upload_insert(cohort: str, person_ids: list[int], batch: int, names: plan.Names) -> exp.Expression:
-    """One chunk of ids as a multi-row VALUES tree (integers only: nothing user-typed reaches SQL)."""
-    rows = exp.Values(
-        expressions=[exp.Tuple(expressions=[exp.Literal.number(int(i))]) for i in person_ids],
-        alias=exp.TableAlias(this=exp.to_identifier("v"), columns=[exp.to_identifier("person_id")]),
+def upload_clear(cohort: str, names: plan.Names) -> exp.Expression:
+    return members_clear(cohort, names, upload_table(names))
+
+
+def upload_insert(cohort: str, person_ids: list[int], batch: int | list[int], names: plan.Names) -> exp.Expression:
+    """One chunk of ids (and per-id batch numbers) as a multi-row VALUES tree of integer literals:
+    nothing user-typed reaches the SQL text."""
+    if isinstance(batch, list):
+        if len(batch) != len(person_ids):
+            raise ValueError("one batch number per person id")
+        rows = [
+            exp.Tuple(expressions=[exp.Literal.number(int(i)), exp.Literal.number(int(b))])
+            for i, b in zip(person_ids, batch, strict=True)
+        ]
+        names_of = ["person_id", "batch"]
+        batch_value: exp.Expression = exp.column("batch", "v")
+    else:
+        rows = [exp.Tuple(expressions=[exp.Literal.number(int(i))]) for i in person_ids]
+        names_of = ["person_id"]
+        batch_value = exp.Literal.number(int(batch))
+    values = exp.Values(
+        expressions=rows,
+        alias=exp.TableAlias(this=exp.to_identifier("v"), columns=[exp.to_identifier(n) for n in names_of]),
     )
     return _fill(
         _template("members_upload_insert_databricks"),
-        tables={"upload_table": upload_table(names), "upload_rows": rows},
-        values={"cohort": plan.cohort_literal(cohort), "batch": exp.Literal.number(int(batch))},
+        tables={"upload_table": upload_table(names), "upload_rows": values},
+        values={"cohort": plan.cohort_literal(cohort), "batch": batch_value},
     )
 
 
@@ -376,18 +395,24 @@ def members_replace(cohort: str, names: plan.Names) -> exp.Expression:
 
 
 def upload_statements(
-    cohort: str, person_ids: pa.Array, batch: int, names: plan.Names, rows_per_insert: int
+    cohort: str, person_ids: pa.Array, batch: int | pa.Array, names: plan.Names, rows_per_insert: int
 ) -> Iterator[exp.Expression]:
-    """Every statement of one membership replacement, in order (also what the Spark tier runs)."""
+    """Every statement of one membership replacement, in order (also what the Spark tier runs).
+
+    ``batch`` numbers the amendment that added the members: one number, or one per id.
+    """
+    ids = person_ids.cast(pa.int64())
+    batches = batch.cast(pa.int32()) if isinstance(batch, pa.Array) else None
+    if ids.null_count or (batches is not None and (batches.null_count or len(batches) != len(ids))):
+        raise ValueError("person ids and batch numbers may not be null, and need one batch number per id")
     yield plan.create_schema(names.catalog, names.sandbox_schema)
     yield members_ddl(names)
     yield members_ddl(names, upload_table(names))
     yield upload_clear(cohort, names)
-    ids = person_ids.cast(pa.int64())
-    if ids.null_count:
-        raise ValueError("person ids may not be null")
     for start in range(0, len(ids), rows_per_insert):
-        yield upload_insert(cohort, ids.slice(start, rows_per_insert).to_pylist(), batch, names)
+        chunk = ids.slice(start, rows_per_insert).to_pylist()
+        numbers: int | list[int] = batches.slice(start, rows_per_insert).to_pylist() if batches is not None else int(batch)
+        yield upload_insert(cohort, chunk, numbers, names)
     yield members_replace(cohort, names)
     yield upload_clear(cohort, names)
 
@@ -622,7 +647,7 @@ class DatabricksSource:
 
         self._retrying("statement", run)
 
-    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int = 0) -> None:
+    def replace_members(self, cohort: str, person_ids: pa.Array, batch: int | pa.Array = 0) -> None:
         """Make the sandbox hold exactly ``person_ids`` for ``cohort``.
 
         The ids go into the cohort's partition of a staging table in multi-row INSERTs of
@@ -639,6 +664,21 @@ class DatabricksSource:
                     self._run(cursor, sql)
 
         self._retrying(f"upload of cohort {cohort}", run)
+
+    def delete_members(self, cohort: str) -> None:
+        """Empty the cohort's partition (INSERT OVERWRITE with nothing: no DELETE needed)."""
+        names = self.names
+        statements = [
+            self.render(s)
+            for s in (plan.create_schema(names.catalog, names.sandbox_schema), members_ddl(names), members_clear(cohort, names))
+        ]
+
+        def run() -> None:
+            with self._cursor() as cursor:
+                for sql in statements:
+                    self._run(cursor, sql)
+
+        self._retrying(f"removal of cohort {cohort}", run)
 
     def close(self) -> None:
         self._drop_connection()

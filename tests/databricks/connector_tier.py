@@ -26,7 +26,7 @@ from thrift_server import ThriftServer, free_port
 
 from cohortsync import api, omop, plan
 from cohortsync.config import Settings, settings_from_dict
-from cohortsync.errors import SourceError, TransientSourceError
+from cohortsync.errors import CohortError, SourceError, TransientSourceError
 from cohortsync.sources.databricks import DatabricksSource
 from conftest import keep_everything_policy
 
@@ -193,8 +193,27 @@ def test_upload_of_a_large_cohort_is_one_copy_after_a_rerun(loaded: ThriftServer
     try:
         src.replace_members("big", ids)
         src.replace_members("big", ids)
-        src.replace_members("small", pa.array([5, 6], pa.int64()))
+        src.replace_members("small", pa.array([5, 6], pa.int64()), pa.array([0, 3], pa.int32()))
         assert sorted(src.rows(plan.member_counts(src.names))) == [("big", 30_000), ("small", 2)]
+        q = sqlglot.parse_one(
+            "SELECT person_id, batch FROM spark_catalog.sandbox.big_members WHERE cohort = 'small' ORDER BY 1",
+            dialect="databricks",
+        )
+        assert src.rows(q) == [(5, 0), (6, 3)]
+        src.delete_members("big")
+        assert src.rows(plan.member_counts(src.names)) == [("small", 2)]
+    finally:
+        src.close()
+
+
+def test_a_refused_cohort_leaves_nothing_in_the_sandbox(loaded: ThriftServer, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, loaded, members_table="refused_members")
+    (tmp_path / "ids.txt").write_text("1\n2\n900000000001\n", encoding="ascii")  # the last is not in person
+    src = open_source(settings, loaded)
+    try:
+        with pytest.raises(CohortError, match=r"not in omop\.person"):
+            api.add_cohort(settings, "refused", tmp_path / "ids.txt", source=src)
+        assert src.rows(plan.member_counts(src.names)) == []
     finally:
         src.close()
 

@@ -212,6 +212,12 @@ def test_reupload_replaces_only_that_cohort(spark: Any) -> None:
     assert members() == {"keep": [(1, 0), (2, 0), (3, 0)], "redo": [(7, 1), (2**62, 1)]}
     upload("redo", [])
     assert members() == {"keep": [(1, 0), (2, 0), (3, 0)]}
+    for statement in dbx.upload_statements("amended", pa.array([4, 5, 6, 8, 9]), pa.array([0, 2, 0, 1, 2]), names, 2):
+        spark_run(spark, statement)  # one batch number per id (amendments)
+    assert members()["amended"] == [(4, 0), (5, 2), (6, 0), (8, 1), (9, 2)]
+    spark_run(spark, dbx.members_clear("amended", names))  # what delete_members runs
+    spark_run(spark, dbx.members_clear("never-uploaded", names))
+    assert members() == {"keep": [(1, 0), (2, 0), (3, 0)]}
 
 
 def test_upload_property(spark: Any) -> None:
