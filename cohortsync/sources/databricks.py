@@ -509,6 +509,9 @@ class DatabricksSource:
             "_retry_delay_max": 5.0,
             "_retry_stop_after_attempts_duration": 4.0,
             "user_agent_entry": "cohortsync",
+            # Cloud fetch stays on; each download thread holds one result file (tens of MB) in memory,
+            # so fewer threads than the connector's 10 keep the peak modest at little cost in speed.
+            "max_download_threads": 4,
         }
         if self._credentials is not None:
             options["credentials_provider"] = self._credentials.provider(self.server_hostname, self.connect_timeout_s)
