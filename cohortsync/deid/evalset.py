@@ -27,6 +27,7 @@ CATEGORY: dict[str, str] = {
     "patient_name": "NAME",
     "clinician_name": "NAME",
     "relative_name": "NAME",
+    "other_name": "NAME",
     "date": "DATE",
     "mrn": "IDENTIFIER",
     "account": "IDENTIFIER",
@@ -200,7 +201,8 @@ HISTORY OF PRESENT ILLNESS:
 
 HOSPITAL COURSE:
 Labs: WBC {wbc}, Hgb {hgb} g/dL, Plt {plt}, Cr {cr} mg/dL, K {k}. {study} on {date:mdy_short}: {impression} \
-{pronoun} was treated with {med1} and improved. Pain {pain}/10 at discharge.
+{pronoun} was treated with {med1} and improved. {other} from social work met with the family. Pain {pain}/10 \
+at discharge.
 
 DISCHARGE MEDICATIONS:
 1. {med1}
@@ -236,7 +238,8 @@ Patient: {pname} (MRN {mrn})   DOB {dob:iso}
 Provider: {doc}, MD, {facility}
 
 S: {pfirst} returns for follow-up of {dx1}. Reports {complaint} over the past week. Last seen {date:mdy_short}. \
-Taking {med1} as prescribed. Accompanied by {relation} {rel}.
+Taking {med1} as prescribed. Accompanied by {relation} {rel}. Transport home was arranged by \
+{other}.
 O: BP {bp}, HR {hr}, Temp {temp} C, Wt {wt} kg, SpO2 {spo2}%. Lungs clear. 2/6 systolic murmur.
 Labs: A1c {a1c}% (drawn {date:month_d}), WBC {wbc}, Hgb {hgb} g/dL, Cr {cr} mg/dL.
 A/P:
@@ -467,6 +470,8 @@ class _Builder:
             self.name(*self.doc2, "clinician_name", "full")
         elif name == "rel":
             self.phi_(self.rel, "relative_name")
+        elif name == "other":
+            self.name(r.choice(FIRST), r.choice(LAST), "other_name", "full")
         elif name == "facility":
             self.phi_(self.facility, "facility")
         elif name == "faddr":

@@ -228,9 +228,38 @@ _US_STATES = frozenset(
     ]
 )
 _WORD = re.compile(r"[^\s]+")
+
+
+def _spacy_stop_words() -> frozenset[str]:
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return frozenset(STOP_WORDS)
+
+
+#: Common words of note templates and clinical prose that are not names (for the NER line filter only).
+_COMMON = frozenset(
+    """
+    date age rx next health recent compared correlate report reports type inpatient outpatient account admitted
+    condition department standard results result urinary low high reason pertinent requested initial essential
+    coronary blood small large normal abnormal negative positive unremarkable noted impression plan history
+    physical exam examination review systems general appearance alert oriented awake pleasant comfortable
+    medications medication allergies allergy diagnosis diagnoses problem problems procedure procedures findings
+    technique clinical indication comparison summary hospital course discharge admission instructions
+    diet activity follow follow-up return precautions signs symptoms pain denies reports states
+    sex male female man woman gender race ethnicity language english spanish married single widowed divorced
+    status code full dnr dni social family surgical past medical present illness chief complaint
+    vital vitals temperature pulse respiratory rate weight height oxygen saturation room air
+    cardiac pulmonary renal hepatic neurologic neurological gastrointestinal musculoskeletal psychiatric
+    atrial ventricular cerebral sigmoid osseous gallbladder gray-white lobe lobes upper lower middle mild
+    new old prior previous current daily weekly monthly yearly today yesterday tomorrow morning evening night
+    reviewed ordered started stopped continued increased decreased given received tolerated improved
+    stable worse better unchanged resolved ongoing pending completed scheduled referred requested
+    """.split()  # noqa: SIM905
+)
 #: Words that are never the start of a name or place by themselves (NER is skipped on lines holding only these).
 VOCABULARY = (
-    ALLOW_LIST
+    _COMMON
+    | ALLOW_LIST
     | _STOP
     | HARD_STOP
     | _RELATIONS
@@ -240,6 +269,7 @@ VOCABULARY = (
     | frozenset(m.casefold() for m in calendar.month_abbr[1:])
     | frozenset(d.casefold() for d in calendar.day_name)
     | frozenset(d.casefold() for d in calendar.day_abbr)
+    | frozenset(w.casefold() for w in _spacy_stop_words())
 )
 
 
@@ -695,11 +725,12 @@ _NAME_GAP = re.compile(
 )
 
 
-def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 3) -> int:
+def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 3, labelled: bool = False) -> int:
     """End of a name that starts at ``pos`` (``pos`` itself if there is none).
 
     After a capitalised first word only capitalised words follow (``Dr. Smith recommended`` stops at
     Smith); after a lowercase one only lowercase non-stop words (``dr. brown said`` stops at brown).
+    After a label with a colon (``pt: will ramirez``) a lowercase first word may be a common word.
     """
     end = pos
     count = 0
@@ -707,7 +738,8 @@ def scan_name_forward(text: str, pos: int, require_cap: bool, max_tokens: int = 
     cap = require_cap
     while count < max_tokens:
         m = _NAME_TOKEN.match(text, i)
-        if not m or not _is_name_word(m.group(), cap):
+        lenient = labelled and count == 0 and m is not None and _is_name_word(m.group().capitalize(), cap)
+        if not m or not (lenient or _is_name_word(m.group(), cap)):
             break
         if count and not cap and m.group()[0].isupper():  # lowercase name, then a capital: another field
             break
@@ -764,7 +796,7 @@ class ContextNameRecognizer(LocalRecognizer):
         spans: list[tuple[int, int, float]] = []
         for rx, cap in ((_NAME_PREFIX, False), (_RELATION, True)):
             for m in rx.finditer(text):
-                end = scan_name_forward(text, m.end(), require_cap=cap)
+                end = scan_name_forward(text, m.end(), require_cap=cap, labelled=":" in m.group())
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):

@@ -498,8 +498,10 @@ def _resolve(
     return out
 
 
-#: A capitalised or all-caps word: only lines holding one that no rule covered go through NER.
-_CANDIDATE = re.compile(r"\b(?:[A-Z][a-z][\w'’-]*|[A-Z]{2,}[\w'’-]*)")
+#: A capitalised word: only lines holding one that is not vocabulary and no rule covered go through NER.
+#: All-caps words are not candidates: the model rarely tags them, and labelled ones (``RE: BUSH, ROSE``)
+#: are the rules' job.
+_CANDIDATE = re.compile(r"\b[A-Z][a-z][\w'’-]*")
 
 _WARM_UP = (
     "Patient: Jane Roe (MRN 1234567), seen 03/04/2021 by Dr. John Smith, MD at Springfield General Hospital, "
