@@ -204,6 +204,15 @@ def max_load_dt(table: str, names: Names) -> exp.Expression:
     return _fill(template("max_load_dt"), tables={"omop_table": names.omop(table)})
 
 
+def max_load_dts(tables: list[str], names: Names) -> exp.Select:
+    """Every table's upper bound in one statement (one round trip; on a warehouse, one query to bill)."""
+    items = [
+        exp.alias_(exp.Subquery(this=_fill(template("max_load_dt"), tables={"omop_table": names.omop(t)})), f"t{i}")
+        for i, t in enumerate(tables)
+    ]
+    return exp.select(*items)
+
+
 def missing_persons(cohort: str, names: Names) -> exp.Expression:
     return _fill(
         template("missing_persons"),

@@ -35,7 +35,7 @@ from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceErr
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
-from cohortsync.sources.base import schema_of, upper_bound
+from cohortsync.sources.base import schema_of, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
 
 
@@ -104,7 +104,7 @@ def run_sync(
             for n in report.notes:
                 progress.note(n)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
-            bounds = {t: _inspect(src, deid, t, settings.source.retries) for t in settings.sync.tables}
+            bounds = _inspect_all(src, deid, list(settings.sync.tables), settings.source.retries)
             if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
             landing = Landing(settings.landing_path, settings.landing.compression)
@@ -230,15 +230,35 @@ def windows(
     return due, fresh
 
 
-def _inspect(
-    src: Source, deid: Deidentifier, table: str, retries: int = 0
-) -> tuple[TablePlan, datetime | None] | CohortsyncError:
-    """A table's policy-checked columns and its upper bound, or the error that fails this table only."""
-    t = omop.table(table)
+def _inspect_all(
+    src: Source, deid: Deidentifier, tables: list[str], retries: int
+) -> dict[str, tuple[TablePlan, datetime | None] | CohortsyncError]:
+    """Each table's policy-checked columns and upper bound, or the error that fails that table only.
+
+    The columns are checked table by table (drift in one must not stop the others); the upper bounds
+    of the tables that passed come from one query, falling back to one per table if it fails.
+    """
+    out: dict[str, tuple[TablePlan, datetime | None] | CohortsyncError] = {}
+    plans: dict[str, TablePlan] = {}
+    for table in tables:
+        t = omop.table(table)
+        try:
+            plans[table] = retrying(lambda t=t: deid.prepare(t, _source_columns(src, t)), retries)  # type: ignore[misc]
+        except CohortsyncError as e:
+            out[table] = e
     try:
-        return retrying(lambda: (deid.prepare(t, _source_columns(src, t)), upper_bound(src, table)), retries)
-    except CohortsyncError as e:
-        return e
+        uppers = retrying(lambda: upper_bounds(src, list(plans)), retries)
+    except CohortsyncError:
+        uppers = {}
+        for table in plans:
+            try:
+                uppers[table] = retrying(lambda table=table: upper_bound(src, table), retries)  # type: ignore[misc]
+            except CohortsyncError as e:
+                out[table] = e
+    for table, p in plans.items():
+        if table in uppers:
+            out[table] = (p, uppers[table])
+    return {t: out[t] for t in tables}
 
 
 def _select_cohorts(settings: Settings, names: Sequence[str] | None) -> list[cohort_files.Cohort]:

@@ -11,6 +11,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from cohortsync import plan
+from cohortsync.errors import SourceError
 
 
 class Source(Protocol):
@@ -47,8 +48,21 @@ def upper_bound(source: Source, table: str) -> datetime | None:
     """The table's current ``max(load_dt)``: the fixed upper end of this run's windows."""
     ((value,),) = source.rows(plan.max_load_dt(table, source.names))
     if value is not None and not isinstance(value, datetime):
-        raise TypeError(f"{table}.load_dt is not a TIMESTAMP column")
+        raise SourceError(f"{table}.load_dt is not a TIMESTAMP column")
     return value
+
+
+def upper_bounds(source: Source, tables: list[str]) -> dict[str, datetime | None]:
+    """All tables' ``max(load_dt)`` in one query; raises if any table cannot be read."""
+    if not tables:
+        return {}
+    (row,) = source.rows(plan.max_load_dts(tables, source.names))
+    out = {}
+    for t, value in zip(tables, row, strict=True):
+        if value is not None and not isinstance(value, datetime):
+            raise SourceError(f"{t}.load_dt is not a TIMESTAMP column")
+        out[t] = value
+    return out
 
 
 def schema_of(source: Source, table: str) -> pa.Schema:

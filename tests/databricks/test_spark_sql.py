@@ -123,6 +123,13 @@ def test_max_load_dt_equals_duckdb(spark: Any, duck: DuckDBSource, table: str) -
     assert table == "death" or isinstance(got[0][0], datetime)
 
 
+def test_all_upper_bounds_in_one_query_equal_duckdb(spark: Any, duck: DuckDBSource) -> None:
+    tables = list(omop.DEFAULT_TABLES)
+    got = spark_rows(spark, plan.max_load_dts(tables, SPARK_NAMES))
+    assert got == duck.rows(plan.max_load_dts(tables, duck.names))
+    assert got[0][0] is not None
+
+
 def test_select_columns_and_select_nothing(spark: Any, duck: DuckDBSource) -> None:
     cols = ["person_id", "year_of_birth", "load_dt"]
     got = spark_rows(spark, plan.select_columns("person", cols, SPARK_NAMES))
