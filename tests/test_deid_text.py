@@ -180,6 +180,12 @@ def test_names_get_consistent_keyed_surrogates(scrubber: TextScrubber) -> None:
     assert NameSurrogates(b"another key").name_for("Rose Green") != rose
 
 
+def test_a_lone_first_name_matches_the_full_names_surrogate(scrubber: TextScrubber) -> None:
+    [out] = scrub1(scrubber, ["Patient: Rose Green (Green, Rose). Rose reports less pain."])
+    first, last = NameSurrogates(KEY).name_for("Rose Green").split()
+    assert out == f"Patient: {first} {last} ({last}, {first}). {first} reports less pain."
+
+
 def test_lowercase_names_and_names_that_are_words(scrubber: TextScrubber) -> None:
     text = "pt: faith price, mrn 55512345. seen with dr. brown. Sincerely,\nWill Hope"
     [out] = scrub1(scrubber, [text])

@@ -228,6 +228,7 @@ _US_STATES = frozenset(
     ]
 )
 _WORD = re.compile(r"[^\s]+")
+_NER_SEGMENT = re.compile(r"[^\n()\[\]|;]+")  # a model span never crosses a line end, bracket, bar or semicolon
 
 
 def _spacy_stop_words() -> frozenset[str]:
@@ -274,17 +275,17 @@ VOCABULARY = (
 
 
 def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[int, int]]:
-    """An NER span cut to what can be PHI: per line, without edge words that are vocabulary, titles or numbers.
+    """An NER span cut to what can be PHI: per line or bracket, without vocabulary, titles or numbers at its edges.
 
     The model's PERSON/LOCATION spans in notes swallow neighbours (``husband Jessica``, ``Wt 64.5 kg``,
     ``2016\\n\\nDear Dr.``); a PERSON without a capital letter is dropped (context rules find lowercase
     names), and so is a LOCATION that is only a state (states are not identifying under HIPAA).
     """
     out: list[tuple[int, int]] = []
-    line_start = start
-    for line in text[start:end].split("\n"):
+    for seg in _NER_SEGMENT.finditer(text[start:end]):
+        line_start = start + seg.start()
+        line = seg.group()
         words = [(line_start + m.start(), line_start + m.end()) for m in _WORD.finditer(line)]
-        line_start += len(line) + 1
 
         def junk(w: tuple[int, int]) -> bool:
             tok = text[w[0] : w[1]].strip(".,;:()[]\"'")

@@ -125,7 +125,7 @@ class NameSurrogates:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._cache: dict[str, str] = {}
+        self._cache: dict[tuple[str, tuple[bool, ...]], str] = {}
 
     def __repr__(self) -> str:
         return "NameSurrogates(<key>)"
@@ -135,7 +135,7 @@ class NameSurrogates:
         return pool[int.from_bytes(digest[:8], "big") % len(pool)]
 
     def _word(self, word: str, surname: bool) -> str:
-        core = word.strip(".,'’")
+        core = word.strip(".,;:'’\"()[]{}|")
         if not core:
             return word
         poss = ""
@@ -152,20 +152,46 @@ class NameSurrogates:
             new = new.lower()
         return word.replace(core + poss, new + poss, 1)
 
-    def name_for(self, name: str) -> str:
-        """The surrogate of one detected name span."""
-        hit = self._cache.get(name)
-        if hit is not None:
-            return hit
+    def name_for(self, name: str, roles: Mapping[str, bool] | None = None) -> str:
+        """The surrogate of one detected name span.
+
+        ``roles`` (word → is a surname), from the full names of the same text, lets a lone ``John``
+        take the first-name surrogate of ``John Smith`` rather than a surname.
+        """
         words = name.split()
         comma_form = "," in name and len(words) >= 2
-        out = []
+        flags = []
+        for i, w in enumerate(words):
+            if len(words) == 1 and roles:
+                flags.append(roles.get(_core(w), True))
+            else:
+                flags.append(i == 0 if comma_form else i == len(words) - 1)
+        key = (name, tuple(flags))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        result = " ".join(self._word(w, f) for w, f in zip(words, flags, strict=True))
+        self._cache[key] = result
+        return result
+
+
+def _core(word: str) -> str:
+    core = word.strip(".,;:'’\"()[]{}|").casefold()
+    return core[:-2] if core.endswith(("'s", "’s")) else core
+
+
+def name_roles(names: Iterable[str]) -> dict[str, bool]:
+    """Word → is a surname, from the multi-word names of one text (a surname reading wins)."""
+    roles: dict[str, bool] = {}
+    for name in names:
+        words = name.split()
+        if len(words) < 2:
+            continue
+        comma_form = "," in name
         for i, w in enumerate(words):
             surname = i == 0 if comma_form else i == len(words) - 1
-            out.append(self._word(w, surname))
-        result = " ".join(out)
-        self._cache[name] = result
-        return result
+            roles[_core(w)] = roles.get(_core(w), False) or surname
+    return roles
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,7 +304,7 @@ class _Worker:
             """A name replaced by its keyed surrogate (Presidio's hash is unsalted, encrypt is random)."""
 
             def operate(self, text: str, params: dict[str, Any] | None = None) -> str:
-                return surrogates.name_for(text)
+                return surrogates.name_for(text, (params or {}).get("roles"))
 
             def validate(self, params: dict[str, Any] | None = None) -> None:
                 return None
@@ -414,12 +440,15 @@ class _Worker:
                 out.append(([SCRUB_FAILED] * len(shifts), {"__failed__": 1}))
                 continue
             counts = dict(Counter(s.entity for s in spans))
+            roles = name_roles(text[s.start : s.end] for s in spans if s.entity == self.R.PERSON)
             results = [self._result_cls(s.entity, s.start, s.end, 1.0) for s in spans]
             texts: list[str] = []
             for shift in shifts:
                 try:
                     ops = dict(self._tag_ops)
                     ops[self.R.DATE] = self._op_config("shift_date", {"days": shift})
+                    if self.settings.names == "surrogate":
+                        ops[self.R.PERSON] = self._op_config("keyed_surrogate", {"roles": roles})
                     res = self.anonymizer.anonymize(
                         text=text, analyzer_results=results, operators=ops, merge_entities_with_spaces=False
                     )
