@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cohortsync.deid import recognizers as R
 from cohortsync.deid.evalset import evaluate, make_evalset
 from cohortsync.deid.text import SCRUB_FAILED, NameSurrogates, TextScrubber, TextScrubError, TextSettings
-from cohortsync.errors import InputError
+from cohortsync.errors import ConfigError, InputError
 
 KEY = b"test-key-0123456789abcdef"
 RAISE_MARKER = "ZZRAISEZZ"
@@ -241,6 +241,16 @@ def test_repeated_values_are_analysed_once(scrubber: TextScrubber) -> None:
     out, stats = scrubber.scrub(texts, pa.array([5] * 1000, pa.int32()))
     assert stats.distinct == 2 and stats.entities["PERSON"] == 1000
     assert len(set(out.to_pylist())) == 2
+
+
+def test_a_missing_model_is_a_config_error_not_a_download() -> None:
+    with pytest.raises(ConfigError, match="not_a_model_xyz"):
+        TextScrubber(TextSettings(model="not_a_model_xyz", workers=1), KEY)
+
+
+def test_string_view_input_keeps_its_type(scrubber: TextScrubber) -> None:
+    out, _ = scrubber.scrub(pa.array(["Dr. Smith", None], pa.string_view()), pa.array([1, 1], pa.int32()))
+    assert out.type == pa.string_view() and "Smith" not in str(out[0])
 
 
 def test_bad_input_errors_carry_no_values(scrubber: TextScrubber) -> None:

@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
@@ -229,8 +230,11 @@ class _Worker:
 
         from cohortsync.deid import recognizers as R
 
-        if not spacy.util.is_package(settings.model):
-            raise ConfigError(f"spaCy model package {settings.model!r} is not installed (nothing is downloaded)")
+        if not (spacy.util.is_package(settings.model) or Path(settings.model).is_dir()):
+            raise ConfigError(
+                f"spaCy model {settings.model!r} is neither an installed package nor a model directory "
+                "(nothing is downloaded)"
+            )
         nlp = spacy.load(settings.model)
         if "ner" not in nlp.pipe_names:
             raise ConfigError(f"spaCy model {settings.model!r} has no 'ner' component")
@@ -681,6 +685,9 @@ class TextScrubber:
             texts = texts.combine_chunks()
         if isinstance(shift_days, pa.ChunkedArray):
             shift_days = shift_days.combine_chunks()
+        out_type = texts.type
+        if pa.types.is_string_view(texts.type):
+            texts = texts.cast(pa.large_string())
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
             raise InputError(f"text scrubbing needs a string array, got {texts.type}")
         if not pa.types.is_integer(shift_days.type):
@@ -722,4 +729,4 @@ class TextScrubber:
             failures=failures,
             entities=dict(sorted(entities.items())),
         )
-        return pa.array(out, type=texts.type), stats
+        return pa.array(out, type=texts.type).cast(out_type), stats
