@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -224,6 +225,19 @@ def test_deny_list_is_case_insensitive_whole_words(scrubber: TextScrubber, evals
     [a, b] = scrub1(scrubber, [f"Transferred from {facility.upper()} today.", f"{facility}s are not ours."])
     assert a == "Transferred from [FACILITY] today."
     assert b is not None and facility.split()[0] in b
+
+
+def test_deny_list_skips_single_common_words_and_scales() -> None:
+    deny = R.DenyIndex(["Normal", "Mobile", "Springfield", "Mercy General", R.DenyTerm("St. Agnes", "FACILITY")])
+    assert deny.find("normal sinus rhythm, mobile") == []
+    assert deny.find("At MERCY GENERAL, lives in springfield; St Agnes") == [
+        (3, 16, "KNOWN_PHI"), (27, 38, "KNOWN_PHI"), (40, 48, "FACILITY")
+    ]  # fmt: skip
+    big = R.DenyIndex(f"{n} Oak Street" for n in range(100_000))
+    text = "Lives at 99123 Oak Street. " * 200
+    t = time.perf_counter()
+    assert len(big.find(text)) == 200
+    assert time.perf_counter() - t < 0.5
 
 
 def test_nulls_and_empty_strings_pass_through(scrubber: TextScrubber) -> None:
