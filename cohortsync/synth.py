@@ -21,24 +21,12 @@ from pathlib import Path
 
 import duckdb
 
+from cohortsync import omop
 from cohortsync.sources.duckdb import create_omop_tables
 
 OMOP_SCHEMA = "omop"
 TRUTH_SCHEMA = "demo_truth"
-POPULATED: tuple[str, ...] = (
-    "location",
-    "care_site",
-    "provider",
-    "person",
-    "observation_period",
-    "visit_occurrence",
-    "condition_occurrence",
-    "drug_exposure",
-    "procedure_occurrence",
-    "measurement",
-    "observation",
-    "note",
-)
+POPULATED: tuple[str, ...] = ("location", "care_site", "provider", *omop.DEFAULT_TABLES)
 PHI_KINDS: tuple[str, ...] = (
     "patient_name",
     "clinician_name",

@@ -14,22 +14,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cohortsync import synth
+from cohortsync import omop, synth
 
 PERSONS = 300
 WEEKS = 4
 FIRST = date(2026, 9, 6)
-CLINICAL = (
-    "person",
-    "observation_period",
-    "visit_occurrence",
-    "condition_occurrence",
-    "drug_exposure",
-    "procedure_occurrence",
-    "measurement",
-    "observation",
-    "note",
-)
+CLINICAL = omop.DEFAULT_TABLES
 CHILDREN = ("condition_occurrence", "drug_exposure", "procedure_occurrence", "measurement", "observation", "note")
 TRUTH = ("note_phi", "person_phi", "note_dates")
 
