@@ -68,9 +68,11 @@ def add_cohort(
         state.lock(f"add-cohort {name}")
         src = source or open_source(settings)
         try:
-            src.replace_members(name, pa.array(patients.ids, pa.int64()))
-            if existing is not None:
+            if existing is not None:  # the same list again: refresh the sandbox copy, amendment batches included
+                ids, batches = existing.member_batches()
+                src.replace_members(name, pa.array(ids, pa.int64()), pa.array(batches, pa.int32()))
                 return AddCohortResult(existing, patients.lines, patients.duplicates, existing.missing_allowed, True)
+            src.replace_members(name, pa.array(patients.ids, pa.int64()))
             try:
                 missing = [int(str(r[0])) for r in src.rows(plan.missing_persons(name, src.names))]
                 if missing and not allow_missing:
