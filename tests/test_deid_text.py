@@ -257,6 +257,16 @@ def test_repeated_values_are_analysed_once(scrubber: TextScrubber) -> None:
     assert len(set(out.to_pylist())) == 2
 
 
+def test_only_us_clinical_recognizers_are_loaded() -> None:
+    from cohortsync.deid.text import _Worker
+
+    worker = _Worker(TextSettings(), KEY, [])
+    names = {type(r).__name__ for r in worker.analyzer.registry.recognizers}
+    for unwanted in ("Crypto", "Iban", "Nhs", "Uk", "Au", "In", "Sg", "Es", "It", "Pl", "UsBank", "Phone", "Email"):
+        assert not [n for n in names if n.startswith(unwanted) and n.endswith("Recognizer")], names
+    assert worker.nlp.pipe_names == ["ner"]  # no tagger, parser, attribute ruler or lemmatizer
+
+
 def test_a_missing_model_is_a_config_error_not_a_download() -> None:
     with pytest.raises(ConfigError, match="not_a_model_xyz"):
         TextScrubber(TextSettings(model="not_a_model_xyz", workers=1), KEY)
