@@ -47,7 +47,7 @@ class TextScrubError(CohortsyncError):
 class TextSettings:
     """How free text is scrubbed.
 
-    ``model`` is an installed spaCy package name (nothing is ever downloaded). ``extra_recognizers`` are
+    ``model`` is an installed spaCy package or a model directory (nothing is downloaded). ``extra_recognizers`` are
     ``"module:factory"`` paths whose factory returns Presidio recognizers, imported in each worker (a
     deployment's own recognizers; the tests use it to break analysis on purpose).
     """
