@@ -316,8 +316,26 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue
         if is_allowed(piece):
             continue
+        if entity == PERSON:
+            s, e = _widen_name(text, s, e)
         out.append((s, e))
     return out
+
+
+_LEFT_NAME = re.compile(r"\b([A-Z][a-z][A-Za-z'’-]*) $")
+_RIGHT_NAME = re.compile(r" ([A-Z][a-z][A-Za-z'’-]*)\b")
+
+
+def _widen_name(text: str, s: int, e: int) -> tuple[int, int]:
+    """Take in a capitalised non-vocabulary word right before or after a model PERSON (``Ivy`` of ``Ivy Thomas``
+    when the model saw only ``Thomas``): the model often drops a first name that is also a common word."""
+    left = _LEFT_NAME.search(text, max(0, s - 40), s)
+    if left and left.group(1).casefold() not in VOCABULARY:
+        s = left.start(1)
+    right = _RIGHT_NAME.match(text, e)
+    if right and right.group(1).casefold() not in VOCABULARY:
+        e = right.end(1)
+    return s, e
 
 
 # ---------------------------------------------------------------------------------------------------
