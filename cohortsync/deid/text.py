@@ -218,6 +218,7 @@ class _Worker:
     """One process's Presidio analyzer and anonymizer, loaded once."""
 
     def __init__(self, settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
+        importlib.import_module("cohortsync.deid.recognizers")  # first: pins tldextract offline before presidio loads
         import spacy
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
