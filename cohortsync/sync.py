@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -35,8 +35,11 @@ from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceErr
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
-from cohortsync.sources.base import schema_of, upper_bound, upper_bounds
+from cohortsync.sources.base import batches, schema_of, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
+
+if TYPE_CHECKING:
+    from cohortsync.deid.recognizers import DenyTerm
 
 
 class Progress(Protocol):
@@ -175,23 +178,32 @@ def start_text_scrubber(settings: Settings, src: Source, keys: Keys) -> TextScru
     return TextScrubber(text_settings, key=keys.text, deny_list=known_phi(src))
 
 
-def known_phi(src: Source) -> list[str]:
+# Where the collaborator keeps known PHI, and what each column holds (the entity decides the
+# replacement: clinician names get keyed surrogates like other names; the rest becomes a tag).
+KNOWN_PHI_COLUMNS: dict[str, dict[str, str]] = {
+    "location": {"address_1": "ADDRESS", "address_2": "ADDRESS", "city": "LOCATION", "zip": "ZIP",
+                 "county": "LOCATION", "location_source_value": "KNOWN_PHI"},
+    "care_site": {"care_site_name": "FACILITY", "care_site_source_value": "KNOWN_PHI"},
+    "provider": {"provider_name": "PERSON", "npi": "ID", "dea": "ID", "provider_source_value": "KNOWN_PHI"},
+}
+
+
+def known_phi(src: Source) -> list[DenyTerm]:
     """Addresses, facility and clinician names from location, care_site and provider (read once a run)."""
-    out: set[str] = set()
-    for table, columns in (
-        ("location", ("address_1", "address_2", "city", "zip", "county", "location_source_value")),
-        ("care_site", ("care_site_name", "care_site_source_value")),
-        ("provider", ("provider_name", "npi", "dea", "provider_source_value")),
-    ):
+    from cohortsync.deid.recognizers import DenyTerm  # Presidio loads only when text is scrubbed
+
+    out: set[DenyTerm] = set()
+    for table, columns in KNOWN_PHI_COLUMNS.items():
         try:
             present = [c for c in schema_of(src, table).names if c.lower() in columns]
             if not present:
                 continue
             with src.stream(plan.select_columns(table, present, src.names), 65_536) as reader:
-                for batch in iter(reader.read_next_batch, None):
-                    for col in batch.columns:
-                        out.update(v for v in col.to_pylist() if isinstance(v, str) and len(v.strip()) >= 3)
-        except (SourceError, StopIteration):
+                for batch in batches(reader):
+                    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+                        entity = columns[name.lower()]
+                        out.update(DenyTerm(v, entity) for v in col.to_pylist() if isinstance(v, str) and len(v.strip()) >= 3)
+        except SourceError:
             continue  # a collaborator without the table (or column) gives no deny-list from it
     return sorted(out)
 
