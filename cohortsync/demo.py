@@ -58,7 +58,7 @@ def run(
     (directory / MARKER).write_text("created by cohortsync demo; the whole folder is replaced by the next demo\n")
     db = directory / "omop.duckdb"
     echo(f"generating a synthetic OMOP v5.3 database with {persons:,} persons (seed {seed}) -> {db}")
-    counts = synth.generate(db, persons=persons, seed=seed)
+    counts = synth.generate(db, persons=persons, seed=seed, memory_limit="1GB")
     echo("  " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if n))
     (directory / CONFIG_NAME).write_text(CONFIG_TEMPLATE, encoding="utf-8")
     if not os.environ.get(KEY_ENV):
