@@ -84,11 +84,15 @@ def column(name: str, table: str) -> exp.Column:
     return exp.Column(this=exp.Identifier(this=name, quoted=True), table=exp.Identifier(this=table, quoted=False))
 
 
+_TIMESTAMP = exp.DataType.build("TIMESTAMP")  # built once: DataType.build parses its argument
+
+
 def timestamp(value: datetime) -> exp.Expression:
     """A typed TIMESTAMP literal with microseconds, from a ``datetime`` (never from user text)."""
     if value.tzinfo is not None:
         raise ValueError("window bounds are naive UTC datetimes")
-    return exp.cast(exp.Literal.string(value.isoformat(sep=" ", timespec="microseconds")), exp.DataType.build("TIMESTAMP"))
+    literal = exp.Literal.string(value.isoformat(sep=" ", timespec="microseconds"))
+    return exp.Cast(this=literal, to=_TIMESTAMP.copy())
 
 
 def cohort_literal(name: str) -> exp.Literal:
@@ -247,7 +251,7 @@ def select_columns(table: str, columns: list[str], names: Names) -> exp.Select:
 
 def select_nothing(table: str, names: Names) -> exp.Select:
     """``SELECT * ... LIMIT 0``: the source's actual columns and types, at no scan cost."""
-    return exp.select("*").from_(names.omop(table)).limit(0)
+    return exp.Select(expressions=[exp.Star()]).from_(names.omop(table), copy=False).limit(exp.Literal.number(0), copy=False)
 
 
 def render(q: exp.Expression, dialect: str, pretty: bool = False) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from cohortsync.config import Settings
 from cohortsync.sources.base import Source
+from cohortsync.sources.duckdb import DuckDBSource  # the embedded default; Databricks loads on demand
 
 
 def open_source(settings: Settings) -> Source:
     """Open the source the configuration names."""
     if settings.source.kind == "duckdb":
-        from cohortsync.sources.duckdb import DuckDBSource
-
         return DuckDBSource.from_settings(settings)
     if settings.source.kind == "databricks":
         from cohortsync.sources.databricks import DatabricksSource
