@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,116 @@ def test_unreachable_warehouse_is_transient_and_retried(tmp_path: Path, loaded: 
         src.rows(plan.max_load_dt("person", src.names))
     assert "unreachable (connection refused)" in str(e.value) and "gave up after 3 attempts" in str(e.value)
     assert time.monotonic() - started < 60
+
+
+def structured_policy(root: Path) -> str:
+    """The shipped policy with free text dropped: keyed pseudonyms and date shifts on, Presidio off."""
+    from cohortsync.deid.policy import Action, load_policy
+
+    policy = load_policy()
+    lines = []
+    for t in omop.registry():
+        lines.append(f"[{t}]")
+        lines += [f'"{c}" = "drop"' for c, r in policy.rules(t).items() if r.action is Action.SCRUB_TEXT]
+    (root / "structured.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "structured.toml"
+
+
+def mirror_into_duckdb(src: DatabricksSource, db: Path) -> None:
+    """Copy what the warehouse holds now (other tests add loads to it) into a DuckDB OMOP database."""
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("CREATE SCHEMA IF NOT EXISTS omop; CREATE SCHEMA IF NOT EXISTS sandbox")
+        for table in TABLES:
+            with src.stream(sqlglot.exp.select("*").from_(src.names.omop(table)), 50_000) as reader:
+                data = reader.read_all()
+            con.register("incoming", data)
+            con.execute(f"CREATE TABLE omop.{table} AS SELECT * FROM incoming")
+            con.unregister("incoming")
+    finally:
+        con.close()
+
+
+def landed_rows(root: Path, cohort: str, table: str) -> list[tuple[Any, ...]]:
+    files = sorted((root / "landing" / cohort / table).glob("*.parquet"))
+    if not files:
+        return []
+    con = duckdb.connect()
+    try:
+        return sorted(con.execute("SELECT * FROM read_parquet($f)", {"f": [str(f) for f in files]}).fetchall(), key=repr)
+    finally:
+        con.close()
+
+
+def test_the_same_scenario_lands_identical_rows_through_duckdb_and_databricks(
+    loaded: ThriftServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cohorts, backfill, a new load, incremental: byte-for-byte the same rows in both landings
+    (same key, so the same pseudonyms and date shifts), through two different engines."""
+    monkeypatch.setenv("COHORTSYNC_DEID_KEY", DEID_KEY)
+    dbx_root, duck_root = tmp_path / "dbx", tmp_path / "duck"
+    dbx_root.mkdir()
+    dbx = settings_from_dict(
+        {"source": {"kind": "databricks", "server_hostname": "127.0.0.1", "http_path": "cliservice",
+                    "catalog": "spark_catalog"},
+         "sync": {"tables": TABLES}, "deid": {"policy": structured_policy(dbx_root)}},
+        base_dir=dbx_root,
+    )  # fmt: skip
+    src = open_source(dbx, loaded)
+    try:
+        mirror_into_duckdb(src, tmp_path / "mirror.duckdb")
+        duck_root.mkdir()
+        duck = settings_from_dict(
+            {"source": {"kind": "duckdb", "database": str(tmp_path / "mirror.duckdb")}, "sync": {"tables": TABLES},
+             "deid": {"policy": structured_policy(duck_root)}},
+            base_dir=duck_root,
+        )  # fmt: skip
+        con = duckdb.connect(str(tmp_path / "mirror.duckdb"), read_only=True)
+        ids = [r[0] for r in con.execute("SELECT person_id FROM omop.person ORDER BY 1").fetchall()]
+        con.close()
+        cohorts = {"same-alpha": ids[::3], "same-beta": ids[::5]}
+        for name, members in cohorts.items():
+            f = tmp_path / f"{name}.txt"
+            f.write_text("\n".join(map(str, members)) + "\n", encoding="ascii")
+            api.add_cohort(dbx, name, f, source=src)
+            api.add_cohort(duck, name, f)
+        assert not api.sync(dbx, list(cohorts), source=src).failed
+        assert not api.sync(duck, list(cohorts)).failed
+
+        # A new weekly load on the warehouse, mirrored into DuckDB row for row.
+        ((last,),) = src.rows(plan.max_load_dt("drug_exposure", src.names))
+        new_load = (last + timedelta(days=7)).isoformat(sep=" ")
+        cols = omop.all_tables()["drug_exposure"].column_names
+        select = ", ".join("drug_exposure_id + 2000000000" if c == "drug_exposure_id" else f"`{c}`" for c in cols)
+        src.execute(
+            sqlglot.parse_one(
+                f"INSERT INTO spark_catalog.omop.drug_exposure SELECT {select}, TIMESTAMP '{new_load}' "
+                "FROM spark_catalog.omop.drug_exposure WHERE drug_exposure_id % 50 = 0 AND drug_exposure_id < 2000000000",
+                dialect="databricks",
+            )
+        )
+        mirror_new_rows(src, tmp_path / "mirror.duckdb", "drug_exposure", new_load)
+        second_dbx = api.sync(dbx, list(cohorts), source=src)
+        second_duck = api.sync(duck, list(cohorts))
+        assert not second_dbx.failed and not second_duck.failed
+        assert second_dbx.rows == second_duck.rows > 0
+    finally:
+        src.close()
+    for name in cohorts:
+        for table in TABLES:
+            got, want = landed_rows(dbx_root, name, table), landed_rows(duck_root, name, table)
+            assert got == want, (name, table, len(got), len(want))
+            assert got or table in ("note_nlp",), (name, table)
+
+
+def mirror_new_rows(src: DatabricksSource, db: Path, table: str, load_dt: str) -> None:
+    q = sqlglot.exp.select("*").from_(src.names.omop(table)).where(f"load_dt = TIMESTAMP '{load_dt}'")
+    with src.stream(q, 50_000) as reader:
+        data = reader.read_all()
+    assert data.num_rows > 0
+    con = duckdb.connect(str(db))
+    try:
+        con.register("incoming", data)
+        con.execute(f"INSERT INTO omop.{table} SELECT * FROM incoming")
+    finally:
+        con.close()
