@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cohortsync.errors import LandingError, StateError
 from cohortsync.faults import fault_point
 
 TMP_PREFIX = ".tmp-"
+KEY_STATS_ROWS = 1_000_000  # windows up to this many rows count repeated keys in memory (8 MB of int64)
 FILE_RE = re.compile(r"^(?P<table>[a-z_]+)__(?P<lo>\d{8}T\d{12}|backfill)__(?P<hi>\d{8}T\d{12})__(?P<part>\d{4})\.parquet$")
 
 
@@ -54,9 +56,16 @@ class Landing:
         return self.root / cohort / table
 
     def writer(
-        self, cohort: str, table: str, lower: datetime | None, upper: datetime, file_rows: int, lanes: int = 2
+        self,
+        cohort: str,
+        table: str,
+        lower: datetime | None,
+        upper: datetime,
+        file_rows: int,
+        lanes: int = 2,
+        key: str | None = None,
     ) -> WindowWriter:
-        return WindowWriter(self, cohort, table, lower, upper, file_rows, lanes)
+        return WindowWriter(self, cohort, table, lower, upper, file_rows, lanes, key)
 
     def reconcile(self, cohort: str, table: str, committed: set[str], resumable_lower: datetime | None) -> list[str]:
         """Remove what a crashed run left in a table folder; refuse when the folder disagrees otherwise.
@@ -114,8 +123,11 @@ class WindowWriter:
         upper: datetime,
         file_rows: int,
         lanes: int = 2,
+        key: str | None = None,
     ) -> None:
         self.landing = landing
+        self.key = key
+        self._keys: list[pa.Array] | None = [] if key else None
         self.dir = landing.table_dir(cohort, table)
         self.table = table
         self.lower = lower
@@ -142,6 +154,23 @@ class WindowWriter:
         self._turn += 1
         lane.put(batch)
         self.rows += batch.num_rows
+        if self._keys is not None and self.key is not None:
+            # Small windows (every incremental) keep their keys to count repeats without reading the
+            # files back; a large one drops them and is counted from the files (bounded memory).
+            if self.rows <= KEY_STATS_ROWS:
+                self._keys.append(batch.column(self.key))
+            else:
+                self._keys = None
+
+    def key_stats(self) -> tuple[int, int] | None:
+        """(rows repeating a key, rows without a key) of this window, if it was small enough to keep."""
+        if self._keys is None:
+            return None
+        if not self._keys:
+            return (0, 0)
+        keys = pa.chunked_array(self._keys)
+        nulls = keys.null_count
+        return (len(keys) - nulls - pc.count_distinct(keys).as_py(), nulls)
 
     def finish(self) -> list[LandedFile]:
         """Make the parts durable and visible under their final names; returns what to commit."""

@@ -337,7 +337,8 @@ def _sync_table(
         query = plan.extraction(table, table_plan.select, due, upper, src.names)
         writers = {
             s.cohort: landing.writer(
-                s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads
+                s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads,
+                table.primary_key if table.primary_key in table_plan.select else None,
             )
             for s in due
         }
@@ -355,7 +356,7 @@ def _sync_table(
         outcomes = [
             TableOutcome(
                 s.cohort, table_name, s.lower, upper, writers[s.cohort].rows, landed[s.cohort], "landed",
-                seconds=elapsed, notes=_notes(landing, s.cohort, table, landed[s.cohort], table_plan),
+                seconds=elapsed, notes=_notes(landing, s.cohort, table, writers[s.cohort], landed[s.cohort], table_plan),
                 batch=batch_of[s.cohort],
             )
             for s in due
@@ -469,9 +470,19 @@ def _prefetch(reader: pa.RecordBatchReader, depth: int = 2) -> Iterator[pa.Recor
 
 
 def _notes(
-    landing: Landing, cohort: str, table: omop.Table, files: list[LandedFile], table_plan: TablePlan
+    landing: Landing,
+    cohort: str,
+    table: omop.Table,
+    writer: WindowWriter,
+    files: list[LandedFile],
+    table_plan: TablePlan,
 ) -> dict[str, int | str] | None:
-    notes: dict[str, int | str] = dict(_oddities(landing, cohort, table, files) or {})
+    stats = writer.key_stats()
+    if stats is not None:
+        odd = {"repeated_primary_key_rows": stats[0], "null_primary_key_rows": stats[1]}
+        notes: dict[str, int | str] = {k: v for k, v in odd.items() if v}
+    else:
+        notes = dict(_oddities(landing, cohort, table, files) or {})
     if table_plan.absent:
         notes["policy_columns_absent_in_source"] = ",".join(table_plan.absent)
     return notes or None

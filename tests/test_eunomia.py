@@ -7,6 +7,7 @@ count): nothing silently dropped or deduplicated; what is odd is counted and rep
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from cohortsync import omop
 from conftest import Project, person_ids
@@ -14,7 +15,10 @@ from conftest import Project, person_ids
 TABLES = [t for t in omop.DEFAULT_TABLES if t != "note"]
 
 
-def test_landed_rows_equal_source_rows_row_for_row(project: Project) -> None:
+@pytest.mark.parametrize("count_in", ["memory", "files"])
+def test_landed_rows_equal_source_rows_row_for_row(project: Project, count_in: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if count_in == "files":  # windows too large to keep their keys: repeats are counted from the landed files
+        monkeypatch.setattr("cohortsync.landing.KEY_STATS_ROWS", 10)
     ids = person_ids(project)
     cohort = ids[::2]
     assert project.cli("add-cohort", "eunomia", "--patients", str(project.write_ids("e.csv", cohort))).exit_code == 0
