@@ -71,45 +71,59 @@ def prf64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:
     return np.frombuffer(out, dtype="<u8").reshape(n, 2)[:, 0].copy()
 
 
-def _ints(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
-    a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if not pa.types.is_integer(a.type):
-        raise DeidError(f"cannot pseudonymize a column of type {a.type}")
-    mask = a.is_null().to_numpy(zero_copy_only=False) if a.null_count else None
-    return a.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), mask
+def _array(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def _numbers(a: pa.Array) -> np.ndarray:
+    """A column's values as int64 numpy, nulls as 0 (a null-free numeric array converts without a copy)."""
+    out: np.ndarray = a.cast(pa.int64()).fill_null(0).to_numpy()
+    return out
+
+
+def _nulls_from(source: pa.Array, out: pa.Array) -> pa.Array:
+    """Give ``out`` the nulls of ``source`` (same length), in Arrow, without a Python pass."""
+    if not source.null_count:
+        return out
+    return pc.if_else(pc.is_valid(source), out, pa.scalar(None, out.type))
 
 
 def pseudonymize(keys: Keys, domain: str, arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Surrogate keys: a positive 63-bit integer per (domain, id); nulls stay null."""
-    values, mask = _ints(arr)
-    out = prf64(keys.pseudonym, domain, values) & MASK63
+    a = _array(arr)
+    if not pa.types.is_integer(a.type):
+        raise DeidError(f"cannot pseudonymize a column of type {a.type}")
+    out = prf64(keys.pseudonym, domain, _numbers(a)) & MASK63
     out[out == 0] = 1  # 0 is not a positive id; one in 2**63
-    return pa.array(out.astype("<i8"), type=pa.int64(), mask=mask)
+    return _nulls_from(a, pa.array(out.astype("<i8"), type=pa.int64()))
 
 
 def shift_days(keys: Keys, person_ids: pa.Array | pa.ChunkedArray, max_days: int = 182, min_days: int = 1) -> pa.Array:
     """Each person's offset in whole days, in ±[min_days, max_days], never 0; the same in every table."""
-    values, mask = _ints(person_ids)
-    r = prf64(keys.shift, "person", values)
+    a = _array(person_ids)
+    if not pa.types.is_integer(a.type):
+        raise DeidError(f"cannot derive date shifts from a column of type {a.type}")
+    r = prf64(keys.shift, "person", _numbers(a))
     span = np.uint64(max_days - min_days + 1)
     magnitude = (r >> np.uint64(1)) % span + np.uint64(min_days)
     signed = np.where((r & np.uint64(1)) == 1, magnitude.astype("<i8"), -magnitude.astype("<i8")).astype("<i4")
-    return pa.array(signed, type=pa.int32(), mask=mask)
+    return _nulls_from(a, pa.array(signed, type=pa.int32()))
 
 
 def shift_dates(arr: pa.Array | pa.ChunkedArray, days: pa.Array) -> pa.Array:
-    """Move dates and timestamps by a per-row number of days; nulls stay null, types are kept."""
-    a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    d = days.fill_null(0).to_numpy(zero_copy_only=False).astype("<i8")
-    mask = a.is_null()
+    """Move dates and timestamps by a per-row number of days; nulls stay null, types are kept.
+
+    A row whose offset is unknown (no person) gets a null date: an unshifted date would be a real one.
+    """
+    a = _array(arr)
+    d = _numbers(days)
     if pa.types.is_date32(a.type):
-        base = a.cast(pa.int32()).fill_null(0).to_numpy(zero_copy_only=False).astype("<i8")
-        return pa.array((base + d).astype("<i4"), type=pa.int32(), mask=mask.to_numpy(zero_copy_only=False)).cast(a.type)
+        moved = pa.array((a.cast(pa.int32()).cast(pa.int64()).fill_null(0).to_numpy() + d).astype("<i4"), type=pa.int32())
+        return _nulls_from(days, _nulls_from(a, moved.cast(a.type)))
     if pa.types.is_timestamp(a.type):
         per_day = {"s": 86_400, "ms": 86_400_000, "us": US_PER_DAY, "ns": US_PER_DAY * 1000}[a.type.unit]
-        base = a.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        out = pa.array(base + d * per_day, type=pa.int64(), mask=mask.to_numpy(zero_copy_only=False))
-        return out.cast(a.type)
+        moved = pa.array(_numbers(a) + d * per_day, type=pa.int64())
+        return _nulls_from(days, _nulls_from(a, moved.cast(a.type)))
     if pa.types.is_date64(a.type):
         return shift_dates(a.cast(pa.timestamp("ms")), days).cast(a.type)
     raise DeidError(f"cannot shift a column of type {a.type}")
