@@ -55,18 +55,6 @@ class Landing:
     def table_dir(self, cohort: str, table: str) -> Path:
         return self.root / cohort / table
 
-    def writer(
-        self,
-        cohort: str,
-        table: str,
-        lower: datetime | None,
-        upper: datetime,
-        file_rows: int,
-        lanes: int = 2,
-        key: str | None = None,
-    ) -> WindowWriter:
-        return WindowWriter(self, cohort, table, lower, upper, file_rows, lanes, key)
-
     def reconcile(self, cohort: str, table: str, committed: set[str], resumable_lower: datetime | None) -> list[str]:
         """Remove what a crashed run left in a table folder; refuse when the folder disagrees otherwise.
 

@@ -336,8 +336,8 @@ def _sync_table(
                 progress.note(f"{s.cohort}/{table_name}: removed {len(removed)} uncommitted file(s) of a crashed run")
         query = plan.extraction(table, table_plan.select, due, upper, src.names)
         writers = {
-            s.cohort: landing.writer(
-                s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads,
+            s.cohort: WindowWriter(
+                landing, s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads,
                 table.primary_key if table.primary_key in table_plan.select else None,
             )
             for s in due

@@ -76,6 +76,18 @@ def keep_everything_policy() -> str:
     return "\n".join(lines) + "\n"
 
 
+def structured_only_policy() -> str:
+    """The shipped policy with free text dropped: keyed pseudonyms and date shifts on, Presidio off."""
+    from cohortsync.deid.policy import Action, load_policy
+
+    policy = load_policy()
+    lines = []
+    for t in omop.registry():
+        lines.append(f"[{t}]")
+        lines += [f'"{c}" = "drop"' for c, r in policy.rules(t).items() if r.action is Action.SCRUB_TEXT]
+    return "\n".join(lines) + "\n"
+
+
 CONFIG = """\
 [source]
 kind = "duckdb"

@@ -15,7 +15,7 @@ from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, default_action, load_policy, render_default
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import DeidError
-from conftest import TEST_KEY, Project, person_ids
+from conftest import TEST_KEY, Project, person_ids, structured_only_policy
 
 KEYS = Keys.from_secret(TEST_KEY)
 OTHER = Keys.from_secret("another-key-" + "x" * 40)
@@ -101,12 +101,7 @@ STRUCTURED_ONLY = "structured_only.toml"
 
 def structured_only(project: Project) -> None:
     """The default policy with free text dropped: the structured path alone, without Presidio."""
-    policy = load_policy()
-    lines = []
-    for t in omop.registry():
-        lines.append(f"[{t}]")
-        lines += [f'"{c}" = "drop"' for c, r in policy.rules(t).items() if r.action is Action.SCRUB_TEXT]
-    (project.root / STRUCTURED_ONLY).write_text("\n".join(lines) + "\n")
+    (project.root / STRUCTURED_ONLY).write_text(structured_only_policy())
     text = project.config.read_text().replace('policy = "keep_everything.toml"', f'policy = "{STRUCTURED_ONLY}"')
     project.config.write_text(text)
 

@@ -29,7 +29,7 @@ from cohortsync import api, omop, plan
 from cohortsync.config import Settings, settings_from_dict
 from cohortsync.errors import CohortError, SourceError, TransientSourceError
 from cohortsync.sources.databricks import DatabricksSource
-from conftest import keep_everything_policy
+from conftest import keep_everything_policy, structured_only_policy
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = ["person", "condition_occurrence", "drug_exposure", "note", "note_nlp"]
@@ -260,15 +260,7 @@ def test_unreachable_warehouse_is_transient_and_retried(tmp_path: Path, loaded: 
 
 
 def structured_policy(root: Path) -> str:
-    """The shipped policy with free text dropped: keyed pseudonyms and date shifts on, Presidio off."""
-    from cohortsync.deid.policy import Action, load_policy
-
-    policy = load_policy()
-    lines = []
-    for t in omop.registry():
-        lines.append(f"[{t}]")
-        lines += [f'"{c}" = "drop"' for c, r in policy.rules(t).items() if r.action is Action.SCRUB_TEXT]
-    (root / "structured.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "structured.toml").write_text(structured_only_policy(), encoding="utf-8")
     return "structured.toml"
 
 
