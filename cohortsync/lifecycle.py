@@ -142,6 +142,11 @@ def purge(
             column, values = "person_id", _as_landed(policy, keys, table, "person_id", "person", withdrawn)
         else:
             parent, column = t.via_parent
+            if state.files(cohort.name, table) and not state.files(cohort.name, parent):
+                raise PolicyError(
+                    f"cannot purge {table} of {cohort.name}: its rows reach a person through {parent}, which is not "
+                    f"landed; add {parent} to [sync] tables, sync, and amend again"
+                )
             values = parent_keys.get(parent) or _keys_of(landing, state, cohort.name, parent, column, policy, keys, withdrawn)
         if any(t2.via_parent and t2.via_parent[0] == table for t2 in omop.registry().values()):
             parent_keys[table] = _keys_of(landing, state, cohort.name, table, t.primary_key or "", policy, keys, withdrawn)
