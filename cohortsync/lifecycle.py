@@ -143,10 +143,13 @@ def purge(
         else:
             parent, column = t.via_parent
             if state.files(cohort.name, table) and not state.files(cohort.name, parent):
-                raise PolicyError(
-                    f"cannot purge {table} of {cohort.name}: its rows reach a person through {parent}, which is not "
-                    f"landed; add {parent} to [sync] tables, sync, and amend again"
-                )
+                # Without the parent landed we cannot tell which rows were the withdrawn persons': drop the
+                # table's landing, so the next sync backfills it for the remaining members only.
+                removed[table] = sum(f["rows"] for f in state.files(cohort.name, table))
+                for p in landing.files(cohort.name, table):
+                    p.unlink()
+                state.forget_table(cohort.name, table)
+                continue
             values = parent_keys.get(parent) or _keys_of(landing, state, cohort.name, parent, column, policy, keys, withdrawn)
         if any(t2.via_parent and t2.via_parent[0] == table for t2 in omop.registry().values()):
             parent_keys[table] = _keys_of(landing, state, cohort.name, table, t.primary_key or "", policy, keys, withdrawn)
