@@ -730,7 +730,7 @@ def _new_persons(
         FROM e"""
     )
     ts = _ts(load_ts)
-    mrn = f"lpad(((person_id * 7919 + {c.seed % 1_000_000} * 104729) % 100000000)::VARCHAR, 8, '0')"
+    mrn = f"lpad(((person_id * 7919 + {c.seed % 1_000_000}::BIGINT * 104729) % 100000000)::VARCHAR, 8, '0')"
     con.execute(
         f"""INSERT INTO {c.t('person')} (person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth,
             birth_datetime, race_concept_id, ethnicity_concept_id, location_id, provider_id, care_site_id,

@@ -335,3 +335,8 @@ def test_append_load_continues_generate_exactly(tmp_path: Path) -> None:
     c.execute(f"ATTACH '{short}' AS a (READ_ONLY)")
     c.execute(f"ATTACH '{long}' AS b (READ_ONLY)")
     _same_rows(c, "a", "b")
+
+
+def test_large_seeds_do_not_overflow(tmp_path: Path) -> None:
+    counts = synth.generate(tmp_path / "big-seed.duckdb", persons=20, seed=20240611, weeks=2)
+    assert counts["person"] >= 20 and counts["note"] > 0
