@@ -20,9 +20,9 @@ from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, remove_cohort
 from cohortsync.sources import Source, open_source
-from cohortsync.sources.base import schema_of, upper_bound
+from cohortsync.sources.base import schema_of
 from cohortsync.state import StateStore
-from cohortsync.sync import Progress, SyncReport, run_sync, windows
+from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
 
 MISSING_EXAMPLES = 5
 __all__ = [
@@ -106,6 +106,7 @@ class PlannedTable:
     windows: list[tuple[str, datetime | None]]  # (cohort, lower); lower None = backfill
     up_to_date: list[str]
     sql: str | None
+    error: str | None = None  # the table cannot be synced as it stands (e.g. a column the policy lacks)
 
 
 def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: Source | None = None) -> list[PlannedTable]:
@@ -117,19 +118,24 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
             raise CohortError(f"unknown cohort {n!r} (registered: {', '.join(known) or 'none'})")
     with StateStore(settings.state_path) as state:
         marks = state.watermarks()
+    policy = load_policy(settings.policy_path)
     src = source or open_source(settings)
     try:
         out = []
+        found = inspect_tables(src, policy, list(settings.sync.tables))
+        chosen = [known[n] for n in names]
         for t in settings.sync.tables:
-            upper = upper_bound(src, t)
-            chosen = [known[n] for n in names]
+            checked = found[t]
+            if isinstance(checked, CohortsyncError):  # the table the next sync would fail, and why
+                out.append(PlannedTable(t, None, [], [], None, str(checked)))
+                continue
+            table_plan, upper = checked
             due, up_to_date = windows(chosen, t, upper, marks, timedelta(days=settings.sync.lookback_days))
-            fresh = [n for n, _ in up_to_date]
             sql = None
             if due and upper is not None:
-                q = plan.extraction(omop.table(t), list(schema_of(src, t).names), due, upper, src.names)
+                q = plan.extraction(omop.table(t), table_plan.select, due, upper, src.names)
                 sql = plan.render(q, src.dialect, pretty=True)
-            out.append(PlannedTable(t, upper, [(s.cohort, s.lower) for s in due], fresh, sql))
+            out.append(PlannedTable(t, upper, [(s.cohort, s.lower) for s in due], [n for n, _ in up_to_date], sql))
         return out
     finally:
         if source is None:

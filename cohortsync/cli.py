@@ -276,6 +276,9 @@ def _print_summary(report: SyncReport) -> None:
 def plan_cmd(ctx: click.Context, cohorts: tuple[str, ...]) -> None:
     """Print, per table, the exact SQL the next sync would run and its windows (nothing is run)."""
     for p in api.plan_next(_settings(ctx), list(cohorts) or None):
+        if p.error:
+            click.echo(f"-- {p.table}: would fail: {p.error}\n")
+            continue
         click.echo(f"-- {p.table}: upper bound {_fmt_dt(p.upper)}")
         for cohort, lower in p.windows:
             click.echo(f"--   {cohort}: {'backfill' if lower is None else f'after {_fmt_dt(lower)}'}")

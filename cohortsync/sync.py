@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 from cohortsync import cohorts as cohort_files
 from cohortsync import lifecycle, omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber
-from cohortsync.deid.policy import load_policy
+from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, prepare
+from cohortsync.deid.policy import Policy, load_policy
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
 from cohortsync.faults import fault_point
@@ -107,7 +107,7 @@ def run_sync(
             for n in report.notes:
                 progress.note(n)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
-            bounds = _inspect_all(src, deid, list(settings.sync.tables), settings.source.retries)
+            bounds = inspect_tables(src, policy, list(settings.sync.tables), settings.source.retries)
             if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
             landing = Landing(settings.landing_path, settings.landing.compression)
@@ -242,8 +242,8 @@ def windows(
     return due, fresh
 
 
-def _inspect_all(
-    src: Source, deid: Deidentifier, tables: list[str], retries: int
+def inspect_tables(
+    src: Source, policy: Policy, tables: list[str], retries: int = 0
 ) -> dict[str, tuple[TablePlan, datetime | None] | CohortsyncError]:
     """Each table's policy-checked columns and upper bound, or the error that fails that table only.
 
@@ -255,7 +255,7 @@ def _inspect_all(
     for table in tables:
         t = omop.table(table)
         try:
-            plans[table] = retrying(lambda t=t: deid.prepare(t, _source_columns(src, t)), retries)  # type: ignore[misc]
+            plans[table] = retrying(lambda t=t: prepare(policy, t, _source_columns(src, t)), retries)  # type: ignore[misc]
         except CohortsyncError as e:
             out[table] = e
     try:

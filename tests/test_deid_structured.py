@@ -181,3 +181,18 @@ def test_sync_refuses_without_the_key_and_with_another_key(project: Project) -> 
     r = project.cli("sync", "-q", env={"COHORTSYNC_DEID_KEY": "a-different-key-" + "y" * 40})
     assert r.exit_code == 2 and "is not the key this landing was written with" in r.output
     assert TEST_KEY not in r.output and "y" * 40 not in r.output
+
+
+def test_plan_prints_the_sql_sync_runs_dropped_columns_included_nowhere(project: Project) -> None:
+    project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", person_ids(project)[:20])))
+    raw = project.cli("plan").output
+    assert '"person_source_value"' in raw  # the keep-everything policy selects it
+    structured_only(project)
+    planned = project.cli("plan").output
+    assert '"person_source_value"' not in planned and '"month_of_birth"' not in planned
+    assert '"year_of_birth"' in planned
+    con = project.con()
+    con.execute("ALTER TABLE omop.omop.measurement ADD COLUMN patient_ssn VARCHAR")
+    con.close()
+    planned = project.cli("plan").output
+    assert "-- measurement: would fail: measurement: column(s) patient_ssn not covered" in planned

@@ -35,6 +35,17 @@ class TablePlan:
     text_columns: list[str]
 
 
+def prepare(policy: Policy, table: omop.Table, source_columns: list[str]) -> TablePlan:
+    """Fail closed on schema drift; decide what to select (dropped columns never leave the source).
+
+    Used by sync and by ``cohortsync plan``, so the SQL that plan prints is the SQL sync runs.
+    """
+    select, absent = policy.check_columns(table.name, source_columns)
+    rules = policy.rules(table.name)
+    text = [c for c in select if rules[c.lower()].action is Action.SCRUB_TEXT]
+    return TablePlan(table.name, select, absent, text)
+
+
 @dataclass
 class Deidentifier:
     policy: Policy
@@ -46,11 +57,7 @@ class Deidentifier:
     counts: Counter[str] = field(default_factory=Counter)
 
     def prepare(self, table: omop.Table, source_columns: list[str]) -> TablePlan:
-        """Fail closed on schema drift; decide what to select (dropped columns never leave the source)."""
-        select, absent = self.policy.check_columns(table.name, source_columns)
-        rules = self.policy.rules(table.name)
-        text = [c for c in select if rules[c.lower()].action is Action.SCRUB_TEXT]
-        return TablePlan(table.name, select, absent, text)
+        return prepare(self.policy, table, source_columns)
 
     def apply(self, table: omop.Table, batch: pa.RecordBatch, reference_year: int) -> pa.RecordBatch:
         rules = self.policy.rules(table.name)
