@@ -18,13 +18,12 @@ from cohortsync import omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
-from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, remove_cohort
+from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import schema_of
 from cohortsync.state import StateStore
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
 
-MISSING_EXAMPLES = 5
 __all__ = [
     "AmendResult",
     "RemovalPlan",
@@ -74,13 +73,7 @@ def add_cohort(
                 return AddCohortResult(existing, patients.lines, patients.duplicates, existing.missing_allowed, True)
             src.replace_members(name, pa.array(patients.ids, pa.int64()))
             try:
-                missing = [int(str(r[0])) for r in src.rows(plan.missing_persons(name, src.names))]
-                if missing and not allow_missing:
-                    examples = ", ".join(str(m) for m in missing[:MISSING_EXAMPLES])
-                    raise CohortError(
-                        f"{len(missing)} of {len(patients.ids)} ids are not in {settings.source.omop_schema}.person "
-                        f"(e.g. {examples}); check the file, or pass --allow-missing"
-                    )
+                missing = check_missing(src, name, patients.ids, allow_missing, settings.source.omop_schema)
                 cohort = cohort_files.record(settings.cohorts_path, name, patients, str(patients_file), len(missing))
             except BaseException:
                 src.delete_members(name)  # undo the upload of a refused cohort

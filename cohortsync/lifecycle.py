@@ -34,6 +34,22 @@ from cohortsync.state import StateStore
 MISSING_EXAMPLES = 5
 
 
+def check_missing(
+    src: Source, cohort: str, ids: list[int], allow: bool, omop_schema: str, what: str = "ids"
+) -> list[int]:
+    """Which of ``ids`` (already uploaded for ``cohort``) are not in the source's person table;
+    refused, with a count and a few examples, unless ``allow``."""
+    among = set(ids)
+    missing = [m for m in (int(str(r[0])) for r in src.rows(plan.missing_persons(cohort, src.names))) if m in among]
+    if missing and not allow:
+        examples = ", ".join(str(m) for m in missing[:MISSING_EXAMPLES])
+        raise CohortError(
+            f"{len(missing)} of {len(ids)} {what} are not in {omop_schema}.person "
+            f"(e.g. {examples}); check the file, or pass --allow-missing"
+        )
+    return missing
+
+
 @dataclass(frozen=True)
 class AmendResult:
     cohort: cohort_files.Cohort
@@ -90,15 +106,7 @@ def amend_cohort(
             src.replace_members(name, pa.array(ids, pa.int64()), pa.array([batch_of[i] for i in ids], pa.int32()))
             try:
                 if add:
-                    added = set(add)
-                    missing = [int(str(r[0])) for r in src.rows(plan.missing_persons(name, src.names))]
-                    missing = [m for m in missing if m in added]
-                    if missing and not allow_missing:
-                        examples = ", ".join(str(m) for m in missing[:MISSING_EXAMPLES])
-                        raise CohortError(
-                            f"{len(missing)} of {len(add)} ids to add are not in {settings.source.omop_schema}.person "
-                            f"(e.g. {examples}); check the file, or pass --allow-missing"
-                        )
+                    check_missing(src, name, add, allow_missing, settings.source.omop_schema, "ids to add")
                 new, amendment = cohort_files.amend(settings.cohorts_path, cohort, add, remove)
             except BaseException:
                 src.replace_members(name, pa.array(old_ids, pa.int64()), pa.array(old_batches, pa.int32()))
