@@ -94,3 +94,29 @@ def test_extraction_returns_exactly_each_cohorts_window(
 
     want = sorted((s.cohort, p, week(w)) for s in slices for p, w in rows if due(s, p, w))
     assert got == want
+
+
+_BOUND_TABLES = ["person", "note", "measurement"]
+for _t in _BOUND_TABLES[1:]:
+    _con.execute(f"CREATE TABLE omop.{_t} (person_id BIGINT, load_dt TIMESTAMP)")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    weeks=st.lists(st.lists(st.integers(0, 9), max_size=6), min_size=3, max_size=3),
+    order=st.permutations(_BOUND_TABLES),
+)
+def test_upper_bounds_in_one_query_equal_each_tables_max(weeks: list[list[int]], order: list[str]) -> None:
+    """The one-statement bounds (a UNION ALL tagged by position) give each table its own max, an
+    empty table None, whatever the order the tables are asked in."""
+    from cohortsync.sources.base import upper_bound, upper_bounds
+    from cohortsync.sources.duckdb import DuckDBSource
+
+    src = DuckDBSource(_con, MEM)
+    for t, ws in zip(_BOUND_TABLES, weeks, strict=True):
+        _con.execute(f"DELETE FROM omop.{t}")
+        if ws:
+            _con.executemany(f"INSERT INTO omop.{t} VALUES (1, ?)", [(BASE + timedelta(days=7 * w),) for w in ws])
+    want = {t: (BASE + timedelta(days=7 * max(ws)) if ws else None) for t, ws in zip(_BOUND_TABLES, weeks, strict=True)}
+    assert upper_bounds(src, list(order)) == want
+    assert {t: upper_bound(src, t) for t in order} == want

@@ -56,9 +56,12 @@ def upper_bounds(source: Source, tables: list[str]) -> dict[str, datetime | None
     """All tables' ``max(load_dt)`` in one query; raises if any table cannot be read."""
     if not tables:
         return {}
-    (row,) = source.rows(plan.max_load_dts(tables, source.names))
+    found = {int(str(i)): value for i, value in source.rows(plan.max_load_dts(tables, source.names))}
+    if sorted(found) != list(range(len(tables))):
+        raise SourceError("the upper-bound query did not return one row per table")
     out = {}
-    for t, value in zip(tables, row, strict=True):
+    for i, t in enumerate(tables):
+        value = found[i]
         if value is not None and not isinstance(value, datetime):
             raise SourceError(f"{t}.load_dt is not a TIMESTAMP column")
         out[t] = value
