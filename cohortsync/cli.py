@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -40,45 +41,63 @@ def _fmt_dt(value: datetime | str | None) -> str:
 
 
 class Reporter:
-    """Progress for a sync: a live line per table on a terminal, plain lines otherwise."""
+    """Progress for a sync: one live line for the tables in flight on a terminal, plain lines otherwise.
+
+    Tables land on several threads at once, so every call takes the lock before it writes.
+    """
 
     def __init__(self, out: TextIO, live: bool) -> None:
         self.out = out
         self.live = live
-        self._start = 0.0
+        self._lock = threading.Lock()
+        self._active: dict[str, tuple[float, int]] = {}  # table -> (started, rows so far)
         self._last = 0.0
 
     def table_started(self, table: str, cohorts: list[str]) -> None:
-        self._start = self._last = time.monotonic()
-        if not self.live:
-            self.out.write(f"{table}: pulling for {', '.join(cohorts)}\n")
-            self.out.flush()
+        with self._lock:
+            self._active[table] = (time.monotonic(), 0)
+            if not self.live:
+                self.out.write(f"{table}: pulling for {', '.join(cohorts)}\n")
+                self.out.flush()
 
     def rows(self, table: str, rows: int) -> None:
-        now = time.monotonic()
-        if self.live and now - self._last >= 0.2:
-            rate = rows / max(now - self._start, 1e-9)
-            self.out.write(f"\r{table}: {rows:,} rows ({rate:,.0f} rows/s)\033[K")
-            self.out.flush()
-            self._last = now
+        with self._lock:
+            now = time.monotonic()
+            started = self._active.get(table, (now, 0))[0]
+            self._active[table] = (started, rows)
+            if self.live and now - self._last >= 0.2:
+                self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        parts = [f"{t}: {n:,} rows ({n / max(now - t0, 1e-9):,.0f} rows/s)" for t, (t0, n) in self._active.items()]
+        self.out.write("\r" + " | ".join(parts) + "\033[K")
+        self.out.flush()
+        self._last = now
 
     def table_finished(self, table: str, outcomes: list[TableOutcome]) -> None:
-        if self.live:
-            self.out.write("\r\033[K")
-        rows = sum(o.rows for o in outcomes)
-        failed = [o for o in outcomes if o.status == "failed"]
-        secs = max((o.seconds for o in outcomes), default=0.0)
-        if failed:
-            self.out.write(f"{table}: FAILED: {failed[0].error}\n")
-        elif any(o.status == "landed" for o in outcomes):
-            self.out.write(f"{table}: {rows:,} rows in {secs:.1f}s ({rows / max(secs, 1e-9):,.0f} rows/s)\n")
-        else:
-            self.out.write(f"{table}: up to date\n")
-        self.out.flush()
+        with self._lock:
+            self._active.pop(table, None)
+            if self.live:
+                self.out.write("\r\033[K")
+            rows = sum(o.rows for o in outcomes)
+            failed = [o for o in outcomes if o.status == "failed"]
+            secs = max((o.seconds for o in outcomes), default=0.0)
+            if failed:
+                self.out.write(f"{table}: FAILED: {failed[0].error}\n")
+            elif any(o.status == "landed" for o in outcomes):
+                self.out.write(f"{table}: {rows:,} rows in {secs:.1f}s ({rows / max(secs, 1e-9):,.0f} rows/s)\n")
+            else:
+                self.out.write(f"{table}: up to date\n")
+            if self.live and self._active:
+                self._draw(time.monotonic())
+            self.out.flush()
 
     def note(self, message: str) -> None:
-        self.out.write(f"note: {message}\n")
-        self.out.flush()
+        with self._lock:
+            if self.live:
+                self.out.write("\r\033[K")
+            self.out.write(f"note: {message}\n")
+            self.out.flush()
 
 
 def _outcome_line(o: TableOutcome) -> str:

@@ -62,6 +62,7 @@ class SyncSettings(_Section):
     batch_rows: int = Field(122_880, ge=1024, le=4_194_304)
     file_rows: int = Field(10_000_000, ge=1024, description="rows per Parquet file before rolling over")
     lookback_days: int = Field(0, ge=0, le=3650, description="re-read this many days before each watermark")
+    parallel_tables: int = Field(2, ge=1, le=16, description="tables landed at the same time")
 
     @field_validator("tables")
     @classmethod

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 FAULT_ENV = "COHORTSYNC_FAULT_POINT"
 _hits: dict[str, int] = {}
+_lock = threading.Lock()  # tables land on several threads
 
 
 def fault_point(name: str) -> None:
@@ -21,6 +23,8 @@ def fault_point(name: str) -> None:
     point, _, nth = want.partition("@")
     if point != name:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= int(nth or 1):
+    with _lock:
+        _hits[name] = _hits.get(name, 0) + 1
+        hit = _hits[name] >= int(nth or 1)
+    if hit:
         os.kill(os.getpid(), signal.SIGKILL)

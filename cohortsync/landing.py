@@ -231,12 +231,12 @@ class _Lane:
     def _roll(self, schema: pa.Schema) -> None:
         self._close_writer()
         tmp, name = self.owner.new_part()
+        self.parts.append((tmp, name, 0))  # before the file exists: a writer that fails to open it (disk full) leaves nothing
+        self._rows = 0
         comp = None if self.owner.landing.compression == "none" else self.owner.landing.compression
         self._writer = pq.ParquetWriter(
             tmp, schema, compression=comp, write_statistics=True, use_dictionary=dictionary_columns(schema)
         )
-        self.parts.append((tmp, name, 0))
-        self._rows = 0
 
     def _close_writer(self) -> None:
         if self._writer is not None:

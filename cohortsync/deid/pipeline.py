@@ -7,8 +7,7 @@ cohortsync's own process, never in SQL sent to the source (its query history wou
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
@@ -54,7 +53,6 @@ class Deidentifier:
     shift_min_days: int = 1
     shift_max_days: int = 182
     max_age: int = 89
-    counts: Counter[str] = field(default_factory=Counter)
 
     def prepare(self, table: omop.Table, source_columns: list[str]) -> TablePlan:
         return prepare(self.policy, table, source_columns)
@@ -94,7 +92,6 @@ class Deidentifier:
                 raise DeidError(f"{table.name}.{name} is dropped by the policy but was selected")
             out_cols.append(new)
             out_names.append(name)
-            self.counts[rule.action.value] += batch.num_rows
         return pa.RecordBatch.from_arrays(out_cols, names=out_names)
 
     def _days(self, batch: pa.RecordBatch, person_col: str) -> pa.Array:

@@ -37,6 +37,11 @@ class Source(Protocol):
         """
         ...
 
+    def release_threads(self) -> None:
+        """Close what other threads opened: sync calls it when its table workers are done, so each
+        run's workers start fresh sessions (a warehouse session may cache a table's file listing)."""
+        ...
+
     def delete_members(self, cohort: str) -> None:
         """Remove every sandbox row of ``cohort`` (undoing a refused registration, retiring a cohort)."""
         ...

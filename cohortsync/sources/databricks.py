@@ -458,7 +458,9 @@ class DatabricksSource:
         self.max_backoff_s = max_backoff_s
         self.upload_rows = upload_rows
         self._connect_options = dict(connect_options or {})
-        self._connection: Any = None
+        # One connection per thread: the connector's connections are not thread-safe (PEP 249
+        # threadsafety 1), and sync lands several tables at once, each on a thread of its own.
+        self._connections: dict[int, Any] = {}
         self._lock = threading.RLock()  # re-entered when a failed connect drops the connection
 
     @classmethod
@@ -527,11 +529,15 @@ class DatabricksSource:
         return connection
 
     def connection(self) -> Any:
-        """The open connection (opened, with retries, on first use)."""
+        """This thread's open connection (opened, with retries, on its first use)."""
+        me = threading.get_ident()
         with self._lock:
-            if self._connection is None:
-                self._connection = self._retrying("connect", self._connect)
-            return self._connection
+            found = self._connections.get(me)
+        if found is None:
+            found = self._retrying("connect", self._connect)
+            with self._lock:
+                self._connections[me] = found
+        return found
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn``; on a transient failure wait (exponential, capped) and run it again, at most
@@ -683,17 +689,32 @@ class DatabricksSource:
 
         self._retrying(f"removal of cohort {cohort}", run)
 
+    def release_threads(self) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            others = [c for t, c in self._connections.items() if t != me]
+            self._connections = {t: c for t, c in self._connections.items() if t == me}
+        for c in others:
+            _close_quietly(c)
+
     def close(self) -> None:
-        self._drop_connection()
+        with self._lock:
+            connections, self._connections = list(self._connections.values()), {}
+        for c in connections:
+            _close_quietly(c)
 
     def _drop_connection(self) -> None:
         with self._lock:
-            connection, self._connection = self._connection, None
+            connection = self._connections.pop(threading.get_ident(), None)
         if connection is not None:
-            try:
-                connection.close()
-            except Exception as e:
-                log.debug("closing the connection failed: %s", safe_message(e))
+            _close_quietly(connection)
+
+
+def _close_quietly(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception as e:
+        log.debug("closing the connection failed: %s", safe_message(e))
 
 
 def _naive(value: object) -> object:

@@ -7,6 +7,7 @@ catalog ``omop``, which would make ``omop.person`` ambiguous. Results stream thr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ class DuckDBSource:
     def __init__(self, con: duckdb.DuckDBPyConnection, names: plan.Names) -> None:
         self.con = con
         self.names = names
+        self._lock = threading.RLock()  # the connection object is not thread-safe; its cursors are
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DuckDBSource:
@@ -69,7 +71,8 @@ class DuckDBSource:
 
     @contextmanager
     def stream(self, query: exp.Expression, batch_rows: int) -> Iterator[pa.RecordBatchReader]:
-        cur = self.con.cursor()  # a cursor of its own, so a reader thread never shares the connection
+        with self._lock:
+            cur = self.con.cursor()  # a cursor of its own, so tables on several threads never share one
         try:
             with _errors():
                 reader = cur.sql(self.render(query)).to_arrow_reader(batch_rows)
@@ -78,11 +81,11 @@ class DuckDBSource:
             cur.close()
 
     def rows(self, query: exp.Expression) -> list[tuple[object, ...]]:
-        with _errors():
+        with self._lock, _errors():
             return self.con.sql(self.render(query)).fetchall()
 
     def execute(self, statement: exp.Expression) -> None:
-        with _errors():
+        with self._lock, _errors():
             self.con.execute(self.render(statement))
 
     def replace_members(self, cohort: str, person_ids: pa.Array, batch: int | pa.Array = 0) -> None:
@@ -112,6 +115,9 @@ class DuckDBSource:
 
     def delete_members(self, cohort: str) -> None:
         self.execute(plan.members_delete(cohort, self.names))
+
+    def release_threads(self) -> None:
+        pass  # every stream's cursor is closed with the stream
 
     def close(self) -> None:
         self.con.close()
