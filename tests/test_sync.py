@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -231,3 +236,61 @@ def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[
     Path(project.db).rename(project.root / "moved.duckdb")
     r = project.cli("sync")
     assert r.exit_code == 1 and r.output.startswith("error: no DuckDB database at")
+
+
+class _Overlap:
+    """Wraps the landing of one table to record which tables were landing at the same time."""
+
+    def __init__(self, land: Callable[..., Any]) -> None:
+        self.land = land
+        self.lock = threading.Lock()
+        self.active: dict[str, bool] = {}  # table -> is a backfill
+        self.most = 0
+        self.most_backfills = 0
+
+    def __call__(self, run: Any, job: Any) -> Any:
+        # An empty table (Eunomia's note) has no upper bound and pulls nothing: not a backfill.
+        backfill = job.upper is not None and any(job.marks.get((c.name, job.table)) is None for c in run.selected)
+        with self.lock:
+            self.active[job.table] = backfill
+            self.most = max(self.most, len(self.active))
+            self.most_backfills = max(self.most_backfills, sum(self.active.values()))
+        try:
+            time.sleep(0.02)  # a slower table: windows stay open long enough to overlap if allowed to
+            return self.land(run, job)
+        finally:
+            with self.lock:
+                del self.active[job.table]
+
+
+def landed_rows(project: Project, cohort: str, table: str) -> list[tuple[object, ...]]:
+    return sorted(landed(project, cohort, table).fetchall(), key=repr)
+
+
+def test_parallel_tables_land_what_one_at_a_time_lands(
+    project: Project,
+    two_cohorts: tuple[list[int], list[int]],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four tables at a time vs one: the same rows land, backfills never overlap, incrementals do."""
+    from cohortsync import api, sync
+
+    serial = Project(tmp_path_factory.mktemp("serial"), project.runner)
+    shutil.copytree(project.root, serial.root, dirs_exist_ok=True)
+    monkeypatch.setenv("COHORTSYNC_DEID_KEY", TEST_KEY)
+    land = sync._land_table
+    for p, n in ((project, 4), (serial, 1)):
+        monkeypatch.setenv("COHORTSYNC_SYNC__PARALLEL_TABLES", str(n))
+        seen = _Overlap(land)
+        monkeypatch.setattr(sync, "_land_table", seen)
+        assert not api.sync(p.settings()).failed
+        assert seen.most_backfills == 1
+        p.add_load(fraction_per_mille=50)
+        seen = _Overlap(land)
+        monkeypatch.setattr(sync, "_land_table", seen)
+        assert not api.sync(p.settings()).failed
+        assert seen.most == n  # 4: eight incremental tables, each held open 20 ms, overlap
+    for cohort in ("alpha", "beta"):
+        for t in TABLES:
+            assert landed_rows(project, cohort, t) == landed_rows(serial, cohort, t), (cohort, t)
