@@ -20,7 +20,6 @@ from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
-from cohortsync.sources.base import schema_of
 from cohortsync.state import StateStore
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
 
@@ -201,7 +200,7 @@ def policy_check(settings: Settings, live: bool = True, source: Source | None = 
         try:
             for t in settings.sync.tables:
                 try:
-                    cols = list(schema_of(src, t).names)
+                    cols = src.columns(t)
                 except CohortsyncError as e:
                     findings.append(PolicyFinding("error", t, f"cannot read the source table: {e}"))
                     continue

@@ -35,7 +35,7 @@ from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceErr
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
-from cohortsync.sources.base import batches, schema_of, upper_bound, upper_bounds
+from cohortsync.sources.base import batches, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ def known_phi(src: Source) -> list[DenyTerm]:
     out: set[DenyTerm] = set()
     for table, columns in KNOWN_PHI_COLUMNS.items():
         try:
-            present = [c for c in schema_of(src, table).names if c.lower() in columns]
+            present = [c for c in src.columns(table) if c.lower() in columns]
             if not present:
                 continue
             with src.stream(plan.select_columns(table, present, src.names), 65_536) as reader:
@@ -475,7 +475,7 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
 
 def _source_columns(src: Source, table: omop.Table) -> list[str]:
     """The columns to select: what the source really has, so nothing is silently left behind."""
-    names = schema_of(src, table.name).names
+    names = src.columns(table.name)
     lowered = [n.lower() for n in names]
     if omop.LOAD_DT not in lowered:
         raise SourceError(f"{table.name} has no {omop.LOAD_DT} column")

@@ -22,6 +22,10 @@ class Source(Protocol):
         """Run a query and stream its result; memory is bounded by the batch, not the result."""
         ...
 
+    def columns(self, table: str) -> list[str]:
+        """The OMOP table's actual column names, as the engine reports them (no rows are read)."""
+        ...
+
     def rows(self, query: exp.Expression) -> list[tuple[object, ...]]:
         """Run a query whose result is small (a max, a count, a few examples) and return it."""
         ...
@@ -71,12 +75,6 @@ def upper_bounds(source: Source, tables: list[str]) -> dict[str, datetime | None
             raise SourceError(f"{t}.load_dt is not a TIMESTAMP column")
         out[t] = value
     return out
-
-
-def schema_of(source: Source, table: str) -> pa.Schema:
-    """The table's actual columns and types, as the engine reports them (``LIMIT 0``)."""
-    with source.stream(plan.select_nothing(table, source.names), 1024) as reader:
-        return reader.schema
 
 
 def batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:

@@ -637,6 +637,10 @@ class DatabricksSource:
             except Exception as e:
                 log.debug("closing a cursor failed: %s", safe_message(e))
 
+    def columns(self, table: str) -> list[str]:
+        with self.stream(plan.select_nothing(table, self.names), 1024) as reader:
+            return list(reader.schema.names)
+
     def rows(self, query: exp.Expression) -> list[tuple[object, ...]]:
         sql = self.render(query)
 

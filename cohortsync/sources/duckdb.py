@@ -80,6 +80,12 @@ class DuckDBSource:
         finally:
             cur.close()
 
+    def columns(self, table: str) -> list[str]:
+        # Binding the query is enough to name its columns: 0.2 ms, where running it with LIMIT 0
+        # and reading the Arrow schema took ~1 ms a table.
+        with self._lock, _errors():
+            return list(self.con.sql(self.render(plan.select_nothing(table, self.names))).columns)
+
     def rows(self, query: exp.Expression) -> list[tuple[object, ...]]:
         with self._lock, _errors():
             return self.con.sql(self.render(query)).fetchall()
