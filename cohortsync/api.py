@@ -114,7 +114,7 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
     src = source or open_source(settings)
     try:
         out = []
-        found = inspect_tables(src, policy, list(settings.sync.tables))
+        found = inspect_tables(src, policy, list(settings.sync.tables), workers=settings.sync.parallel_tables)
         chosen = [known[n] for n in names]
         for t in settings.sync.tables:
             checked = found[t]
@@ -132,6 +132,8 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
     finally:
         if source is None:
             src.close()
+        else:
+            src.release_threads()  # the column checks ran on threads of their own
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class SourceSettings(_Section):
     # DuckDB
     database: Path = Path("omop.duckdb")
     threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")
-    memory_limit: str = Field("256MB", description="DuckDB memory_limit: bounds its buffer cache, so RSS stays flat")
+    memory_limit: str = Field("128MB", description="DuckDB memory_limit: bounds its buffer cache, so RSS stays flat")
     # Databricks
     server_hostname: str | None = None
     http_path: str | None = None

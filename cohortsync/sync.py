@@ -107,7 +107,9 @@ def run_sync(
             for n in report.notes:
                 progress.note(n)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
-            bounds = inspect_tables(src, policy, list(settings.sync.tables), settings.source.retries)
+            bounds = inspect_tables(
+                src, policy, list(settings.sync.tables), settings.source.retries, settings.sync.parallel_tables
+            )
             if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
             run = _Run(settings, src, Landing(settings.landing_path, settings.landing.compression), deid, selected, progress)
@@ -130,6 +132,11 @@ def run_sync(
             _close(deid.scrubber)
             if own_source:
                 src.close()
+            else:
+                # The next run's threads open fresh sessions. One kept from this run could miss rows
+                # loaded since (Spark caches a Parquet table's file listing per session) while the
+                # bounds, fixed on this thread, include them: those rows would be skipped for good.
+                src.release_threads()
         order = {t: i for i, t in enumerate(settings.sync.tables)}
         report.outcomes.sort(key=lambda o: order[o.table])
         state.end_run(run_id, "failed" if report.failed else "ok")
@@ -186,21 +193,15 @@ def _run_tables(run: _Run, jobs: list[_TableJob], on_result: Callable[[_TableRes
                 return _land_with_retries(run, job)
         return _land_with_retries(run, job)
 
-    try:
-        with ThreadPoolExecutor(run.settings.sync.parallel_tables, thread_name_prefix="cohortsync-table") as pool:
-            futures = [pool.submit(land, job) for job in jobs]
-            try:
-                for f in as_completed(futures):
-                    on_result(f.result())
-            finally:
-                run.cancel.set()
-                for f in futures:
-                    f.cancel()
-    finally:
-        # The next run's workers open fresh sessions. One kept from an earlier run can miss rows
-        # loaded since (Spark caches a Parquet table's file listing per session) while the bounds,
-        # fixed on this thread, include them: those rows would be skipped for good.
-        run.src.release_threads()
+    with ThreadPoolExecutor(run.settings.sync.parallel_tables, thread_name_prefix="cohortsync-table") as pool:
+        futures = [pool.submit(land, job) for job in jobs]
+        try:
+            for f in as_completed(futures):
+                on_result(f.result())
+        finally:
+            run.cancel.set()
+            for f in futures:
+                f.cancel()
 
 
 def _record(state: StateStore, run_id: str, result: _TableResult, progress: Progress) -> list[TableOutcome]:
@@ -326,21 +327,34 @@ def windows(
 
 
 def inspect_tables(
-    src: Source, policy: Policy, tables: list[str], retries: int = 0
+    src: Source, policy: Policy, tables: list[str], retries: int = 0, workers: int = 1
 ) -> dict[str, tuple[TablePlan, datetime | None] | CohortsyncError]:
     """Each table's policy-checked columns and upper bound, or the error that fails that table only.
 
-    The columns are checked table by table (drift in one must not stop the others); the upper bounds
-    of the tables that passed come from one query, falling back to one per table if it fails.
+    The columns are checked table by table (drift in one must not stop the others), ``workers`` at
+    a time (on a warehouse each check is a round trip); the upper bounds of the tables that passed
+    come from one query, falling back to one per table if it fails.
     """
     out: dict[str, tuple[TablePlan, datetime | None] | CohortsyncError] = {}
-    plans: dict[str, TablePlan] = {}
-    for table in tables:
+
+    def check(table: str) -> TablePlan | CohortsyncError:
         t = omop.table(table)
         try:
-            plans[table] = retrying(lambda t=t: prepare(policy, t, _source_columns(src, t)), retries)  # type: ignore[misc]
+            return retrying(lambda: prepare(policy, t, _source_columns(src, t)), retries)
         except CohortsyncError as e:
-            out[table] = e
+            return e
+
+    if workers > 1 and len(tables) > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="cohortsync-inspect") as pool:
+            checked = dict(zip(tables, pool.map(check, tables), strict=True))
+    else:
+        checked = {t: check(t) for t in tables}
+    plans: dict[str, TablePlan] = {}
+    for table, found in checked.items():
+        if isinstance(found, CohortsyncError):
+            out[table] = found
+        else:
+            plans[table] = found
     try:
         uppers = retrying(lambda: upper_bounds(src, list(plans)), retries)
     except CohortsyncError:

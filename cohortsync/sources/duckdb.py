@@ -46,7 +46,7 @@ class DuckDBSource:
         sandbox_schema: str = "sandbox",
         members_table: str = "cohortsync_members",
         threads: int | None = None,
-        memory_limit: str | None = "256MB",
+        memory_limit: str | None = "128MB",
     ) -> DuckDBSource:
         if not path.is_file():
             raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
