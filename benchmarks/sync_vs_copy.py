@@ -88,7 +88,9 @@ def copy_time(cfg: Path, out_dir: Path) -> float:
     """DuckDB's COPY of exactly the SQL the next sync would run, table by table (no sync state yet)."""
     settings = load_settings(cfg)
     planned = api.plan_next(settings)
-    src = DuckDBSource.from_settings(settings)
+    # DuckDB as a user would run it: its own defaults (memory_limit 80 % of RAM, all cores), not
+    # cohortsync's source settings (its COPY needs more than the sync's 128 MB to buffer row groups).
+    con = duckdb.connect(str(settings.database_path), read_only=True)
     total = 0.0
     try:
         for p in planned:
@@ -96,10 +98,10 @@ def copy_time(cfg: Path, out_dir: Path) -> float:
                 continue
             target = out_dir / f"{p.table}.parquet"
             t = time.perf_counter()
-            src.con.execute(f"COPY ({p.sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY ({p.sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
             total += time.perf_counter() - t
     finally:
-        src.close()
+        con.close()
     return total
 
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,7 +28,7 @@ from cohortsync.errors import LandingError, StateError
 from cohortsync.faults import fault_point
 
 TMP_PREFIX = ".tmp-"
-KEY_STATS_ROWS = 1_000_000  # windows up to this many rows count repeated keys in memory (8 MB of int64)
+KEY_STATS_ROWS = 4_000_000  # windows up to this many rows count repeated keys in memory (32 MB of int64)
 FILE_RE = re.compile(r"^(?P<table>[a-z_]+)__(?P<lo>\d{8}T\d{12}|backfill)__(?P<hi>\d{8}T\d{12})__(?P<part>\d{4})\.parquet$")
 
 
@@ -156,17 +157,14 @@ class WindowWriter:
             return None
         if not self._keys:
             return (0, 0)
-        keys = pa.chunked_array(self._keys)
-        nulls = keys.null_count
-        return (len(keys) - nulls - pc.count_distinct(keys).as_py(), nulls)
+        return repeated_and_null(pa.chunked_array(self._keys))
 
     def finish(self) -> list[LandedFile]:
         """Make the parts durable and visible under their final names; returns what to commit."""
         try:
-            parts = [p for lane in self._lanes for p in lane.close()]
+            parts = [p for lane in self._lanes for p in lane.close()]  # each part already fsynced and hashed
             out = []
-            for tmp, name, rows in sorted(parts, key=lambda p: p[1]):
-                digest, size = _fsync_and_hash(tmp)
+            for tmp, name, rows, digest, size in sorted(parts, key=lambda p: p[1]):
                 os.replace(tmp, self.dir / name)
                 out.append(LandedFile(name, rows, size, digest))
                 fault_point("between_renames")
@@ -195,6 +193,7 @@ class _Lane:
         self.owner = owner
         self.queue: queue.Queue[object] = queue.Queue(maxsize=2)
         self.parts: list[tuple[Path, str, int]] = []
+        self._sealed: dict[Path, tuple[str, int]] = {}  # part -> (sha256, bytes), once closed and fsynced
         self.error: BaseException | None = None
         self._writer: pq.ParquetWriter | None = None
         self._rows = 0
@@ -239,20 +238,26 @@ class _Lane:
         )
 
     def _close_writer(self) -> None:
+        """Close the current part and, on this lane's thread, fsync and hash it: the lanes of a
+        window do that side by side instead of ``finish`` doing it part after part."""
         if self._writer is not None:
             w, self._writer = self._writer, None
             try:
                 w.close()
+                if self.error is None:
+                    tmp = self.parts[-1][0]
+                    self._sealed[tmp] = _fsync_and_hash(tmp)
             except BaseException as e:
                 self.error = self.error or e
 
-    def close(self) -> list[tuple[Path, str, int]]:
+    def close(self) -> list[tuple[Path, str, int, str, int]]:
+        """The lane's parts as (temporary path, final name, rows, sha256, bytes)."""
         if self._thread is not None:
             self.queue.put(_STOP)
             self._thread.join()
         if self.error is not None:
             raise LandingError(f"cannot write {self.owner.dir}: {self.error}")
-        return self.parts
+        return [(tmp, name, rows, *self._sealed[tmp]) for tmp, name, rows in self.parts]
 
     def abort(self) -> None:
         if self.error is None:
@@ -263,6 +268,20 @@ class _Lane:
         for tmp, _, _ in self.parts:
             tmp.unlink(missing_ok=True)
         self.parts = []
+
+
+def repeated_and_null(keys: pa.ChunkedArray) -> tuple[int, int]:
+    """(rows whose key an earlier row already has, rows without a key).
+
+    Integer keys are sorted and adjacent equal pairs counted: 20 ms for 1.7 M keys, where
+    ``pc.count_distinct`` took 820 ms (a hash table of random 63-bit pseudonyms).
+    """
+    nulls = keys.null_count
+    present = keys.drop_null()
+    if pa.types.is_integer(present.type):
+        values = np.sort(present.to_numpy())
+        return int(np.count_nonzero(values[1:] == values[:-1])), nulls
+    return len(present) - pc.count_distinct(present).as_py(), nulls
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:

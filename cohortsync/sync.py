@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -154,6 +155,9 @@ class _Run:
     selected: list[cohort_files.Cohort]
     progress: Progress
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Backfills stream one at a time: one already keeps the engine and the encoders busy, and two
+    # at once only add memory. A backfill's finish (last row groups, fsync, hash) overlaps the next.
+    one_backfill: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -179,22 +183,13 @@ def _run_tables(run: _Run, jobs: list[_TableJob], on_result: Callable[[_TableRes
     """Land up to ``sync.parallel_tables`` tables at a time; hand each result over as it is ready.
 
     An incremental window is small and its time is mostly waiting (planning, a round trip, two
-    fsyncs), so such tables overlap well. A backfill already keeps the engine and the encoders busy
-    and holds the most memory, so backfills take turns: two at once were 10 % faster but peaked
-    300 MB higher (docs/benchmarks.md). If this thread stops (a crash, Ctrl-C), the workers stop at
-    their next batch and nothing of theirs is committed.
+    fsyncs), so such tables overlap well; backfills take turns for their streaming part (see
+    ``_Run.one_backfill``; two at once were 10 % faster but peaked 300 MB higher, docs/design.md).
+    If this thread stops (a crash, Ctrl-C), the workers stop at their next batch and nothing of
+    theirs is committed.
     """
-    one_backfill = threading.Lock()
-
-    def land(job: _TableJob) -> _TableResult:
-        due, _ = _windows(run, job)
-        if any(s.lower is None or s.new_after_batch is not None for s in due):
-            with one_backfill:
-                return _land_with_retries(run, job)
-        return _land_with_retries(run, job)
-
     with ThreadPoolExecutor(run.settings.sync.parallel_tables, thread_name_prefix="cohortsync-table") as pool:
-        futures = [pool.submit(land, job) for job in jobs]
+        futures = [pool.submit(_land_with_retries, run, job) for job in jobs]
         try:
             for f in as_completed(futures):
                 on_result(f.result())
@@ -460,7 +455,8 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
             for s in due
         }
         total = 0
-        with run.src.stream(query, settings.sync.batch_rows) as reader:
+        backfill = any(s.lower is None or s.new_after_batch is not None for s in due)
+        with run.one_backfill if backfill else nullcontext(), run.src.stream(query, settings.sync.batch_rows) as reader:
             for raw in _prefetch(reader):
                 if run.cancel.is_set():
                     raise CohortsyncError(f"{table_name}: stopped, the run is ending")
@@ -589,7 +585,7 @@ def _oddities(landing: Landing, cohort: str, table: omop.Table, files: list[Land
     d = landing.table_dir(cohort, table.name)
     paths = [str(d / f.name) for f in files]
     pk = table.primary_key.replace('"', '""')
-    with duckdb.connect(config={"memory_limit": "256MB", "threads": 1}) as con:  # one per call: tables land on threads
+    with duckdb.connect(config={"memory_limit": "256MB", "threads": 2}) as con:  # one per call: tables land on threads
         row = con.execute(
             f'SELECT count("{pk}") - count(DISTINCT "{pk}"), count(*) - count("{pk}") FROM read_parquet($paths)',
             {"paths": paths},

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cohortsync import omop
 from cohortsync.state import StateStore
@@ -239,28 +243,26 @@ def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[
 
 
 class _Overlap:
-    """Wraps the landing of one table to record which tables were landing at the same time."""
+    """Wraps the source's ``stream`` to record how many extractions were streaming at once."""
 
-    def __init__(self, land: Callable[..., Any]) -> None:
-        self.land = land
+    def __init__(self, stream: Callable[..., Any]) -> None:
+        self.stream = stream
         self.lock = threading.Lock()
-        self.active: dict[str, bool] = {}  # table -> is a backfill
+        self.open = 0
         self.most = 0
-        self.most_backfills = 0
 
-    def __call__(self, run: Any, job: Any) -> Any:
-        # An empty table (Eunomia's note) has no upper bound and pulls nothing: not a backfill.
-        backfill = job.upper is not None and any(job.marks.get((c.name, job.table)) is None for c in run.selected)
+    @contextlib.contextmanager
+    def __call__(self, src: Any, query: Any, batch_rows: int) -> Iterator[Any]:
         with self.lock:
-            self.active[job.table] = backfill
-            self.most = max(self.most, len(self.active))
-            self.most_backfills = max(self.most_backfills, sum(self.active.values()))
+            self.open += 1
+            self.most = max(self.most, self.open)
         try:
-            time.sleep(0.02)  # a slower table: windows stay open long enough to overlap if allowed to
-            return self.land(run, job)
+            time.sleep(0.02)  # a slower table: streams stay open long enough to overlap if allowed to
+            with self.stream(src, query, batch_rows) as reader:
+                yield reader
         finally:
             with self.lock:
-                del self.active[job.table]
+                self.open -= 1
 
 
 def landed_rows(project: Project, cohort: str, table: str) -> list[tuple[object, ...]]:
@@ -273,24 +275,41 @@ def test_parallel_tables_land_what_one_at_a_time_lands(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Four tables at a time vs one: the same rows land, backfills never overlap, incrementals do."""
-    from cohortsync import api, sync
+    """Four tables at a time vs one: the same rows land; backfills stream one at a time,
+    incremental windows side by side."""
+    from cohortsync import api
+    from cohortsync.sources.duckdb import DuckDBSource
 
     serial = Project(tmp_path_factory.mktemp("serial"), project.runner)
     shutil.copytree(project.root, serial.root, dirs_exist_ok=True)
     monkeypatch.setenv("COHORTSYNC_DEID_KEY", TEST_KEY)
-    land = sync._land_table
+    stream = DuckDBSource.stream
     for p, n in ((project, 4), (serial, 1)):
         monkeypatch.setenv("COHORTSYNC_SYNC__PARALLEL_TABLES", str(n))
-        seen = _Overlap(land)
-        monkeypatch.setattr(sync, "_land_table", seen)
-        assert not api.sync(p.settings()).failed
-        assert seen.most_backfills == 1
+        seen = _Overlap(stream)
+        monkeypatch.setattr(DuckDBSource, "stream", lambda src, q, n, seen=seen: seen(src, q, n))
+        assert not api.sync(p.settings()).failed  # every table a backfill
+        assert seen.most == 1
         p.add_load(fraction_per_mille=50)
-        seen = _Overlap(land)
-        monkeypatch.setattr(sync, "_land_table", seen)
+        seen = _Overlap(stream)
+        monkeypatch.setattr(DuckDBSource, "stream", lambda src, q, n, seen=seen: seen(src, q, n))
         assert not api.sync(p.settings()).failed
-        assert seen.most == n  # 4: eight incremental tables, each held open 20 ms, overlap
+        assert seen.most == n  # eight incremental tables, each held open 20 ms: they overlap
     for cohort in ("alpha", "beta"):
         for t in TABLES:
             assert landed_rows(project, cohort, t) == landed_rows(serial, cohort, t), (cohort, t)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.integers(0, 5)), max_size=60), st.integers(1, 7))
+def test_repeated_and_null_keys_match_a_counter(keys: list[int | None], chunk: int) -> None:
+    """Rows repeating an earlier key and rows without one, against collections.Counter."""
+    from collections import Counter
+
+    from cohortsync.landing import repeated_and_null
+
+    arr = pa.chunked_array([pa.array(keys[i : i + chunk], pa.int64()) for i in range(0, len(keys), chunk)], pa.int64())
+    present = Counter(k for k in keys if k is not None)
+    want = (sum(n - 1 for n in present.values()), keys.count(None))
+    assert repeated_and_null(arr) == want
+    assert repeated_and_null(arr.cast(pa.string())) == want  # a non-integer key takes the other path
