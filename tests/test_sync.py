@@ -10,11 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -301,15 +302,32 @@ def test_parallel_tables_land_what_one_at_a_time_lands(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.integers(0, 5)), max_size=60), st.integers(1, 7))
-def test_repeated_and_null_keys_match_a_counter(keys: list[int | None], chunk: int) -> None:
-    """Rows repeating an earlier key and rows without one, against collections.Counter."""
+@given(st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 5)), max_size=60))
+def test_repeated_keys_match_a_counter(keys: list[int]) -> None:
+    """Keys equal to an earlier one, against collections.Counter."""
     from collections import Counter
 
-    from cohortsync.landing import repeated_and_null
+    from cohortsync.landing import repeats
 
-    arr = pa.chunked_array([pa.array(keys[i : i + chunk], pa.int64()) for i in range(0, len(keys), chunk)], pa.int64())
-    present = Counter(k for k in keys if k is not None)
-    want = (sum(n - 1 for n in present.values()), keys.count(None))
-    assert repeated_and_null(arr) == want
-    assert repeated_and_null(arr.cast(pa.string())) == want  # a non-integer key takes the other path
+    assert repeats(np.array(keys, dtype=np.int64)) == sum(n - 1 for n in Counter(keys).values())
+
+
+def test_a_window_counts_repeats_from_copies_of_its_keys(tmp_path: Path) -> None:
+    """Keys kept to count repeats are copies: an engine's Arrow batch is freed as a whole, so keeping
+    its key column would keep every column of every batch of the window (RSS grew with the window)."""
+    from collections import Counter
+
+    from cohortsync.landing import Landing, WindowWriter
+
+    con = duckdb.connect()
+    w = WindowWriter(Landing(tmp_path), "c", "measurement", None, datetime(2026, 1, 4), 10_000_000, 2, "measurement_id")
+    q = (
+        "SELECT CASE WHEN i % 7 = 0 THEN NULL ELSE i % 50000 END AS measurement_id, repeat('x', 100) AS wide "
+        "FROM range(200000) t(i)"
+    )
+    for b in con.sql(q).to_arrow_reader(20_000):
+        w.write(b)
+    w.finish()
+    assert w._keys and all(k.flags.owndata for k in w._keys)
+    ids = [i % 50000 for i in range(200000) if i % 7]
+    assert w.key_stats() == (sum(n - 1 for n in Counter(ids).values()), 200000 - len(ids))
