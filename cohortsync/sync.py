@@ -184,7 +184,7 @@ def _run_tables(run: _Run, jobs: list[_TableJob], on_result: Callable[[_TableRes
 
     An incremental window is small and its time is mostly waiting (planning, a round trip, two
     fsyncs), so such tables overlap well; backfills take turns for their streaming part (see
-    ``_Run.one_backfill``; two at once were 10 % faster but peaked 300 MB higher, docs/design.md).
+    ``_Run.one_backfill``; two at once were no faster and peaked 60 MB higher, docs/design.md).
     If this thread stops (a crash, Ctrl-C), the workers stop at their next batch and nothing of
     theirs is committed.
     """
