@@ -7,7 +7,9 @@ The protocol, per table (docs/sync.md walks through a crash at every step):
  4. one query scans the table for all due cohorts; batches stream into one writer per cohort;
  5. the files are fsynced and renamed into place;
  6. one state transaction records the files and advances every due cohort's watermark to the bound.
-A table that fails stops at its own step; the tables before it stay committed, those after it run.
+Steps 2-5 run on ``sync.parallel_tables`` worker threads; step 6 only on the calling thread, one
+table at a time, as each table's files are durable. A table that fails stops at its own step; the
+others still land and commit.
 """
 
 from __future__ import annotations
