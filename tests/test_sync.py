@@ -331,3 +331,23 @@ def test_a_window_counts_repeats_from_copies_of_its_keys(tmp_path: Path) -> None
     assert w._keys and all(k.flags.owndata for k in w._keys)
     ids = [i % 50000 for i in range(200000) if i % 7]
     assert w.key_stats() == (sum(n - 1 for n in Counter(ids).values()), 200000 - len(ids))
+
+
+def test_live_progress_shows_every_table_in_flight_on_one_line() -> None:
+    import io
+
+    from cohortsync.cli import Reporter
+    from cohortsync.state import TableOutcome
+
+    out = io.StringIO()
+    r = Reporter(out, live=True)
+    r.table_started("measurement", ["alpha"])
+    r.table_started("observation", ["alpha"])
+    r._last = 0.0  # draw now, not 0.2 s after the last drawing
+    r.rows("measurement", 1000)
+    line = out.getvalue().split("\r")[-1]
+    assert line.startswith("measurement: 1,000 rows (") and " | observation: 0 rows (0 rows/s)" in line
+    r.table_finished("measurement", [TableOutcome("alpha", "measurement", None, None, 1000, [], "landed", seconds=0.5)])
+    done, redrawn = out.getvalue().split("\r\033[K")[-1].split("\n")
+    assert done.startswith("measurement: 1,000 rows in 0.5s")
+    assert redrawn == "\robservation: 0 rows (0 rows/s)\033[K"  # the one still in flight, alone
