@@ -573,29 +573,36 @@ class DatabricksSource:
                 log.debug("closing a cursor failed: %s", safe_message(e))
 
     def _run(self, cursor: Any, sql: str) -> None:
-        """Execute with a watchdog: past ``query_timeout_s`` the statement is cancelled server-side."""
-        fired = threading.Event()
+        """Execute and wait, cancelling the statement server-side once ``query_timeout_s`` has passed.
 
-        def cancel() -> None:
-            fired.set()
-            try:
-                cursor.cancel()
-            except Exception as e:
-                log.debug("cancelling a statement failed: %s", safe_message(e))
-
-        timer = threading.Timer(self.query_timeout_s, cancel)
-        timer.daemon = True
-        timer.start()
+        The statement is started asynchronously and polled from this thread, which also cancels it.
+        A watchdog thread calling ``cursor.cancel()`` during a blocking ``execute`` waits for the
+        connector's request lock, which the polling thread re-takes at once after every status poll
+        (a long poll of up to 5 s on Spark): in CI a 3 s timeout fired after 95 s that way. Here the
+        overshoot is at most one status poll.
+        """
+        deadline = time.monotonic() + self.query_timeout_s
+        cursor.execute_async(sql)
+        pause = 0.0
         try:
-            cursor.execute(sql)
-        except Exception as e:
-            if fired.is_set():
-                raise classify(e, timed_out_after=self.query_timeout_s) from None
+            while cursor.is_query_pending():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._cancel(cursor)
+                    raise classify(TimeoutError(), timed_out_after=self.query_timeout_s)
+                time.sleep(min(pause, left))
+                pause = min(max(2 * pause, 0.02), 0.5)
+            cursor.get_async_execution_result()
+        except (KeyboardInterrupt, SystemExit):
+            self._cancel(cursor)  # do not leave the warehouse working for nobody
             raise
-        finally:
-            timer.cancel()
-        if fired.is_set():
-            raise classify(TimeoutError(), timed_out_after=self.query_timeout_s)
+
+    @staticmethod
+    def _cancel(cursor: Any) -> None:
+        try:
+            cursor.cancel()
+        except Exception as e:
+            log.debug("cancelling a statement failed: %s", safe_message(e))
 
     # -- Source protocol
 
