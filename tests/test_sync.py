@@ -244,25 +244,35 @@ def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[
 
 
 class _Overlap:
-    """Wraps the source's ``stream`` to record how many extractions were streaming at once."""
+    """Wraps the source's ``stream`` to record how many extractions were streaming at once.
 
-    def __init__(self, stream: Callable[..., Any]) -> None:
+    Each stream is held open until ``want`` streams have been open together (at most 5 s), so a
+    slow or busy machine cannot make allowed overlap look absent; with ``want=1`` each is held 20 ms,
+    long enough for others to join it if the sync let them.
+    """
+
+    def __init__(self, stream: Callable[..., Any], want: int) -> None:
         self.stream = stream
-        self.lock = threading.Lock()
+        self.want = want
+        self.changed = threading.Condition()
         self.open = 0
         self.most = 0
 
     @contextlib.contextmanager
     def __call__(self, src: Any, query: Any, batch_rows: int) -> Iterator[Any]:
-        with self.lock:
+        with self.changed:
             self.open += 1
             self.most = max(self.most, self.open)
+            self.changed.notify_all()
+            if self.want > 1:
+                self.changed.wait_for(lambda: self.most >= self.want, timeout=5)
         try:
-            time.sleep(0.02)  # a slower table: streams stay open long enough to overlap if allowed to
+            if self.want == 1:
+                time.sleep(0.02)
             with self.stream(src, query, batch_rows) as reader:
                 yield reader
         finally:
-            with self.lock:
+            with self.changed:
                 self.open -= 1
 
 
@@ -287,15 +297,15 @@ def test_parallel_tables_land_what_one_at_a_time_lands(
     stream = DuckDBSource.stream
     for p, n in ((project, 4), (serial, 1)):
         monkeypatch.setenv("COHORTSYNC_SYNC__PARALLEL_TABLES", str(n))
-        seen = _Overlap(stream)
+        seen = _Overlap(stream, 1)
         monkeypatch.setattr(DuckDBSource, "stream", lambda src, q, n, seen=seen: seen(src, q, n))
         assert not api.sync(p.settings()).failed  # every table a backfill
         assert seen.most == 1
         p.add_load(fraction_per_mille=50)
-        seen = _Overlap(stream)
+        seen = _Overlap(stream, n)
         monkeypatch.setattr(DuckDBSource, "stream", lambda src, q, n, seen=seen: seen(src, q, n))
         assert not api.sync(p.settings()).failed
-        assert seen.most == n  # eight incremental tables, each held open 20 ms: they overlap
+        assert seen.most == n  # eight incremental tables: n of them stream at once
     for cohort in ("alpha", "beta"):
         for t in TABLES:
             assert landed_rows(project, cohort, t) == landed_rows(serial, cohort, t), (cohort, t)
