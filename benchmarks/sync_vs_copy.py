@@ -1,6 +1,11 @@
 """cohortsync sync vs DuckDB's own COPY of the same extraction, measured side by side in one run.
 
-    python benchmarks/sync_vs_copy.py [--persons 40000] [--repeat 3] [--policy raw|structured]
+    python benchmarks/sync_vs_copy.py [--persons 1000000] [--repeat 3] [--policy raw|structured] [--dir DIR]
+
+The default size (182 M rows; about 6 minutes to generate, then 2 minutes to measure) is where all
+three targets of the core-loop issue hold in one run. The incremental costs a fixed ~0.15-0.2 s on
+this machine whatever the size, so below about 400,000 persons its ratio to a shorter backfill misses
+0.05; `--persons 40000` is a quick run. `--dir` keeps the generated database for the next run.
 
 Generates a synthetic OMOP database (cohortsync.synth), registers a cohort of every 10th person and
 prints, as medians of interleaved repeats:
@@ -78,6 +83,10 @@ def write_config(root: Path, policy: str) -> Path:
     return cfg
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
 def run_sync(cfg: Path) -> dict[str, float]:
     env = {**os.environ, "COHORTSYNC_DEID_KEY": KEY}
     out = subprocess.run([sys.executable, "-c", CHILD, str(cfg)], capture_output=True, text=True, env=env, check=True)
@@ -107,7 +116,7 @@ def copy_time(cfg: Path, out_dir: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--persons", type=int, default=40_000)
+    ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--policy", choices=["raw", "structured"], default="raw")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -150,7 +159,9 @@ def main() -> int:
         rss.append(r["max_rss_mb"])
         rows = int(r["rows"])
     c, s = statistics.median(copies), statistics.median(syncs)
-    print(f"backfill: {rows:,} rows; sync {s:.2f}s vs COPY {c:.2f}s -> ratio {s / c:.2f} (target <= 1.3)")
+    print(
+        f"backfill: {rows:,} rows; sync {s:.2f}s vs COPY {c:.2f}s -> ratio {s / c:.2f} (target <= 1.3: {verdict(s / c <= 1.3)})"
+    )
     print(f"  runs: sync {[round(x, 2) for x in syncs]}  copy {[round(x, 2) for x in copies]}")
 
     when, added = synth.append_load(db, seed=11)
@@ -172,10 +183,15 @@ def main() -> int:
            "max_rss_mb": max(r["max_rss_mb"] for r in incs)}
     print(
         f"incremental after the {when:%Y-%m-%d} load (+{sum(added.values()):,} rows in the source): "
-        f"{int(inc['rows']):,} rows in {inc['seconds']:.3f}s -> ratio to backfill {inc['seconds'] / s:.3f} (target <= 0.05)"
+        f"{int(inc['rows']):,} rows in {inc['seconds']:.3f}s -> ratio to backfill {inc['seconds'] / s:.3f} "
+        f"(target <= 0.05: {verdict(inc['seconds'] / s <= 0.05)})"
     )
     print(f"  runs: {[round(r['seconds'], 3) for r in incs]}")
-    print(f"peak RSS of the sync: {max(rss):.0f} MB backfill, {inc['max_rss_mb']:.0f} MB incremental (target < 1024 MB)")
+    peak = max(max(rss), inc["max_rss_mb"])
+    print(
+        f"peak RSS of the sync: {max(rss):.0f} MB backfill, {inc['max_rss_mb']:.0f} MB incremental "
+        f"(target < 1024 MB: {verdict(peak < 1024)})"
+    )
     if args.dir is None:
         shutil.rmtree(root)
     return 0
