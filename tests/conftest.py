@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings as hypothesis_settings
 
 from cohortsync import omop
 from cohortsync.cli import cli
@@ -23,6 +24,12 @@ EUNOMIA = SHARED / "eunomia"
 SPEC = SHARED / "omop"
 FIRST_LOAD = datetime(2026, 10, 4, 2, 0)  # a Sunday
 LOADS = 4  # weekly loads the Eunomia rows are spread over
+
+# No per-example deadline anywhere: a first example that loads a sqlglot dialect or a spaCy
+# pipeline on a busy 2-core CI machine must not fail a property that holds. print_blob lets a
+# failure found in CI be replayed exactly (@reproduce_failure).
+hypothesis_settings.register_profile("cohortsync", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("cohortsync")
 
 
 def eunomia_load_dt_sql(table: str) -> str:
