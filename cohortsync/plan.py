@@ -7,12 +7,14 @@ the only literals are cohort names (validated slugs) and window bounds (``dateti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
@@ -238,8 +240,20 @@ def missing_persons(cohort: str, names: Names) -> exp.Expression:
     )
 
 
-def member_counts(names: Names) -> exp.Expression:
-    return _fill(template("member_counts"), tables={"members_table": names.members()})
+def member_digests(names: Names) -> exp.Expression:
+    return _fill(template("member_digests"), tables={"members_table": names.members()})
+
+
+DIGEST_PRIME = 2_147_483_647  # 2^31 - 1, as in member_digests.sql
+
+
+def member_digest(person_ids: Sequence[int], batches: Sequence[int]) -> tuple[int, int, int, int]:
+    """What ``member_digests`` returns for a cohort whose sandbox rows are exactly these (id, batch)
+    pairs: count, sum of id mod p, sum of (id div p) mod p, sum of (id mod p)(batch + 1) mod p."""
+    ids = np.asarray(person_ids, dtype=np.int64)
+    low = ids % DIGEST_PRIME
+    with_batch = low * (np.asarray(batches, dtype=np.int64) + 1) % DIGEST_PRIME
+    return len(ids), int(low.sum()), int((ids // DIGEST_PRIME % DIGEST_PRIME).sum()), int(with_batch.sum())
 
 
 def members_ddl(names: Names) -> exp.Expression:

@@ -384,15 +384,16 @@ def _select_cohorts(settings: Settings, names: Sequence[str] | None) -> list[coh
 
 def restore_membership(src: Source, selected: list[cohort_files.Cohort]) -> list[str]:
     """Make the sandbox agree with ``cohorts/`` before extracting: a wiped or partial table would
-    otherwise make a sync silently pull nothing for some members."""
+    make a sync silently pull nothing for some members, and wrong ids would land non-members' rows.
+    Compared by count and digest (:func:`plan.member_digest`), so the ids themselves stay put."""
     try:
-        counts = {str(c): int(str(n)) for c, n in src.rows(plan.member_counts(src.names))}
+        found = {str(row[0]): tuple(int(str(v)) for v in row[1:]) for row in src.rows(plan.member_digests(src.names))}
     except SourceError:
-        counts = {}  # the table does not exist yet: every cohort is uploaded below
+        found = {}  # the table does not exist yet: every cohort is uploaded below
     notes = []
     for c in selected:
-        if counts.get(c.name) != c.members:
-            ids, batches = c.member_batches()
+        ids, batches = c.member_batches()
+        if found.get(c.name) != plan.member_digest(ids, batches):
             src.replace_members(c.name, pa.array(ids, pa.int64()), pa.array(batches, pa.int32()))
             notes.append(f"sandbox membership of {c.name} re-uploaded from {cohort_files.MEMBERS} ({c.members} ids)")
     return notes

@@ -130,3 +130,21 @@ def sandbox_rows(db: Path) -> int:
         return int(row[0]) if row else 0
     finally:
         con.close()
+
+
+def test_members_file_is_checked_against_its_recorded_checksum(project: Project) -> None:
+    """Line ends a checkout may rewrite (CRLF) still match; a changed id is refused before any sync."""
+    from cohortsync.cohorts import load_all
+    from cohortsync.errors import CohortError
+
+    ids = person_ids(project)[:20]
+    assert project.cli("add-cohort", "crlf", "--patients", str(project.write_ids("c.txt", ids))).exit_code == 0
+    members = project.root / "cohorts" / "crlf" / "members.txt"
+    members.write_bytes(members.read_bytes().replace(b"\n", b"\r\n"))
+    (cohort,) = load_all(project.root / "cohorts")
+    assert cohort.member_ids() == sorted(ids)
+    members.write_bytes(members.read_bytes().replace(b"%d\r\n" % sorted(ids)[0], b"%d\r\n" % (sorted(ids)[0] + 1), 1))
+    with pytest.raises(CohortError, match=r"members\.txt does not match the checksum"):
+        cohort.member_ids()
+    r = project.cli("sync", "-q")
+    assert r.exit_code != 0 and "members.txt does not match the checksum" in r.output

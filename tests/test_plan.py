@@ -120,3 +120,37 @@ def test_upper_bounds_in_one_query_equal_each_tables_max(weeks: list[list[int]],
     want = {t: (BASE + timedelta(days=7 * max(ws)) if ws else None) for t, ws in zip(_BOUND_TABLES, weeks, strict=True)}
     assert upper_bounds(src, list(order)) == want
     assert {t: upper_bound(src, t) for t in order} == want
+
+
+@settings(max_examples=60)
+@given(
+    st.dictionaries(
+        slugs,
+        st.lists(st.tuples(st.integers(1, 2**63 - 1), st.integers(0, 2**31 - 2)), min_size=1, max_size=30),
+        max_size=3,
+    )
+)
+def test_member_digests_in_sql_equal_the_python_digest(cohorts: dict[str, list[tuple[int, int]]]) -> None:
+    """The sandbox check compares what DuckDB computes over the members table with what Python
+    computes from cohorts/: equal for any ids and batches, extremes included (no overflow)."""
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE SCHEMA sandbox; CREATE TABLE sandbox.m (cohort VARCHAR, person_id BIGINT, batch INTEGER)")
+        rows = [(c, p, b) for c, members in cohorts.items() for p, b in members]
+        if rows:
+            con.executemany("INSERT INTO sandbox.m VALUES (?, ?, ?)", rows)
+        q = plan.member_digests(plan.Names("memory", "omop", "sandbox", "m"))
+        got = {r[0]: tuple(r[1:]) for r in con.sql(plan.render(q, "duckdb")).fetchall()}
+    finally:
+        con.close()
+    want = {c: plan.member_digest([p for p, _ in m], [b for _, b in m]) for c, m in cohorts.items()}
+    assert got == want
+
+
+def test_member_digest_tells_a_swapped_id_or_batch_from_the_recorded_list() -> None:
+    ids, batches = [3, 10, 2**40 + 7], [0, 1, 0]
+    digest = plan.member_digest(ids, batches)
+    assert plan.member_digest([3, 11, 2**40 + 7], batches) != digest
+    assert plan.member_digest([3, 10, 2**41 + 7], batches) != digest  # differs only above 2^31
+    assert plan.member_digest(ids, [0, 0, 1]) != digest
+    assert plan.member_digest(list(reversed(ids)), list(reversed(batches))) == digest  # order-free

@@ -199,6 +199,27 @@ def test_sandbox_membership_is_restored_from_cohorts(project: Project, two_cohor
     assert landed_count(project, "alpha", "person") == source_count(project, "person", two_cohorts[0])
 
 
+def test_a_sandbox_with_the_right_count_of_wrong_ids_is_restored(
+    project: Project, two_cohorts: tuple[list[int], list[int]]
+) -> None:
+    """A count check alone would pass this sandbox and land a non-member's rows."""
+    alpha = set(two_cohorts[0])
+    outsider = next(p for p in person_ids(project) if p not in alpha and p not in two_cohorts[1])
+    con = project.con()
+    con.execute(
+        "UPDATE omop.sandbox.cohortsync_members SET person_id = ? WHERE cohort = 'alpha' AND person_id = ?",
+        [outsider, min(alpha)],
+    )
+    con.close()
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0
+    assert "sandbox membership of alpha re-uploaded" in r.output
+    for t in TABLES:
+        got = {r[0] for r in landed(project, "alpha", t).select("person_id").fetchall()}
+        assert outsider not in got and got <= alpha, t
+    assert {r[0] for r in landed(project, "alpha", "person").select("person_id").fetchall()} == alpha
+
+
 def test_an_unrecorded_landing_file_stops_that_table(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
     assert project.cli("sync", "-q").exit_code == 0
     project.add_load()

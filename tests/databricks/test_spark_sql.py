@@ -103,10 +103,10 @@ def test_upload_gives_each_cohort_exactly_its_members(spark: Any, cohorts: dict[
     assert staged == 0, "the staging partitions are emptied after each upload"
 
 
-def test_member_counts_equal_duckdb(spark: Any, duck: DuckDBSource, cohorts: dict[str, list[int]]) -> None:
-    got = spark_rows(spark, plan.member_counts(SPARK_NAMES))
-    assert same_rows(got, duck.rows(plan.member_counts(duck.names)))
-    assert dict(got) == {k: len(v) for k, v in cohorts.items()}  # type: ignore[arg-type]
+def test_member_digests_equal_duckdb_and_python(spark: Any, duck: DuckDBSource, cohorts: dict[str, list[int]]) -> None:
+    got = spark_rows(spark, plan.member_digests(SPARK_NAMES))
+    assert same_rows(got, duck.rows(plan.member_digests(duck.names)))
+    assert {r[0]: tuple(r[1:]) for r in got} == {k: plan.member_digest(v, [0] * len(v)) for k, v in cohorts.items()}
 
 
 @pytest.mark.parametrize("cohort", ["alpha", "beta"])
@@ -223,6 +223,9 @@ def test_reupload_replaces_only_that_cohort(spark: Any) -> None:
     for statement in dbx.upload_statements("amended", pa.array([4, 5, 6, 8, 9]), pa.array([0, 2, 0, 1, 2]), names, 2):
         spark_run(spark, statement)  # one batch number per id (amendments)
     assert members()["amended"] == [(4, 0), (5, 2), (6, 0), (8, 1), (9, 2)]
+    digests = {r[0]: tuple(r[1:]) for r in spark_rows(spark, plan.member_digests(names))}
+    assert digests["amended"] == plan.member_digest([4, 5, 6, 8, 9], [0, 2, 0, 1, 2])
+    assert digests["keep"] == plan.member_digest([1, 2, 3], [0, 0, 0])
     spark_run(spark, dbx.members_clear("amended", names))  # what delete_members runs
     spark_run(spark, dbx.members_clear("never-uploaded", names))
     assert members() == {"keep": [(1, 0), (2, 0), (3, 0)]}
@@ -242,5 +245,7 @@ def test_upload_property(spark: Any) -> None:
             spark_run(spark, statement)
         got = spark.sql("SELECT person_id FROM spark_catalog.sandbox.property_members WHERE cohort = 'prop'").collect()
         assert sorted(r[0] for r in got) == sorted(ids)
+        digests = {r[0]: tuple(r[1:]) for r in spark_rows(spark, plan.member_digests(names))}
+        assert digests.get("prop") == (plan.member_digest(ids, [0] * len(ids)) if ids else None)  # 63-bit ids: no overflow
 
     check()
