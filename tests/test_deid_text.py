@@ -331,7 +331,7 @@ FORMATS = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(
     d=st.dates(dt.date(1931, 1, 1), dt.date(2024, 12, 31)),
     fmt=st.sampled_from(FORMATS),

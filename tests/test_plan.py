@@ -54,7 +54,7 @@ _con.execute("CREATE TABLE sandbox.cohortsync_members (cohort VARCHAR, person_id
 MEM = plan.Names("memory", "omop", "sandbox", "cohortsync_members")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(
     rows=st.lists(st.tuples(st.integers(1, 8), st.integers(0, 9)), max_size=40),
     members=st.dictionaries(slugs, st.dictionaries(st.integers(1, 8), st.integers(0, 2), max_size=8), min_size=1, max_size=3),
@@ -101,7 +101,7 @@ for _t in _BOUND_TABLES[1:]:
     _con.execute(f"CREATE TABLE omop.{_t} (person_id BIGINT, load_dt TIMESTAMP)")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     weeks=st.lists(st.lists(st.integers(0, 9), max_size=6), min_size=3, max_size=3),
     order=st.permutations(_BOUND_TABLES),

@@ -332,7 +332,7 @@ def test_parallel_tables_land_what_one_at_a_time_lands(
             assert landed_rows(project, cohort, t) == landed_rows(serial, cohort, t), (cohort, t)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 5)), max_size=60))
 def test_repeated_keys_match_a_counter(keys: list[int]) -> None:
     """Keys equal to an earlier one, against collections.Counter."""

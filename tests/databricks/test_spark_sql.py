@@ -187,7 +187,7 @@ def test_extraction_property_equals_duckdb(spark: Any, duck: DuckDBSource, cohor
     """Any cohorts, any watermarks (on, between and before the loads), any upper bound: same rows."""
     dates = load_dates(duck)
 
-    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(windows(dates))
     def check(case: tuple[str, list[plan.Slice], datetime]) -> None:
         table, slices, upper = case
@@ -235,7 +235,7 @@ def test_upload_property(spark: Any) -> None:
     """Whatever the ids and chunk size, the partition holds exactly the uploaded set."""
     names = plan.Names("spark_catalog", "omop", "sandbox", "property_members")
 
-    @settings(max_examples=6, deadline=None)
+    @settings(max_examples=6)
     @given(
         st.lists(st.integers(min_value=1, max_value=2**63 - 1), max_size=40, unique=True),
         st.integers(min_value=1, max_value=15),
