@@ -28,7 +28,7 @@ LOADS = 4  # weekly loads the Eunomia rows are spread over
 # No per-example deadline anywhere: a first example that loads a sqlglot dialect or a spaCy
 # pipeline on a busy 2-core CI machine must not fail a property that holds. print_blob lets a
 # failure found in CI be replayed exactly (@reproduce_failure).
-hypothesis_settings.register_profile("cohortsync", print_blob=True)
+hypothesis_settings.register_profile("cohortsync", deadline=None, print_blob=True)
 hypothesis_settings.load_profile("cohortsync")
 
 

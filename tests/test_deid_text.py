@@ -10,7 +10,6 @@ import datetime as dt
 import os
 import re
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -235,9 +234,11 @@ def test_deny_list_skips_single_common_words_and_scales() -> None:
     ]  # fmt: skip
     big = R.DenyIndex(f"{n} Oak Street" for n in range(100_000))
     text = "Lives at 99123 Oak Street. " * 200
-    t = time.perf_counter()
     assert len(big.find(text)) == 200
-    assert time.perf_counter() - t < 0.5
+    # Scales by lookup, not by scanning terms: each word of the text meets at most one candidate
+    # term of the 100,000 (a structural check; timings belong in benchmarks/).
+    words = [m.group().casefold() for m in R._DENY_TOKEN.finditer(text)]
+    assert sum(len(big.index.get(w, ())) for w in words) <= len(words)
 
 
 def test_nulls_and_empty_strings_pass_through(scrubber: TextScrubber) -> None:

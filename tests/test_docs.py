@@ -38,3 +38,12 @@ def test_every_command_has_help() -> None:
         for p in cmd.params:
             if p.name != "help" and hasattr(p, "help") and p.param_type_name == "option":
                 assert p.help, f"{name} {p.name} has no help"
+
+
+def test_the_loaded_hypothesis_profile_has_no_deadline() -> None:
+    """A per-example deadline fails a true property at random on a busy machine (issue 13)."""
+    from hypothesis import settings
+
+    assert settings.default is not None
+    assert settings.default.deadline is None
+    assert settings.default.print_blob is True

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -267,9 +266,9 @@ def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[
 class _Overlap:
     """Wraps the source's ``stream`` to record how many extractions were streaming at once.
 
-    Each stream is held open until ``want`` streams have been open together (at most 5 s), so a
-    slow or busy machine cannot make allowed overlap look absent; with ``want=1`` each is held 20 ms,
-    long enough for others to join it if the sync let them.
+    Each stream is held open until ``want`` streams have been open together (at most 60 s; it wakes
+    as soon as they are), so a slow or busy machine cannot make allowed overlap look absent; with
+    ``want=1`` each is held up to 50 ms, waking at once if another joins it.
     """
 
     def __init__(self, stream: Callable[..., Any], want: int) -> None:
@@ -286,10 +285,13 @@ class _Overlap:
             self.most = max(self.most, self.open)
             self.changed.notify_all()
             if self.want > 1:
-                self.changed.wait_for(lambda: self.most >= self.want, timeout=5)
+                self.changed.wait_for(lambda: self.most >= self.want, timeout=60)
         try:
             if self.want == 1:
-                time.sleep(0.02)
+                # Give others a chance to join, waking at once if one does: this only bounds how
+                # hard the test looks for a forbidden overlap, it can never fail a correct sync.
+                with self.changed:
+                    self.changed.wait_for(lambda: self.most > 1, timeout=0.05)
             with self.stream(src, query, batch_rows) as reader:
                 yield reader
         finally:
