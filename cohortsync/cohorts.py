@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cohortsync.errors import CohortError, InputError
+from cohortsync.errors import CohortError, InputError, MembershipError
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 MAX_ID = 2**63 - 1
@@ -84,7 +84,7 @@ class Cohort:
         # id (8x slower: every sync reads every cohort) is left for a file whose line ends changed.
         canonical = hashlib.sha256(data).hexdigest() == self.members_sha256
         if len(ids) != self.members or not (canonical or members_sha256(ids) == self.members_sha256):
-            raise CohortError(f"cohort {self.name}: {MEMBERS} does not match the checksum in {DEFINITION}")
+            raise MembershipError(f"cohort {self.name}: {MEMBERS} does not match the checksum in {DEFINITION}")
         return ids
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cohortsync.errors import LandingError, StateError
+from cohortsync.errors import LandingError, TamperedError
 from cohortsync.faults import fault_point
 
 TMP_PREFIX = ".tmp-"
@@ -80,7 +80,7 @@ class Landing:
                 p.unlink()
                 removed.append(p.name)
                 continue
-            raise StateError(
+            raise TamperedError(
                 f"landing file {cohort}/{table}/{p.name} is not recorded in the state store; "
                 "refusing to sync this table until it is explained (see docs/operations.md)"
             )

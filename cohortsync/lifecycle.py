@@ -25,13 +25,11 @@ from cohortsync import omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, Policy, load_policy
 from cohortsync.deid.structured import Keys, pseudonymize
-from cohortsync.errors import CohortError, PolicyError
+from cohortsync.errors import CohortError, MembershipError, PolicyError
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, _fsync_and_hash, _fsync_dir, dictionary_columns
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
-
-MISSING_EXAMPLES = 5
 
 
 def check_missing(
@@ -41,11 +39,10 @@ def check_missing(
     refused, with a count and a few examples, unless ``allow``."""
     among = set(ids)
     missing = [m for m in (int(str(r[0])) for r in src.rows(plan.missing_persons(cohort, src.names))) if m in among]
-    if missing and not allow:
-        examples = ", ".join(str(m) for m in missing[:MISSING_EXAMPLES])
-        raise CohortError(
-            f"{len(missing)} of {len(ids)} {what} are not in {omop_schema}.person "
-            f"(e.g. {examples}); check the file, or pass --allow-missing"
+    if missing and not allow:  # counts only: a person id never goes into a message (docs/architecture.md)
+        raise MembershipError(
+            f"{len(missing)} of {len(ids)} {what} are not in {omop_schema}.person; "
+            "check the file against the source, or pass --allow-missing"
         )
     return missing
 

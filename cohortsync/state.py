@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cohortsync import logs
 from cohortsync.errors import DeidError, LockedError, StateError
 from cohortsync.landing import LandedFile
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "cohortsync.sqlite3"
 LOCK_NAME = "cohortsync.lock"
@@ -92,6 +95,7 @@ class TableOutcome:
     seconds: float = 0.0
     notes: dict[str, Any] | None = None
     batch: int = 0  # member batch the watermark covers after this outcome
+    exit_code: int = 0  # of a failure: what the error means to a scheduler (errors.ExitCode)
 
 
 class StateStore:
@@ -164,6 +168,7 @@ class StateStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, {what}, since {iso(now_utc())}".encode(), 0)
         self._lock_fd = fd
+        logs.event(log, logging.DEBUG, "state.locked", f"run lock taken in {self.folder} for {what}")
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -231,6 +236,11 @@ class StateStore:
                     (o.cohort, o.table, iso(o.upper), o.rows, len(o.files), run_id, o.batch),
                 )
                 self._log(db, run_id, o)
+        for o in outcomes:
+            logs.event(
+                log, logging.DEBUG, "state.committed", f"{o.cohort}/{o.table}: watermark -> {iso(o.upper)}",
+                cohort=o.cohort, table=o.table, rows=o.rows, files=len(o.files), watermark=iso(o.upper),
+            )
 
     def update_files(self, cohort: str, table: str, files: list[LandedFile], rows_removed: int) -> None:
         """Record rewritten files (a purge): new sizes and checksums, fewer rows."""
@@ -283,7 +293,7 @@ class StateStore:
 
     # -- runs ------------------------------------------------------------------------------------
     def start_run(self, command: str) -> str:
-        run_id = now_utc().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        run_id = logs.claim_run_id()  # the command's run id, so log lines, --json and the run log agree
         with self.transaction() as db:
             db.execute("INSERT INTO run VALUES (?, ?, ?, NULL, 'running')", (run_id, command, iso(now_utc())))
         return run_id

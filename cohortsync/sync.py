@@ -14,6 +14,7 @@ others still land and commit.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -29,12 +30,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import lifecycle, omop, plan
+from cohortsync import lifecycle, logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, prepare
 from cohortsync.deid.policy import Policy, load_policy
 from cohortsync.deid.structured import Keys
-from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
+from cohortsync.errors import (
+    CohortError,
+    CohortsyncError,
+    DeidError,
+    SchemaDriftError,
+    SourceError,
+    combined_exit_code,
+    exit_code_for,
+    safe_message,
+)
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
@@ -52,18 +62,57 @@ class Progress(Protocol):
     def note(self, message: str) -> None: ...
 
 
-class _Silent:
+log = logging.getLogger(__name__)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class LogProgress:
+    """Progress as log events: the default, and what the CLI uses off a terminal (JSON lines).
+
+    One event per table started, per (cohort, table) finished with its window and figures, and per
+    note; the running row count at debug level, at most every ``every`` seconds a table.
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
     def table_started(self, table: str, cohorts: list[str]) -> None:
-        pass
+        with self._lock:
+            self._started[table] = self._last[table] = time.monotonic()
+        logs.event(log, logging.INFO, "table.started", f"{table}: pulling for {', '.join(cohorts)}", table=table, cohorts=cohorts)
 
     def rows(self, table: str, rows: int) -> None:
-        pass
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(table, 0.0) < self.every:
+                return
+            self._last[table] = now
+            elapsed = now - self._started.get(table, now)
+        logs.event(
+            log, logging.DEBUG, "table.progress", f"{table}: {rows:,} rows", table=table, rows=rows,
+            rows_per_s=round(rows / max(elapsed, 1e-9)),
+        )
 
     def table_finished(self, table: str, outcomes: list[TableOutcome]) -> None:
-        pass
+        with self._lock:
+            self._started.pop(table, None)
+        for o in outcomes:
+            level = logging.ERROR if o.status == "failed" else logging.INFO
+            text = f"{o.cohort}/{o.table}: {o.status}, {o.rows:,} rows" + (f": {o.error}" if o.error else "")
+            logs.event(
+                log, level, f"table.{o.status}", text, cohort=o.cohort, table=o.table, rows=o.rows,
+                files=len(o.files), bytes=sum(f.bytes for f in o.files), seconds=round(o.seconds, 3),
+                lower=_iso(o.lower), upper=_iso(o.upper), error=o.error, exit_code=o.exit_code or None,
+            )
 
     def note(self, message: str) -> None:
-        pass
+        logs.event(log, logging.WARNING, "note", message)
 
 
 @dataclass
@@ -80,6 +129,11 @@ class SyncReport:
     def rows(self) -> int:
         return sum(o.rows for o in self.outcomes)
 
+    @property
+    def exit_code(self) -> int:
+        """0, or what the failed tables mean together (errors.combined_exit_code)."""
+        return combined_exit_code(o.exit_code or 1 for o in self.failed)
+
 
 def run_sync(
     settings: Settings,
@@ -88,7 +142,7 @@ def run_sync(
     source: Source | None = None,
 ) -> SyncReport:
     """Bring every requested cohort (default: all) up to date for every configured table."""
-    progress = progress or _Silent()
+    progress = progress or LogProgress()
     keys = deid_keys(settings)
     policy = load_policy(settings.policy_path)
     with StateStore(settings.state_path) as state:
@@ -102,6 +156,7 @@ def run_sync(
         own_source = source is None
         src = source or open_source(settings)
         run_id = state.start_run("sync " + " ".join(c.name for c in selected))
+        logs.event(log, logging.INFO, "run.started", f"sync of {len(selected)} cohort(s)", cohorts=[c.name for c in selected])
         report = SyncReport(run_id)
         d = settings.deid
         deid = Deidentifier(policy, keys, None, d.shift_min_days, d.shift_max_days, d.max_age)
@@ -121,7 +176,10 @@ def run_sync(
             for table in settings.sync.tables:
                 found = bounds[table]
                 if isinstance(found, CohortsyncError):
-                    failed = [TableOutcome(c.name, table, None, None, 0, [], "failed", str(found)) for c in selected]
+                    failed = [
+                        TableOutcome(c.name, table, None, None, 0, [], "failed", str(found), exit_code=found.exit_code)
+                        for c in selected
+                    ]
                     report.outcomes += _record(state, run_id, _TableResult(table, failed=failed), progress)
                     continue
                 committed = {c.name: state.committed_files(c.name, table) for c in selected}
@@ -143,6 +201,10 @@ def run_sync(
         order = {t: i for i, t in enumerate(settings.sync.tables)}
         report.outcomes.sort(key=lambda o: order[o.table])
         state.end_run(run_id, "failed" if report.failed else "ok")
+        logs.event(
+            log, logging.INFO, "run.finished", f"sync {'failed' if report.failed else 'ok'}: {report.rows:,} rows",
+            rows=report.rows, failed=len(report.failed), exit_code=report.exit_code,
+        )
         return report
 
 
@@ -211,7 +273,10 @@ def _record(state: StateStore, run_id: str, result: _TableResult, progress: Prog
             out += result.landed
         except Exception as e:  # the files stay uncommitted; the next sync of the table replaces them
             msg = str(e) if isinstance(e, CohortsyncError) else f"{type(e).__name__}: {safe_message(e)}"
-            failed = [TableOutcome(o.cohort, o.table, o.lower, o.upper, 0, [], "failed", msg, o.seconds) for o in result.landed]
+            failed = [
+                TableOutcome(o.cohort, o.table, o.lower, o.upper, 0, [], "failed", msg, o.seconds, exit_code=exit_code_for(e))
+                for o in result.landed
+            ]
             result.failed += failed
             out += failed
     for o in result.failed:
@@ -409,16 +474,19 @@ def _land_with_retries(run: _Run, job: _TableJob) -> _TableResult:
             return _land_table(run, job)
         except CohortsyncError as e:
             if e.transient and attempt < retries and not run.cancel.is_set():
+                logs.event(log, logging.DEBUG, "table.retry", str(e), table=job.table, attempt=attempt + 1)
                 run.progress.note(f"{job.table}: {e}; retrying in {backoff(attempt):.0f}s")
                 run.cancel.wait(backoff(attempt))
                 attempt += 1
                 continue
-            msg = str(e)
+            msg, code = str(e), exit_code_for(e)
         except Exception as e:  # an engine or file error we did not anticipate: still only this table fails
-            msg = f"{type(e).__name__}: {safe_message(e)}"
+            msg, code = f"{type(e).__name__}: {safe_message(e)}", exit_code_for(e)
         due, fresh = _windows(run, job)
         elapsed = time.monotonic() - started
-        failed = [TableOutcome(s.cohort, job.table, s.lower, job.upper, 0, [], "failed", msg, elapsed) for s in due]
+        failed = [
+            TableOutcome(s.cohort, job.table, s.lower, job.upper, 0, [], "failed", msg, elapsed, exit_code=code) for s in due
+        ]
         return _TableResult(job.table, fresh=_up_to_date(job, fresh), failed=failed)
 
 
@@ -491,12 +559,12 @@ def _source_columns(src: Source, table: omop.Table) -> list[str]:
     names = src.columns(table.name)
     lowered = [n.lower() for n in names]
     if omop.LOAD_DT not in lowered:
-        raise SourceError(f"{table.name} has no {omop.LOAD_DT} column")
+        raise SchemaDriftError(f"{table.name} has no {omop.LOAD_DT} column")
     link = "person_id" if table.via_parent is None else table.via_parent[1]
     if link not in lowered:
-        raise SourceError(f"{table.name} has no {link} column to reach a person")
+        raise SchemaDriftError(f"{table.name} has no {link} column to reach a person")
     if plan.COHORT_COLUMN in lowered:
-        raise SourceError(f"{table.name} has a column named {plan.COHORT_COLUMN}, which cohortsync reserves")
+        raise SchemaDriftError(f"{table.name} has a column named {plan.COHORT_COLUMN}, which cohortsync reserves")
     return list(names)
 
 

@@ -138,7 +138,7 @@ class Project:
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
         return self.runner.invoke(
-            cli, ["--config", str(self.config), *args], obj={}, catch_exceptions=False,
+            cli, ["--log-format", "text", "--config", str(self.config), *args], obj={}, catch_exceptions=False,
             env={"COHORTSYNC_DEID_KEY": TEST_KEY, **(env or {})},
         )
 

@@ -89,7 +89,7 @@ def _(p: Project) -> None:
 
     from cohortsync.cli import cli
 
-    r = CliRunner().invoke(cli, ["--config", str(p.root / "nope.toml"), "sync"], obj={})
+    r = CliRunner().invoke(cli, ["--log-format", "text", "--config", str(p.root / "nope.toml"), "sync"], obj={})
     assert r.exit_code == 2
     one_line(r.output, "no config file")
 
@@ -166,7 +166,7 @@ def _(p: Project) -> None:
     r = in_mount_namespace(
         p,
         'mount -t tmpfs -o size=64k tmpfs "$ROOT/landing"\n'
-        '"$PY" -m cohortsync.cli --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n'
+        '"$PY" -m cohortsync.cli --log-format text --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n'
         'find "$ROOT/landing" -name ".tmp-*" >> "$ROOT/tmpfiles.txt"\n'
         '"$PY" - <<EOF >> "$ROOT/out.txt"\n'
         "from pathlib import Path\n"
@@ -191,7 +191,7 @@ def _(p: Project) -> None:
         p,
         'mkdir -p "$ROOT/ro" && cp -r "$ROOT/state/." "$ROOT/ro/"\n'
         'mount --bind "$ROOT/ro" "$ROOT/state" && mount -o remount,bind,ro "$ROOT/state"\n'
-        '"$PY" -m cohortsync.cli --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n',
+        '"$PY" -m cohortsync.cli --log-format text --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n',
     )
     assert r.returncode == 0, r.stderr
     out = (p.root / "out.txt").read_text()
@@ -221,7 +221,7 @@ def _(p: Project) -> None:
     stray = d / "measurement__20200101T000000000000__20200108T000000000000__0000.parquet"
     stray.write_bytes(b"x")
     r = p.cli("sync", "-q")
-    assert r.exit_code == 1 and "is not recorded in the state store; refusing" in r.output
+    assert r.exit_code == 5 and "is not recorded in the state store; refusing" in r.output
     assert stray.exists()
 
 

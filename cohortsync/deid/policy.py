@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from cohortsync import omop
-from cohortsync.errors import ConfigError, PolicyError
+from cohortsync.errors import ConfigError, PolicyDriftError, PolicyError
 
 POLICY_FILE = "default_policy.toml"
 
@@ -110,7 +110,7 @@ class Policy:
         rules = self.rules(table)
         uncovered = [c for c in source_columns if c.lower() not in rules]
         if uncovered:
-            raise PolicyError(
+            raise PolicyDriftError(
                 f"{table}: column(s) {', '.join(uncovered)} not covered by the de-identification policy "
                 f"({self.origin}); add a rule before this table can sync"
             )
