@@ -156,7 +156,7 @@ class _Cli(click.Group):
         logs.start_invocation()
         logs.setup("auto", "warning")  # until the global options are parsed (a usage error may come first)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(args, prog_name or "cohortsync", complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0  # click returns the code of --help / --version
         except click.UsageError as e:
             where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
@@ -179,7 +179,7 @@ class _Cli(click.Group):
         sys.exit(code)
 
 
-@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(name="cohortsync", cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config",
     "config",
