@@ -5,6 +5,7 @@ The CLI in ``cli.py`` only parses options, calls these and prints what they retu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import omop, plan
+from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
@@ -22,6 +23,8 @@ from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_m
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AmendResult",
@@ -78,6 +81,10 @@ def add_cohort(
                 src.delete_members(name)  # undo the upload of a refused cohort
                 raise
             state.record_cohort(name, cohort.members, cohort.members_sha256, cohort.registered_at)
+            logs.event(
+                log, logging.INFO, "cohort.added", f"cohort {name} registered", cohort=name, members=cohort.members,
+                ids_read=patients.lines, duplicates=patients.duplicates, missing_allowed=len(missing),
+            )
             return AddCohortResult(cohort, patients.lines, patients.duplicates, len(missing), False)
         finally:
             if source is None:

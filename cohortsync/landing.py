@@ -10,6 +10,7 @@ of that table removes it before landing the same rows again (see docs/sync.md, "
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import re
@@ -23,8 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cohortsync import logs
 from cohortsync.errors import LandingError, TamperedError
 from cohortsync.faults import fault_point
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 KEY_STATS_ROWS = 4_000_000  # windows up to this many rows count repeated keys in memory (32 MB of int64)
@@ -172,6 +176,8 @@ class WindowWriter:
                 fault_point("between_renames")
             if out:
                 _fsync_dir(self.dir)
+            for f in out:
+                logs.event(log, logging.DEBUG, "landing.file", f"landed {f.name}", rows=f.rows, bytes=f.bytes)
             return out
         except OSError as e:
             self.abort()

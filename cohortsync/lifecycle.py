@@ -11,6 +11,7 @@ Withdrawn persons are found in the landing by their pseudonyms (computed in proc
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import omop, plan
+from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, Policy, load_policy
 from cohortsync.deid.structured import Keys, pseudonymize
@@ -30,6 +31,8 @@ from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, _fsync_and_hash, _fsync_dir, dictionary_columns
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
+
+log = logging.getLogger(__name__)
 
 
 def check_missing(
@@ -217,6 +220,10 @@ def _purge_table(landing: Landing, state: StateStore, cohort: str, table: str, c
     if updates:
         _fsync_dir(d)
         state.update_files(cohort, table, updates, removed)
+    logs.event(
+        log, logging.INFO, "cohort.purged", f"{cohort}/{table}: {removed:,} withdrawn rows purged",
+        cohort=cohort, table=table, rows_removed=removed, files_rewritten=len(updates),
+    )
     return removed
 
 

@@ -9,6 +9,7 @@ upstream), and duplicates beyond the source's own (a lookback lands some on purp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import omop, plan
+from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, load_policy
 from cohortsync.deid.structured import pseudonymize
@@ -25,6 +26,8 @@ from cohortsync.landing import Landing
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches
 from cohortsync.state import StateStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,11 @@ def verify(
                 notes.append(f"{len(unlisted)} file(s) in the folder that the state does not list")
             note = "; ".join(notes)
             out.append(TableCheck(t, "mismatch" if bad else "ok", n_src, n_land, missing, extra, dupes, note))
+            logs.event(
+                log, logging.WARNING if bad else logging.DEBUG, "verify.table", f"{cohort}/{t}: {out[-1].status}",
+                cohort=cohort, table=t, source_rows=n_src, landed_rows=n_land, missing=missing, extra=extra,
+                duplicates=dupes, unlisted_files=len(unlisted),
+            )
     finally:
         local.close()
         if source is None:

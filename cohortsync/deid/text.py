@@ -32,7 +32,10 @@ from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 
+from cohortsync import logs
 from cohortsync.errors import CohortsyncError, ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 #: What a value becomes when it could not be analysed: fixed, so no part of the original survives.
 SCRUB_FAILED = "[REDACTED: text could not be de-identified]"
@@ -629,6 +632,10 @@ class TextScrubber:
             except BrokenProcessPool as e:
                 self.close()
                 raise TextScrubError("text scrubber workers died while starting") from e
+        logs.event(
+            log, logging.DEBUG, "text.started", f"text scrubber ready ({settings.model})",
+            workers=settings.workers, deny_terms=len(list(deny_list)) if isinstance(deny_list, Sequence) else None,
+        )
 
     def __repr__(self) -> str:
         return f"TextScrubber(model={self.settings.model!r}, workers={self.settings.workers})"
@@ -729,5 +736,9 @@ class TextScrubber:
             distinct=len(items),
             failures=failures,
             entities=dict(sorted(entities.items())),
+        )
+        logs.event(  # counts only: entity types and how many, never what was found
+            log, logging.DEBUG, "text.scrubbed", f"{stats.rows:,} texts scrubbed", rows=stats.rows,
+            distinct=stats.distinct, failures=stats.failures, entities=stats.entities,
         )
         return pa.array(out, type=texts.type).cast(out_type), stats
