@@ -100,10 +100,6 @@ class LockedError(StateError):
     exit_code = ExitCode.LOCKED
 
 
-class SyncFailed(CohortsyncError):
-    """Some tables failed during a sync; the others were committed."""
-
-
 _QUOTED = re.compile(r"'(?:[^']|'')*'")
 
 
