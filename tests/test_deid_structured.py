@@ -172,7 +172,8 @@ def test_sync_refuses_without_the_key_and_with_another_key(project: Project) -> 
     structured_only(project)
     project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", person_ids(project)[:20])))
     r = project.runner.invoke(
-        __import__("cohortsync.cli", fromlist=["cli"]).cli, ["--config", str(project.config), "sync"], obj={},
+        __import__("cohortsync.cli", fromlist=["cli"]).cli,
+        ["--log-format", "text", "--config", str(project.config), "sync"], obj={},
         env={"COHORTSYNC_DEID_KEY": None},
     )
     assert r.exit_code == 2 and r.output.startswith("error: COHORTSYNC_DEID_KEY is not set")

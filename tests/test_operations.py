@@ -104,6 +104,38 @@ def test_exit_2_unknown_option_on_every_command_is_one_line(project: Project, pa
     assert f"'cohortsync {' '.join(path)} --help'" in r.output
 
 
+# Minimal valid arguments of every command that reads the configuration (demo writes its own).
+MINIMAL_ARGS: dict[str, list[str]] = {
+    "add-cohort": ["c", "--patients", "ids.csv"],
+    "amend-cohort": ["c", "--add", "ids.csv"],
+    "remove-cohort": ["c"],
+    "verify": ["c"],
+    "sync": [],
+    "plan": [],
+    "status": [],
+    "policy show": [],
+    "policy check": ["--offline"],
+}
+
+
+def test_every_command_reading_the_config_is_listed() -> None:
+    from test_docs import commands
+
+    assert set(commands()) - {"demo"} == set(MINIMAL_ARGS), "add the new command to MINIMAL_ARGS"
+
+
+@pytest.mark.parametrize("command", sorted(MINIMAL_ARGS))
+def test_exit_2_missing_or_mistyped_config_on_every_command(project: Project, command: str) -> None:
+    args = [*command.split(), *MINIMAL_ARGS[command]]
+    r = CliRunner().invoke(cli, ["--log-format", "text", "--config", str(project.root / "absent.toml"), *args])
+    assert r.exit_code == 2, r.output
+    one_error_line(r.output, "no config file")
+    project.config.write_text(project.config.read_text().replace("[landing]\n", '[landing]\nwriter_threads = "two"\n'))
+    r = project.cli(*args)
+    assert r.exit_code == 2, r.output
+    one_error_line(r.output, "landing.writer_threads: Input should be a valid integer")
+
+
 def test_exit_2_without_a_terminal_the_error_is_one_json_line(project: Project) -> None:
     for args in (["sync", "--bogus"], ["--log-format", "xml", "sync"], ["add-cohort"]):
         p = process(project, *args)
