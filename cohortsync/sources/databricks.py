@@ -41,7 +41,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from cohortsync import plan
+from cohortsync import logs, plan
 from cohortsync.config import Settings
 from cohortsync.errors import ConfigError, SourceError, TransientSourceError, safe_message
 
@@ -609,6 +609,7 @@ class DatabricksSource:
     @contextmanager
     def stream(self, query: exp.Expression, batch_rows: int) -> Iterator[pa.RecordBatchReader]:
         sql = self.render(query)
+        logs.event(log, logging.DEBUG, "source.query", "Databricks query", sql=sql)  # names and bounds; no row values
 
         def start() -> tuple[Any, pa.Table]:
             connection = self.connection()
