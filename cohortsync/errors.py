@@ -66,6 +66,12 @@ class SourceError(CohortsyncError):
     """The source database refused or failed a request; retrying will not help."""
 
 
+class SourceConfigError(SourceError):
+    """The source refuses these credentials, or lacks the warehouse, catalog, schema or table configured."""
+
+    exit_code = ExitCode.USAGE
+
+
 class SchemaDriftError(RefusalError, SourceError):
     """A source table no longer has what a sync relies on (load_dt, the person link, a free name)."""
 

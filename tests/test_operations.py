@@ -157,6 +157,12 @@ def test_exit_2_configuration_errors(project: Project) -> None:
     r = CliRunner().invoke(cli, ["--log-format", "text", "--config", str(project.root / "none.toml"), "verify", "c"])
     assert r.exit_code == 2
     one_error_line(r.output, "no config file")
+    # A schema the source does not have: every table fails on the configuration, nothing lands.
+    project.config.write_text(project.config.read_text().replace('batch_rows = "many"\n', ""))
+    r = project.cli("sync", "-q", env={"COHORTSYNC_SOURCE__OMOP_SCHEMA": "omop_typo"})
+    assert r.exit_code == 2, r.output
+    assert "FAILED: DuckDB: Catalog Error" in r.output and "error: 9 cohort table(s) failed" in r.output
+    assert not list(project.landing.rglob("*.parquet"))
 
 
 def test_exit_3_the_run_lock_is_held(project: Project) -> None:

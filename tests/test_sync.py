@@ -260,7 +260,7 @@ def test_status_json(project: Project, two_cohorts: tuple[list[int], list[int]])
 def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
     Path(project.db).rename(project.root / "moved.duckdb")
     r = project.cli("sync")
-    assert r.exit_code == 1 and r.output.startswith("error: no DuckDB database at")
+    assert r.exit_code == 2 and r.output.startswith("error: no DuckDB database at")  # configuration
 
 
 class _Overlap:

@@ -20,7 +20,7 @@ from sqlglot.dialects.dialect import Dialect
 
 from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
-from cohortsync.errors import SourceError, TransientSourceError, safe_message
+from cohortsync.errors import SourceConfigError, SourceError, TransientSourceError, safe_message
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class DuckDBSource:
         memory_limit: str | None = "128MB",
     ) -> DuckDBSource:
         if not path.is_file():
-            raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
+            raise SourceConfigError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
         config: dict[str, str | bool | int | float | list[str]] = {}
         if threads:
             config["threads"] = threads
@@ -138,8 +138,8 @@ class DuckDBSource:
 def _errors() -> Iterator[None]:
     try:
         yield
-    except duckdb.CatalogException as e:
-        raise SourceError(f"DuckDB: {safe_message(e)}") from None
+    except duckdb.CatalogException as e:  # a schema or table the configuration names is not there
+        raise SourceConfigError(f"DuckDB: {safe_message(e)}") from None
     except duckdb.IOException as e:
         raise TransientSourceError(f"DuckDB I/O: {safe_message(e)}") from None
     except duckdb.Error as e:
