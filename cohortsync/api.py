@@ -16,7 +16,7 @@ import pyarrow as pa
 from cohortsync import cohorts as cohort_files
 from cohortsync import omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
+from cohortsync.deid.policy import FREE_TEXT, Action, carries_source_time, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
@@ -197,6 +197,11 @@ def policy_check(settings: Settings, live: bool = True, source: Source | None = 
         for c, rule in rules.items():
             if rule.action is Action.KEEP and (c == "person_id" or c == table.primary_key or c in FREE_TEXT):
                 findings.append(PolicyFinding("warning", t, f"{c} is kept as is: identified data will land"))
+            elif rule.action is Action.KEEP and carries_source_time(table, c):
+                findings.append(
+                    PolicyFinding("warning", t, f"{c} is kept as is: a source timestamp lands unshifted and reveals "
+                                  "each person's date shift")
+                )
     if live:
         src = source or open_source(settings)
         try:

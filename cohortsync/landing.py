@@ -280,15 +280,19 @@ def repeats(keys: np.ndarray) -> int:
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Dictionary-encode only columns with few distinct values (concept ids, codes, load_dt).
+    """Dictionary-encode only columns with few distinct values (concept ids, codes, a raw load_dt).
 
     Surrogate keys and pseudonyms are nearly all distinct: a dictionary for them is built, overflows
-    and is thrown away, which made writing ~30 % slower and files ~35 % larger (benchmarks/).
+    and is thrown away, which made writing ~30 % slower and files ~35 % larger (benchmarks/). So is
+    an order_only load_dt (an int64 per row key), unlike a kept one (a few weekly timestamps).
     """
     return [
         f.name
         for f in schema
-        if f.name.endswith("_concept_id") or f.name == "load_dt" or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        if f.name.endswith("_concept_id")
+        or (f.name == "load_dt" and pa.types.is_timestamp(f.type))
+        or pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
     ]
 
 

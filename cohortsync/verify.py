@@ -1,25 +1,29 @@
 """``cohortsync verify``: does the landing hold exactly the source's cohort rows up to the watermark?
 
 Per table, the cohort's (primary key, load_dt) pairs in the source — members covered by the
-watermark, rows up to it — are compared with the pairs in the landed files. Source keys are
-pseudonymized in process first (as the sync did), then both sides go into a local DuckDB that spills
-to disk, so memory does not grow with the table. Reported: missing rows, extra rows (e.g. deleted
-upstream), and duplicates beyond the source's own (a lookback lands some on purpose).
+watermark, rows up to it — are compared with the pairs in the landed files. Source pairs are turned
+into their landed form in process first (the key pseudonymized, load_dt made order_only, as the sync
+did), then both sides go into a local DuckDB that spills to disk, so memory does not grow with the
+table. Reported: missing rows, extra rows (e.g. deleted upstream), duplicates beyond the source's own
+(a lookback lands some on purpose), and files landed before load_dt was made order_only (their raw
+load_dt reveals the persons' date shifts; ``--repair`` lands them again).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
 from cohortsync import omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.policy import Action, load_policy
-from cohortsync.deid.structured import pseudonymize
+from cohortsync.deid.policy import Action, ColumnRule, load_policy
+from cohortsync.deid.structured import Keys, order_only, pseudonymize
 from cohortsync.errors import CohortError
 from cohortsync.landing import Landing
 from cohortsync.sources import Source, open_source
@@ -30,7 +34,7 @@ from cohortsync.state import StateStore
 @dataclass(frozen=True)
 class TableCheck:
     table: str
-    status: str  # "ok" | "mismatch" | "not synced" | "skipped"
+    status: str  # "ok" | "mismatch" | "raw load_dt" | "not synced" | "skipped"
     source_rows: int = 0
     landed_rows: int = 0
     missing: int = 0
@@ -40,7 +44,7 @@ class TableCheck:
 
     @property
     def bad(self) -> bool:
-        return self.status == "mismatch"
+        return self.status in ("mismatch", "raw load_dt")
 
 
 def verify(
@@ -77,25 +81,19 @@ def verify(
             if rule is None or rule.action is Action.DROP:
                 out.append(TableCheck(t, "skipped", note=f"{pk} is not landed"))
                 continue
+            ordered = policy.rules(t).get(omop.LOAD_DT, ColumnRule(Action.KEEP)).action is Action.ORDER_ONLY
+            ldt_type = "BIGINT" if ordered else "TIMESTAMP"
             q = plan.extraction(table, [pk, omop.LOAD_DT], [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
-            local.execute("CREATE OR REPLACE TABLE src_keys (k BIGINT, load_dt TIMESTAMP)")
+            local.execute(f"CREATE OR REPLACE TABLE src_keys (k BIGINT, load_dt {ldt_type})")
             with src.stream(q, settings.sync.batch_rows) as reader:
                 for b in batches(reader):
                     k = b.column(pk)
                     if rule.action is Action.PSEUDONYMIZE:
                         k = pseudonymize(keys, rule.domain or t, k)
-                    chunk = pa.table({"k": k.cast(pa.int64()), "load_dt": b.column(omop.LOAD_DT)})
-                    local.register("chunk", chunk)
-                    local.execute("INSERT INTO src_keys SELECT k, load_dt FROM chunk")
-                    local.unregister("chunk")
-            files = [str(p) for p in listed[t]]
-            if files:
-                local.execute(
-                    f'CREATE OR REPLACE TABLE landed_keys AS SELECT "{pk}"::BIGINT AS k, load_dt FROM read_parquet($f)',
-                    {"f": files},
-                )
-            else:
-                local.execute("CREATE OR REPLACE TABLE landed_keys (k BIGINT, load_dt TIMESTAMP)")
+                    k = k.cast(pa.int64())
+                    ldt = order_only(keys, t, k, b.column(omop.LOAD_DT)) if ordered else b.column(omop.LOAD_DT)
+                    _insert(local, "src_keys", k, ldt)
+            raw, unordered = _load_landed(local, listed[t], pk, ordered, ldt_type, keys, t, settings.sync.batch_rows)
             row = local.execute(
                 """
                 WITH s AS (SELECT k, load_dt, count(*) AS n FROM src_keys GROUP BY ALL),
@@ -111,19 +109,68 @@ def verify(
             n_src, n_land, missing, extra, dupes = (int(x) for x in row)
             lookback = settings.sync.lookback_days > 0
             unlisted = sorted({p.name for p in landing.files(cohort, t)} - {p.name for p in listed[t]})
-            bad = bool(missing or extra or unlisted or (dupes and not lookback))
+            bad = bool(missing or extra or unlisted or unordered or (dupes and not lookback))
             notes = []
+            if raw:
+                notes.append(
+                    f"{raw} file(s) hold the raw source load_dt, which reveals the persons' date shifts: "
+                    f"run 'cohortsync verify {cohort} --repair'"
+                )
+            if unordered:
+                notes.append(f"{unordered} file(s) hold an order_only load_dt but the policy keeps it: not compared")
             if dupes and lookback:
                 notes.append("duplicates expected: lookback is on")
             if unlisted:
                 notes.append(f"{len(unlisted)} file(s) in the folder that the state does not list")
             note = "; ".join(notes)
-            out.append(TableCheck(t, "mismatch" if bad else "ok", n_src, n_land, missing, extra, dupes, note))
+            status = "mismatch" if bad else "raw load_dt" if raw else "ok"
+            out.append(TableCheck(t, status, n_src, n_land, missing, extra, dupes, note))
     finally:
         local.close()
         if source is None:
             src.close()
     return out
+
+
+def _insert(local: duckdb.DuckDBPyConnection, table: str, k: pa.Array, ldt: pa.Array) -> None:
+    local.register("chunk", pa.table({"k": k, "load_dt": ldt}))
+    try:
+        local.execute(f"INSERT INTO {table} SELECT k, load_dt FROM chunk")
+    finally:
+        local.unregister("chunk")
+
+
+def _load_landed(
+    local: duckdb.DuckDBPyConnection,
+    files: list[Path],
+    pk: str,
+    ordered: bool,
+    ldt_type: str,
+    keys: Keys,
+    table: str,
+    batch_rows: int,
+) -> tuple[int, int]:
+    """The landed (key, load_dt) pairs into ``landed_keys``, file by file; returns (files holding a
+    raw load_dt, files holding an order_only one the policy does not expect).
+
+    A raw load_dt (landed before order_only existed) is turned into its order_only form here, from
+    the landed key, so the comparison with the source still counts every row exactly.
+    """
+    local.execute(f"CREATE OR REPLACE TABLE landed_keys (k BIGINT, load_dt {ldt_type})")
+    raw = unordered = 0
+    for path in files:
+        pf = pq.ParquetFile(path)
+        is_raw = pa.types.is_timestamp(pf.schema_arrow.field(omop.LOAD_DT).type)
+        if is_raw and ordered:
+            raw += 1
+        elif not is_raw and not ordered:
+            unordered += 1
+            continue
+        for b in pf.iter_batches(batch_size=batch_rows, columns=[pk, omop.LOAD_DT]):
+            k = b.column(0).cast(pa.int64())
+            ldt = order_only(keys, table, k, b.column(1)) if is_raw and ordered else b.column(1)
+            _insert(local, "landed_keys", k, ldt)
+    return raw, unordered
 
 
 def repair(settings: Settings, cohort: str, checks: list[TableCheck]) -> list[str]:
