@@ -137,15 +137,17 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """Cohorts × tables: watermark, rows landed, last run and last error (for humans and --json)."""
+    """Cohorts × tables: watermark, rows landed, last run, last verify and last error (for humans and --json)."""
     registered = cohort_files.load_all(settings.cohorts_path)
     with StateStore(settings.state_path) as state:
         rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
+        checks = state.verify_results()
         runs = state.runs(1)
     tables = []
     for c in registered:
         for t in settings.sync.tables:
             r = rows.get((c.name, t), {})
+            v = checks.get((c.name, t), {})
             tables.append(
                 {
                     "cohort": c.name,
@@ -156,6 +158,9 @@ def status(settings: Settings) -> dict[str, Any]:
                     "last_run": r.get("last_run"),
                     "last_status": r.get("last_status"),
                     "last_error": r.get("last_error"),
+                    "last_verify": v.get("status"),  # e.g. "damaged": the last verify found a missing or altered file
+                    "last_verify_at": v.get("checked_at"),
+                    "last_verify_detail": v.get("detail") if v.get("status") not in (None, "ok") else None,
                 }
             )
     return {

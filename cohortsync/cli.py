@@ -221,37 +221,63 @@ def remove_cohort_cmd(ctx: click.Context, name: str, purge: bool) -> None:
 @cli.command("verify")
 @click.argument("cohort")
 @click.option("--tables", "tables", multiple=True, help="Only this table (repeatable). Default: the configured tables.")
-@click.option("--repair", is_flag=True, help="Re-backfill every table whose landing disagrees with the source.")
+@click.option("--repair", is_flag=True, help="Land again every table with a damaged or missing file or that disagrees.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the same findings).")
 @click.pass_context
 @handle_errors
-def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair: bool) -> None:
-    """Compare the source and the landing of COHORT, table by table; exit 1 on any disagreement.
+def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair: bool, as_json: bool) -> None:
+    """Check the landing of COHORT: its files, then its rows against the source; exit 1 on any finding.
 
-    For rows up to each watermark: missing rows, extra rows (e.g. deleted upstream) and duplicates.
-    With --repair, a disagreeing table's landing is deleted and backfilled again by a sync.
+    Every file the state lists must be present with its recorded size and SHA-256 and be readable;
+    each that is not is one line. For the tables whose files are sound, rows up to each watermark are
+    compared: missing rows, extra rows (e.g. deleted upstream), duplicates, a raw load_dt. With
+    --repair, every table with a finding is landed again from the source, crash-safe, up to its
+    watermark; files the state does not list are moved into .unlisted/, never deleted.
     """
     from cohortsync import verify as verifying
 
     settings = _settings(ctx)
-    checks = verifying.verify(settings, cohort, list(tables) or None)
-    for c in checks:
+    report = verifying.verify(settings, cohort, list(tables) or None)
+    doc: dict[str, Any] = {"verify": report.as_dict()}
+    if not as_json:
+        _print_verify(report)
+    if report.bad and repair:
+        done = verifying.repair(settings, cohort, report)
+        doc["repaired"] = [
+            {"table": r.table, "rows": r.rows, "files": r.files, "set_aside": str(r.set_aside) if r.set_aside else None,
+             "set_aside_files": r.set_aside_files}
+            for r in done
+        ]
+        for r in done if not as_json else []:
+            aside = f"; {r.set_aside_files} file(s) the state did not list moved to {r.set_aside}" if r.set_aside else ""
+            click.echo(f"re-landed {cohort}/{r.table}: {r.rows:,} rows in {r.files} file(s){aside}")
+        after = verifying.verify(settings, cohort, [r.table for r in done] or list(tables) or None)
+        doc["after_repair"] = after.as_dict()
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        if after.bad:
+            if not as_json:
+                _print_verify(after)
+            failed = sorted({c.table for c in after.tables if c.bad} | {f.table for f in after.files})
+            click.echo(f"error: still disagreeing after the repair: {', '.join(failed)}", err=True)
+            sys.exit(1)
+        if not as_json:
+            click.echo("repaired")
+        return
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    if report.bad:
+        sys.exit(1)
+
+
+def _print_verify(report: Any) -> None:
+    for f in report.files:
+        click.echo(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
+    for c in report.tables:
         click.echo(
-            f"{c.table:<22} {c.status:<10} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
+            f"{c.table:<22} {c.status:<11} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
             f"missing {c.missing:,}  extra {c.extra:,}  duplicates {c.duplicates:,}{'  ' + c.note if c.note else ''}"
         )
-    bad = [c for c in checks if c.bad]
-    if bad and repair:
-        fixed = verifying.repair(settings, cohort, bad)
-        click.echo(f"repairing {', '.join(fixed)}: backfilling again")
-        report = api.sync(settings, [cohort], Reporter(sys.stderr, live=False))
-        bad = [c for c in verifying.verify(settings, cohort, fixed) if c.bad]
-        if report.failed or bad:
-            click.echo(f"error: still disagreeing: {', '.join(sorted({c.table for c in bad}))}", err=True)
-            sys.exit(1)
-        click.echo("repaired")
-        return
-    if bad:
-        sys.exit(1)
 
 
 @cli.command("sync")
@@ -312,18 +338,19 @@ def plan_cmd(ctx: click.Context, cohorts: tuple[str, ...]) -> None:
 @click.pass_context
 @handle_errors
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show cohorts x tables: watermark, rows landed, last run and last error."""
+    """Show cohorts x tables: watermark, rows landed, last run, last verify and last error."""
     s = api.status(_settings(ctx))
     if as_json:
         click.echo(json.dumps(s, indent=2, default=str))
         return
     for c in s["cohorts"]:
         click.echo(f"{c['name']}: {c['members']} members, registered {c['registered_at']}")
-    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} error")
+    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} {'verify':<11} error")
     for t in s["tables"]:
         click.echo(
             f"{t['cohort']:<20} {t['table']:<22} {_fmt_dt(t['watermark']):<20} {t['rows_landed']:>12,} "
-            f"{t['last_status'] or '-':<10} {t['last_error'] or ''}"
+            f"{t['last_status'] or '-':<10} {t['last_verify'] or '-':<11} {t['last_error'] or ''}"
+            f"{'  verify: ' + t['last_verify_detail'] if t['last_verify_detail'] else ''}"
         )
     if s["last_run"]:
         r = s["last_run"]

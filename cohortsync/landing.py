@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +87,59 @@ class Landing:
         if removed:
             _fsync_dir(d)
         return removed
+
+    def check_file(self, cohort: str, table: str, recorded: dict[str, Any], thorough: bool) -> str | None:
+        """What is wrong with a file the state lists, or None. Cheap (sync, before building on a
+        table): present, with the recorded size. Thorough (verify): also its SHA-256, and readable
+        as Parquet."""
+        path = self.table_dir(cohort, table) / recorded["name"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if size != recorded["bytes"]:
+            return f"{size} bytes, the state recorded {recorded['bytes']}"
+        if not thorough:
+            return None
+        try:
+            digest, _ = _hash(path)
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if digest != recorded["sha256"]:
+            return "content differs from what was landed (SHA-256 mismatch)"
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as e:
+            return f"not readable as Parquet ({type(e).__name__})"
+        return None
+
+    def finish_relanding(self, cohort: str, table: str, steps: list[tuple[str, str | None]]) -> None:
+        """Do what a committed re-landing still owes the folder; safe to repeat after a crash: a move
+        whose temporary file is gone was done, a delete of a file that is gone was done."""
+        d = self.table_dir(cohort, table)
+        for name, tmp in steps:
+            if tmp is None:
+                (d / name).unlink(missing_ok=True)
+            elif (d / tmp).exists():
+                os.replace(d / tmp, d / name)
+                fault_point("between_relanding_moves")
+        if d.is_dir():
+            _fsync_dir(d)
+
+    def set_aside(self, cohort: str, table: str, names: list[str], tag: str) -> Path:
+        """Move files the state does not list out of the table folder (never deleted: they may be
+        the only copy of something) into ``<table>/.unlisted/<tag>/``, which readers of
+        ``<table>/*.parquet`` and sync's reconcile do not see."""
+        d = self.table_dir(cohort, table)
+        target = d / ".unlisted" / tag
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            os.replace(d / name, target / name)
+        _fsync_dir(target)
+        _fsync_dir(d)
+        return target
 
     def files(self, cohort: str, table: str) -> list[Path]:
         d = self.table_dir(cohort, table)
@@ -160,6 +213,17 @@ class WindowWriter:
         if self._keys is None:
             return None
         return repeats(np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)), self._null_keys
+
+    def seal(self) -> list[tuple[str, LandedFile]]:
+        """Make the parts durable but leave them under their temporary names: (temporary name,
+        file) pairs for a re-landing, whose state swap comes before the files move into place."""
+        try:
+            parts = [p for lane in self._lanes for p in lane.close()]
+            ordered = sorted(parts, key=lambda p: p[1])
+            return [(tmp.name, LandedFile(name, rows, size, digest)) for tmp, name, rows, digest, size in ordered]
+        except LandingError:
+            self.abort()
+            raise
 
     def finish(self) -> list[LandedFile]:
         """Make the parts durable and visible under their final names; returns what to commit."""
@@ -294,6 +358,16 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
         or pa.types.is_string(f.type)
         or pa.types.is_large_string(f.type)
     ]
+
+
+def _hash(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _fsync_and_hash(path: Path) -> tuple[str, int]:

@@ -56,6 +56,20 @@ CREATE TABLE IF NOT EXISTS run_table (
 );
 """
 
+# Added after schema 1 and created on every open (IF NOT EXISTS): older stores gain them in place.
+#  relanding: a table's re-landing (verify --repair) between its state swap and its files' moves:
+#    tmp -> name to move into place, or tmp NULL: an obsolete file to delete. Finished on next open.
+#  verify_result: the latest verify finding per (cohort, table), for status.
+EXTRA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relanding (
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL, tmp TEXT, PRIMARY KEY (cohort, tbl, name)
+);
+CREATE TABLE IF NOT EXISTS verify_result (
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, checked_at TEXT NOT NULL, status TEXT NOT NULL, detail TEXT,
+    PRIMARY KEY (cohort, tbl)
+);
+"""
+
 
 def now_utc() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -114,6 +128,7 @@ class StateStore:
             if version < SCHEMA_VERSION:
                 self.db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.executescript(EXTRA_SCHEMA)
         except sqlite3.Error as e:
             raise StateError(f"state store {folder}: {e}") from None
         except OSError as e:
@@ -258,6 +273,8 @@ class StateStore:
             db.execute("DELETE FROM landed_file WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM watermark WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM purge WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM relanding WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM verify_result WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM cohort WHERE name=?", (cohort,))
             db.execute("INSERT INTO retired VALUES (?, ?, ?, ?)", (cohort, iso(now_utc()), n, rows))
 
@@ -266,6 +283,52 @@ class StateStore:
         with self.transaction() as db:
             db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
             db.execute("DELETE FROM watermark WHERE cohort=? AND tbl=?", (cohort, table))
+
+    def swap_table(self, run_id: str, cohort: str, table: str, upper: datetime, new: list[tuple[str, LandedFile]]) -> None:
+        """Replace a table's whole file list by a re-landing of its window ``(backfill, upper]``, in one
+        transaction that also records what the folder must still do: move each new file from its
+        temporary name into place, delete each old file no new one replaces (``relanding``). The
+        watermark stays; its row and file counts become the new landing's."""
+        with self.transaction() as db:
+            old = {r[0] for r in db.execute("SELECT name FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))}
+            db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
+            db.execute("DELETE FROM relanding WHERE cohort=? AND tbl=?", (cohort, table))
+            for tmp, f in new:
+                db.execute(
+                    "INSERT INTO landed_file VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                    (cohort, table, f.name, iso(upper), f.rows, f.bytes, f.sha256, run_id),
+                )
+                db.execute("INSERT INTO relanding VALUES (?, ?, ?, ?)", (cohort, table, f.name, tmp))
+            for name in sorted(old - {f.name for _, f in new}):
+                db.execute("INSERT INTO relanding VALUES (?, ?, ?, NULL)", (cohort, table, name))
+            db.execute(
+                "UPDATE watermark SET rows=?, files=?, run_id=? WHERE cohort=? AND tbl=?",
+                (sum(f.rows for _, f in new), len(new), run_id, cohort, table),
+            )
+
+    def relandings(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:
+        """Re-landings whose files have not all been moved into place yet: (name, temporary name or None)."""
+        out: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+        for c, t, name, tmp in self.db.execute("SELECT cohort, tbl, name, tmp FROM relanding ORDER BY 1, 2, 3"):
+            out.setdefault((c, t), []).append((name, tmp))
+        return out
+
+    def relanded(self, cohort: str, table: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM relanding WHERE cohort=? AND tbl=?", (cohort, table))
+
+    def record_verify(self, cohort: str, results: dict[str, tuple[str, str | None]]) -> None:
+        """The latest verify finding per table: (status, detail without row values)."""
+        with self.transaction() as db:
+            for table, (status, detail) in results.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO verify_result VALUES (?, ?, ?, ?, ?)",
+                    (cohort, table, iso(now_utc()), status, detail),
+                )
+
+    def verify_results(self) -> dict[tuple[str, str], dict[str, Any]]:
+        cur = self.db.execute("SELECT cohort, tbl, checked_at, status, detail FROM verify_result")
+        return {(c, t): {"checked_at": at, "status": s, "detail": d} for c, t, at, s, d in cur.fetchall()}
 
     def log_outcome(self, run_id: str, o: TableOutcome) -> None:
         with self.transaction() as db:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import duckdb
@@ -36,7 +37,7 @@ from cohortsync.deid.policy import Policy, load_policy
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
 from cohortsync.faults import fault_point
-from cohortsync.landing import LandedFile, Landing, WindowWriter
+from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
@@ -95,6 +96,8 @@ def run_sync(
         state.lock("sync")
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
+        landing = Landing(settings.landing_path, settings.landing.compression)
+        finish_relandings(state, landing)  # before any reconcile: it would remove the files still to move
         for c in selected:  # a withdrawal whose purge a crash interrupted is finished before anything else
             for a in lifecycle.pending_purges(state, c):
                 gone = lifecycle.purge(settings, state, keys, c, a)
@@ -115,7 +118,7 @@ def run_sync(
             )
             if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
-            run = _Run(settings, src, Landing(settings.landing_path, settings.landing.compression), deid, selected, progress)
+            run = _Run(settings, src, landing, deid, selected, progress)
             marks = state.watermarks()
             jobs = []
             for table in settings.sync.tables:
@@ -125,7 +128,8 @@ def run_sync(
                     report.outcomes += _record(state, run_id, _TableResult(table, failed=failed), progress)
                     continue
                 committed = {c.name: state.committed_files(c.name, table) for c in selected}
-                jobs.append(_TableJob(table, found[0], found[1], marks, committed))
+                damaged = {c.name: msg for c in selected if (msg := damaged_file(state, landing, c.name, table))}
+                jobs.append(_TableJob(table, found[0], found[1], marks, committed, damaged))
             # Workers land; this thread alone commits, table by table, as each one's files are durable.
             _run_tables(run, jobs, lambda r: report.outcomes.extend(_record(state, run_id, r, progress)))
         except BaseException:
@@ -171,6 +175,7 @@ class _TableJob:
     upper: datetime | None
     marks: dict[tuple[str, str], Mark]
     committed: dict[str, set[str]]  # per cohort: the files the state lists
+    damaged: dict[str, str] = field(default_factory=dict)  # per cohort: why its landing cannot be built on
 
 
 @dataclass
@@ -218,6 +223,129 @@ def _record(state: StateStore, run_id: str, result: _TableResult, progress: Prog
         state.log_outcome(run_id, o)
     progress.table_finished(result.table, out)
     return out
+
+
+def damaged_file(state: StateStore, landing: Landing, cohort: str, table: str) -> str | None:
+    """Cheaply (no reading): the first file of ``(cohort, table)`` that the state lists and that is
+    missing or of another size, as the one-line reason to refuse building on that landing."""
+    for f in state.files(cohort, table):
+        problem = landing.check_file(cohort, table, f, thorough=False)
+        if problem:
+            return (
+                f"landed file {cohort}/{table}/{f['name']} is {problem if problem == 'missing' else 'damaged: ' + problem}; "
+                f"run 'cohortsync verify {cohort} --repair'"
+            )
+    return None
+
+
+def finish_relandings(state: StateStore, landing: Landing) -> list[tuple[str, str]]:
+    """Complete re-landings that a crash interrupted after their state swap (see :func:`reland`)."""
+    done = []
+    for (cohort, table), steps in state.relandings().items():
+        landing.finish_relanding(cohort, table, steps)
+        state.relanded(cohort, table)
+        done.append((cohort, table))
+    return done
+
+
+@dataclass(frozen=True)
+class Relanded:
+    table: str
+    rows: int
+    files: int
+    set_aside: Path | None = None  # where files the state did not list were moved
+    set_aside_files: int = 0
+
+
+def reland(
+    settings: Settings, cohort_name: str, tables: Sequence[str], progress: Progress | None = None, source: Source | None = None
+) -> list[Relanded]:
+    """Land each table of a cohort again, whole, up to its current watermark (``verify --repair``).
+
+    Crash-safe like a sync: the new files are written and fsynced under temporary names; one state
+    transaction swaps the table's file list and records the moves still to do (``relanding``); then
+    the files move into place and the old ones go. A crash before the swap leaves temporary files
+    (removed by the next repair or sync); after it, the next command that opens the landing finishes
+    the moves. The watermark does not move, so the next sync goes on from where it was. Files in the
+    folder that the state does not list are moved aside into ``.unlisted/``, never deleted.
+    """
+    progress = progress or _Silent()
+    keys = deid_keys(settings)
+    policy = load_policy(settings.policy_path)
+    landing = Landing(settings.landing_path, settings.landing.compression)
+    cohort = _select_cohorts(settings, [cohort_name])[0]
+    out: list[Relanded] = []
+    with StateStore(settings.state_path) as state:
+        state.lock(f"verify --repair {cohort_name}")
+        state.check_key_fingerprint(keys.fingerprint)
+        finish_relandings(state, landing)
+        marks = state.watermarks()
+        todo = [t for t in tables if (cohort_name, t) in marks]
+        if not todo:
+            return out
+        src = source or open_source(settings)
+        run_id = state.start_run(f"verify --repair {cohort_name} " + " ".join(todo))
+        d = settings.deid
+        deid = Deidentifier(policy, keys, None, d.shift_min_days, d.shift_max_days, d.max_age)
+        try:
+            for n in restore_membership(src, [cohort]):
+                progress.note(n)
+            plans = {t: prepare(policy, omop.table(t), _source_columns(src, omop.table(t))) for t in todo}
+            if any(p.text_columns for p in plans.values()):
+                deid.scrubber = start_text_scrubber(settings, src, keys)
+            for t in todo:
+                mark = marks[(cohort_name, t)]
+                out.append(_reland_table(settings, state, run_id, landing, src, deid, cohort_name, t, mark, plans[t]))
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        finally:
+            _close(deid.scrubber)
+            if source is None:
+                src.close()
+        state.end_run(run_id, "ok")
+    return out
+
+
+def _reland_table(
+    settings: Settings,
+    state: StateStore,
+    run_id: str,
+    landing: Landing,
+    src: Source,
+    deid: Deidentifier,
+    cohort: str,
+    table_name: str,
+    mark: Mark,
+    table_plan: TablePlan,
+) -> Relanded:
+    table = omop.table(table_name)
+    d = landing.table_dir(cohort, table_name)
+    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
+        p.unlink()  # a crashed repair's or sync's temporary files: never listed, never read
+    query = plan.extraction(table, table_plan.select, [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
+    key = table.primary_key if table.primary_key in table_plan.select else None
+    lanes = settings.landing.writer_threads
+    writer = WindowWriter(landing, cohort, table_name, None, mark.wm, settings.sync.file_rows, lanes, key)
+    try:
+        with src.stream(query, settings.sync.batch_rows) as reader:
+            for raw in batches(reader):
+                writer.write(deid.apply(table, raw, mark.wm.year).drop_columns([plan.COHORT_COLUMN]))
+        sealed = writer.seal()
+    except BaseException:
+        writer.abort()
+        raise
+    fault_point("relanding_sealed")
+    listed = state.committed_files(cohort, table_name)
+    unlisted = [p.name for p in landing.files(cohort, table_name) if p.name not in listed]
+    aside = landing.set_aside(cohort, table_name, unlisted, run_id) if unlisted else None
+    state.swap_table(run_id, cohort, table_name, mark.wm, sealed)
+    fault_point("relanding_swapped")
+    landing.finish_relanding(cohort, table_name, state.relandings().get((cohort, table_name), []))
+    state.relanded(cohort, table_name)
+    rows = sum(f.rows for _, f in sealed)
+    state.log_outcome(run_id, TableOutcome(cohort, table_name, None, mark.wm, rows, [f for _, f in sealed], "relanded"))
+    return Relanded(table_name, rows, len(sealed), aside, len(unlisted))
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
@@ -438,8 +566,14 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
     table, table_plan, upper = omop.table(table_name), job.table_plan, job.upper
     due, fresh = _windows(run, job)
     done = _up_to_date(job, fresh)
+    refused = [
+        TableOutcome(s.cohort, table_name, s.lower, upper, 0, [], "failed", job.damaged[s.cohort])
+        for s in due
+        if s.cohort in job.damaged
+    ]
+    due = [s for s in due if s.cohort not in job.damaged]
     if not due:
-        return _TableResult(table_name, fresh=done)
+        return _TableResult(table_name, fresh=done, failed=refused)
     assert upper is not None
     batch_of = {c.name: c.batch for c in run.selected}
     progress.table_started(table_name, [s.cohort for s in due])
@@ -483,7 +617,7 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
         )
         for s in due
     ]
-    return _TableResult(table_name, fresh=done, landed=outcomes)
+    return _TableResult(table_name, fresh=done, landed=outcomes, failed=refused)
 
 
 def _source_columns(src: Source, table: omop.Table) -> list[str]:
