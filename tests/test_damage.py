@@ -87,7 +87,8 @@ def damaged_file_scenario(p: Project, kind: str) -> None:
     j = p.cli("verify", "c", "--json")
     assert j.exit_code == 1
     doc = json.loads(j.output)["verify"]
-    assert [(x["table"], x["file"]) for x in doc["files"]] == [(TARGET, f.name)] and PROBLEM[kind] in ": " + doc["files"][0]["problem"]
+    assert [(x["table"], x["file"]) for x in doc["files"]] == [(TARGET, f.name)]
+    assert PROBLEM[kind] in ": " + doc["files"][0]["problem"]
     s = json.loads(p.cli("status", "--json").output)
     assert {t["table"]: t["last_verify"] for t in s["tables"]}[TARGET] == "damaged"
     assert "damaged" in next(x for x in p.cli("status").output.splitlines() if f" {TARGET} " in x)
