@@ -274,6 +274,9 @@ def _print_verify(report: Any) -> None:
     for f in report.files:
         click.echo(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
     for c in report.tables:
+        if c.status in ("damaged", "not synced", "skipped"):  # no rows were compared: no counts to show
+            click.echo(f"{c.table:<22} {c.status:<11} {c.note}".rstrip())
+            continue
         click.echo(
             f"{c.table:<22} {c.status:<11} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
             f"missing {c.missing:,}  extra {c.extra:,}  duplicates {c.duplicates:,}{'  ' + c.note if c.note else ''}"

@@ -566,6 +566,9 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
     table, table_plan, upper = omop.table(table_name), job.table_plan, job.upper
     due, fresh = _windows(run, job)
     done = _up_to_date(job, fresh)
+    for c, _ in fresh:  # nothing to build on this run, but the operator should know before the next load
+        if c in job.damaged:
+            run.progress.note(job.damaged[c])
     refused = [
         TableOutcome(s.cohort, table_name, s.lower, upper, 0, [], "failed", job.damaged[s.cohort])
         for s in due

@@ -89,6 +89,10 @@ def damaged_file_scenario(p: Project, kind: str) -> None:
     doc = json.loads(j.output)["verify"]
     assert [(x["table"], x["file"]) for x in doc["files"]] == [(TARGET, f.name)]
     assert PROBLEM[kind] in ": " + doc["files"][0]["problem"]
+    up_to_date = p.cli("sync", "-q")  # nothing to pull: it builds on nothing, but says what it saw
+    assert up_to_date.exit_code == 0
+    if kind != "flipped":
+        assert f"note: landed file c/{TARGET}/{f.name} is " in up_to_date.output, up_to_date.output
     s = json.loads(p.cli("status", "--json").output)
     assert {t["table"]: t["last_verify"] for t in s["tables"]}[TARGET] == "damaged"
     assert "damaged" in next(x for x in p.cli("status").output.splitlines() if f" {TARGET} " in x)

@@ -202,6 +202,10 @@ def test_newest_version_stays_recognisable_and_repeats_are_identical(project: Pr
     )
     con.close()
     assert project.cli("sync", "-q").exit_code == 0
+    from cohortsync.state import StateStore
+
+    with StateStore(project.root / "state") as st:  # watermarks stay in source time
+        assert st.watermarks()[("c", "condition_occurrence")].wm == new
     land = duckdb.connect()
     rows = land.execute(
         f"SELECT condition_occurrence_id, arg_max(condition_concept_id, load_dt), arg_min(condition_concept_id, load_dt), "
