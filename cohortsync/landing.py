@@ -115,6 +115,15 @@ class Landing:
             return f"not readable as Parquet ({type(e).__name__})"
         return None
 
+    def first_damaged(self, cohort: str, table: str, records: list[dict[str, Any]]) -> str | None:
+        """The one-line refusal to build on a table whose listed files are missing or resized (cheap)."""
+        for f in records:
+            problem = self.check_file(cohort, table, f, thorough=False)
+            if problem:
+                what = problem if problem == "missing" else f"damaged: {problem}"
+                return f"landed file {cohort}/{table}/{f['name']} is {what}; run 'cohortsync verify {cohort} --repair'"
+        return None
+
     def finish_relanding(self, cohort: str, table: str, steps: list[tuple[str, str | None]]) -> None:
         """Do what a committed re-landing still owes the folder; safe to repeat after a crash: a move
         whose temporary file is gone was done, a delete of a file that is gone was done."""

@@ -128,7 +128,8 @@ def run_sync(
                     report.outcomes += _record(state, run_id, _TableResult(table, failed=failed), progress)
                     continue
                 committed = {c.name: state.committed_files(c.name, table) for c in selected}
-                damaged = {c.name: msg for c in selected if (msg := damaged_file(state, landing, c.name, table))}
+                checked = {c.name: landing.first_damaged(c.name, table, state.files(c.name, table)) for c in selected}
+                damaged = {c: msg for c, msg in checked.items() if msg}
                 jobs.append(_TableJob(table, found[0], found[1], marks, committed, damaged))
             # Workers land; this thread alone commits, table by table, as each one's files are durable.
             _run_tables(run, jobs, lambda r: report.outcomes.extend(_record(state, run_id, r, progress)))
@@ -223,19 +224,6 @@ def _record(state: StateStore, run_id: str, result: _TableResult, progress: Prog
         state.log_outcome(run_id, o)
     progress.table_finished(result.table, out)
     return out
-
-
-def damaged_file(state: StateStore, landing: Landing, cohort: str, table: str) -> str | None:
-    """Cheaply (no reading): the first file of ``(cohort, table)`` that the state lists and that is
-    missing or of another size, as the one-line reason to refuse building on that landing."""
-    for f in state.files(cohort, table):
-        problem = landing.check_file(cohort, table, f, thorough=False)
-        if problem:
-            return (
-                f"landed file {cohort}/{table}/{f['name']} is {problem if problem == 'missing' else 'damaged: ' + problem}; "
-                f"run 'cohortsync verify {cohort} --repair'"
-            )
-    return None
 
 
 def finish_relandings(state: StateStore, landing: Landing) -> list[tuple[str, str]]:

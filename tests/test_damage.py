@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from cohortsync.state import StateStore
@@ -191,3 +192,26 @@ def test_a_repair_killed_midway_is_finished_by_the_next_command(project: Project
     final = cli_process(project.root, "verify", "c")
     assert final.returncode == 0, final.stdout.decode() + final.stderr.decode()
     assert landing_rows(project.root) == before
+
+
+def test_a_withdrawal_refuses_a_missing_file_and_is_finished_after_the_repair(project: Project) -> None:
+    """A purge must reach every file: with one missing it stops (one line), the repair lands the
+    table again without the withdrawn person, and the next sync records the purge as done."""
+    prepared(project)
+    members = person_ids(project)[::3]
+    f = damage(project, "missing")
+    r = project.cli("amend-cohort", "c", "--remove", str(project.write_ids("w.csv", members[:2])))
+    assert r.exit_code != 0
+    assert r.output.startswith("error: cannot purge the withdrawn persons: landed file c/condition_occurrence/")
+    assert r.output.count("\n") == 1 and f"{f.name} is missing; run 'cohortsync verify c --repair'" in r.output
+    assert project.cli("verify", "c", "--repair").exit_code == 0
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    assert "finished the purge of amendment 1" in r.output
+    con = duckdb.connect()
+    left = con.execute(
+        f"SELECT count(*) FROM read_parquet('{project.landing}/c/*/*.parquet', union_by_name=true) "
+        f"WHERE person_id IN ({members[0]}, {members[1]})"
+    ).fetchone()
+    assert left == (0,)
+    assert project.cli("verify", "c").exit_code == 0
