@@ -124,6 +124,18 @@ class Landing:
                 return f"landed file {cohort}/{table}/{f['name']} is {what}; run 'cohortsync verify {cohort} --repair'"
         return None
 
+    def holds_raw_load_dt(self, cohort: str, table: str, records: list[dict[str, Any]]) -> bool:
+        """Whether the table's oldest listed file keeps the source's load_dt timestamp (landed before
+        load_dt became order_only): one footer read. Unreadable files are verify's business."""
+        if not records:
+            return False
+        try:
+            schema = pq.read_schema(self.table_dir(cohort, table) / records[0]["name"])
+        except (OSError, pa.ArrowException):
+            return False
+        i = schema.get_field_index("load_dt")
+        return i >= 0 and bool(pa.types.is_timestamp(schema.field(i).type))
+
     def finish_relanding(self, cohort: str, table: str, steps: list[tuple[str, str | None]]) -> None:
         """Do what a committed re-landing still owes the folder; safe to repeat after a crash: a move
         whose temporary file is gone was done, a delete of a file that is gone was done."""

@@ -33,7 +33,7 @@ from cohortsync import cohorts as cohort_files
 from cohortsync import lifecycle, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, prepare
-from cohortsync.deid.policy import Policy, load_policy
+from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
 from cohortsync.deid.structured import Keys
 from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
 from cohortsync.faults import fault_point
@@ -128,8 +128,7 @@ def run_sync(
                     report.outcomes += _record(state, run_id, _TableResult(table, failed=failed), progress)
                     continue
                 committed = {c.name: state.committed_files(c.name, table) for c in selected}
-                checked = {c.name: landing.first_damaged(c.name, table, state.files(c.name, table)) for c in selected}
-                damaged = {c: msg for c, msg in checked.items() if msg}
+                damaged = _unbuildable(state, landing, policy, [c.name for c in selected], table)
                 jobs.append(_TableJob(table, found[0], found[1], marks, committed, damaged))
             # Workers land; this thread alone commits, table by table, as each one's files are durable.
             _run_tables(run, jobs, lambda r: report.outcomes.extend(_record(state, run_id, r, progress)))
@@ -223,6 +222,25 @@ def _record(state: StateStore, run_id: str, result: _TableResult, progress: Prog
     for o in result.failed:
         state.log_outcome(run_id, o)
     progress.table_finished(result.table, out)
+    return out
+
+
+def _unbuildable(state: StateStore, landing: Landing, policy: Policy, cohorts: list[str], table: str) -> dict[str, str]:
+    """Per cohort, why its landing of ``table`` must not be built on: a listed file missing or
+    resized (a cheap check), or a landing that still holds the raw load_dt, which new order_only
+    files would join into one table of two schemas. Each reason points to ``verify --repair``."""
+    ordered = policy.rules(table).get(omop.LOAD_DT, ColumnRule(Action.KEEP)).action is Action.ORDER_ONLY
+    out = {}
+    for c in cohorts:
+        records = state.files(c, table)
+        msg = landing.first_damaged(c, table, records)
+        if msg is None and ordered and landing.holds_raw_load_dt(c, table, records):
+            msg = (
+                f"{c}/{table} holds the raw source load_dt (landed before load_dt became order_only); "
+                f"run 'cohortsync verify {c} --repair'"
+            )
+        if msg:
+            out[c] = msg
     return out
 
 

@@ -232,6 +232,11 @@ def test_verify_finds_a_landing_with_raw_load_dt_and_repair_lands_it_again(proje
     project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", person_ids(project)[::4])))
     assert project.cli("sync", "-q").exit_code == 0
     policy.write_text(original)
+    project.add_load()
+    r = project.cli("sync", "-q")  # new order_only files must not join a raw landing: one schema per table
+    assert r.exit_code == 1
+    assert "condition_occurrence: FAILED: c/condition_occurrence holds the raw source load_dt" in r.output, r.output
+    assert "run 'cohortsync verify c --repair'" in r.output
     r = project.cli("verify", "c")
     assert r.exit_code == 1
     assert "raw load_dt" in r.output and "reveals the persons' date shifts" in r.output
@@ -242,3 +247,5 @@ def test_verify_finds_a_landing_with_raw_load_dt_and_repair_lands_it_again(proje
     assert project.cli("verify", "c").exit_code == 0
     for f in project.landing.glob("c/*/*.parquet"):
         assert pa.types.is_int64(pq.read_schema(f).field("load_dt").type), f
+    assert project.cli("sync", "-q").exit_code == 0  # the load that waited
+    assert project.cli("verify", "c").exit_code == 0
