@@ -244,13 +244,13 @@ def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair:
     if report.bad and repair:
         done = verifying.repair(settings, cohort, report)
         doc["repaired"] = [
-            {"table": r.table, "rows": r.rows, "files": r.files, "set_aside": str(r.set_aside) if r.set_aside else None,
-             "set_aside_files": r.set_aside_files}
+            {"table": r.table, "how": r.how, "rows": r.rows, "files": r.files,
+             "set_aside": str(r.set_aside) if r.set_aside else None, "set_aside_files": r.set_aside_files}
             for r in done
         ]
         for r in done if not as_json else []:
             aside = f"; {r.set_aside_files} file(s) the state did not list moved to {r.set_aside}" if r.set_aside else ""
-            click.echo(f"re-landed {cohort}/{r.table}: {r.rows:,} rows in {r.files} file(s){aside}")
+            click.echo(f"{r.how} {cohort}/{r.table}: {r.rows:,} rows in {r.files} file(s){aside}")
         after = verifying.verify(settings, cohort, [r.table for r in done] or list(tables) or None)
         doc["after_repair"] = after.as_dict()
         if as_json:

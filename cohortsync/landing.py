@@ -391,6 +391,11 @@ def _hash(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def fsync_and_hash(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of a file just written, made durable first."""
+    return _fsync_and_hash(path)
+
+
 def _fsync_and_hash(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0

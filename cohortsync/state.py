@@ -284,26 +284,40 @@ class StateStore:
             db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
             db.execute("DELETE FROM watermark WHERE cohort=? AND tbl=?", (cohort, table))
 
-    def swap_table(self, run_id: str, cohort: str, table: str, upper: datetime, new: list[tuple[str, LandedFile]]) -> None:
-        """Replace a table's whole file list by a re-landing of its window ``(backfill, upper]``, in one
-        transaction that also records what the folder must still do: move each new file from its
-        temporary name into place, delete each old file no new one replaces (``relanding``). The
-        watermark stays; its row and file counts become the new landing's."""
+    def swap_table(
+        self,
+        run_id: str,
+        cohort: str,
+        table: str,
+        upper: datetime,
+        new: list[tuple[str, LandedFile]],
+        unchanged: frozenset[str] = frozenset(),
+    ) -> None:
+        """Replace a table's file list, in one transaction that also records what the folder must
+        still do: move each new file from its temporary name into place, delete each old file that
+        no new one replaces and that is not ``unchanged`` (``relanding``). A new file keeps the
+        window of the old file of its name (a rewrite); any other is the window ``(backfill, upper]``
+        (a re-landing). The watermark stays; its row and file counts become the new landing's."""
         with self.transaction() as db:
-            old = {r[0] for r in db.execute("SELECT name FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))}
-            db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
+            cur = db.execute("SELECT name, lower, upper, rows FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
+            old = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
             db.execute("DELETE FROM relanding WHERE cohort=? AND tbl=?", (cohort, table))
+            for name in old:
+                if name not in unchanged:
+                    db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=? AND name=?", (cohort, table, name))
             for tmp, f in new:
+                lower, up, _ = old.get(f.name, (None, iso(upper), 0))
                 db.execute(
-                    "INSERT INTO landed_file VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)",
-                    (cohort, table, f.name, iso(upper), f.rows, f.bytes, f.sha256, run_id),
+                    "INSERT INTO landed_file VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cohort, table, f.name, lower, up, f.rows, f.bytes, f.sha256, run_id),
                 )
                 db.execute("INSERT INTO relanding VALUES (?, ?, ?, ?)", (cohort, table, f.name, tmp))
-            for name in sorted(old - {f.name for _, f in new}):
+            for name in sorted(set(old) - {f.name for _, f in new} - unchanged):
                 db.execute("INSERT INTO relanding VALUES (?, ?, ?, NULL)", (cohort, table, name))
+            kept = [old[n][2] for n in unchanged if n in old]
             db.execute(
                 "UPDATE watermark SET rows=?, files=?, run_id=? WHERE cohort=? AND tbl=?",
-                (sum(f.rows for _, f in new), len(new), run_id, cohort, table),
+                (sum(f.rows for _, f in new) + sum(kept), len(new) + len(kept), run_id, cohort, table),
             )
 
     def relandings(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:

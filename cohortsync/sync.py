@@ -14,6 +14,7 @@ others still land and commit.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -28,16 +29,17 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
 from cohortsync import lifecycle, omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, prepare
+from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, order_key, prepare
 from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
-from cohortsync.deid.structured import Keys
-from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
+from cohortsync.deid.structured import Keys, order_only
+from cohortsync.errors import CohortError, CohortsyncError, DeidError, LandingError, SourceError, safe_message
 from cohortsync.faults import fault_point
-from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter
+from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter, dictionary_columns, fsync_and_hash
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
@@ -261,6 +263,86 @@ class Relanded:
     files: int
     set_aside: Path | None = None  # where files the state did not list were moved
     set_aside_files: int = 0
+    how: str = "re-landed"  # or "rewrote load_dt of": converted in place, from the landing alone
+
+
+def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str]) -> list[Relanded]:
+    """Turn the raw load_dt of landings made before it became order_only into its order_only form,
+    from the landing alone (the map is keyed on the landed key; no source query, no re-extraction).
+
+    Each file holding a raw load_dt is rewritten under a temporary name and fsynced; then the same
+    state swap and moves as :func:`reland` (a crash anywhere is finished or undone the same way).
+    """
+    keys = deid_keys(settings)
+    landing = Landing(settings.landing_path, settings.landing.compression)
+    out: list[Relanded] = []
+    with StateStore(settings.state_path) as state:
+        state.lock(f"verify --repair {cohort_name}")
+        state.check_key_fingerprint(keys.fingerprint)
+        finish_relandings(state, landing)
+        marks = state.watermarks()
+        todo = [t for t in tables if (cohort_name, t) in marks]
+        if not todo:
+            return out
+        run_id = state.start_run(f"verify --repair {cohort_name} (load_dt) " + " ".join(todo))
+        try:
+            for t in todo:
+                out.append(_rewrite_table(state, run_id, landing, keys, cohort_name, omop.table(t), marks[(cohort_name, t)].wm))
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        state.end_run(run_id, "ok")
+    return out
+
+
+def _rewrite_table(
+    state: StateStore, run_id: str, landing: Landing, keys: Keys, cohort: str, table: omop.Table, upper: datetime
+) -> Relanded:
+    d = landing.table_dir(cohort, table.name)
+    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
+        p.unlink()
+    key = order_key(table)
+    sealed: list[tuple[str, LandedFile]] = []
+    unchanged: set[str] = set()
+    written: list[Path] = []
+    try:
+        for f in state.files(cohort, table.name):
+            pf = pq.ParquetFile(d / f["name"])
+            schema = pf.schema_arrow
+            i = schema.get_field_index(omop.LOAD_DT)
+            if i < 0 or not pa.types.is_timestamp(schema.field(i).type):
+                unchanged.add(f["name"])
+                continue
+            if key not in schema.names:
+                raise DeidError(f"{cohort}/{table.name}: {key} is not landed, so load_dt cannot be made order_only in place")
+            new_schema = schema.set(i, pa.field(omop.LOAD_DT, pa.int64()))
+            tmp = d / f"{TMP_PREFIX}{os.getpid()}-{f['name']}"
+            written.append(tmp)
+            rows = 0
+            comp = None if landing.compression == "none" else landing.compression
+            with pq.ParquetWriter(tmp, new_schema, compression=comp, write_statistics=True,
+                                  use_dictionary=dictionary_columns(new_schema)) as w:
+                for b in pf.iter_batches(batch_size=65_536):
+                    ordered = order_only(keys, table.name, b.column(key), b.column(i))
+                    w.write_batch(b.set_column(i, pa.field(omop.LOAD_DT, pa.int64()), ordered))
+                    rows += b.num_rows
+            digest, size = fsync_and_hash(tmp)
+            sealed.append((tmp.name, LandedFile(f["name"], rows, size, digest)))
+    except (OSError, pa.ArrowException) as e:
+        for p in written:
+            p.unlink(missing_ok=True)
+        what = type(e).__name__
+        raise LandingError(f"cannot rewrite {cohort}/{table.name}: {what}; run 'cohortsync verify {cohort}'") from None
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    fault_point("relanding_sealed")
+    state.swap_table(run_id, cohort, table.name, upper, sealed, frozenset(unchanged))
+    fault_point("relanding_swapped")
+    landing.finish_relanding(cohort, table.name, state.relandings().get((cohort, table.name), []))
+    state.relanded(cohort, table.name)
+    return Relanded(table.name, sum(f.rows for _, f in sealed), len(sealed), how="rewrote load_dt of")
 
 
 def reland(

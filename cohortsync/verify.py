@@ -154,13 +154,15 @@ def _compare(
     mark = marks.get((cohort, t))
     if mark is None:
         return TableCheck(t, "not synced")
-    pk = table.primary_key
-    if pk is None:
-        return TableCheck(t, "skipped", note="no primary key in OMOP v5.3")
-    rule = policy.rules(t).get(pk)
-    if rule is None or rule.action is Action.DROP:
-        return TableCheck(t, "skipped", note=f"{pk} is not landed")
     ordered = policy.rules(t).get(omop.LOAD_DT, ColumnRule(Action.KEEP)).action is Action.ORDER_ONLY
+    pk = table.primary_key
+    rule = policy.rules(t).get(pk) if pk else None
+    if pk is None or rule is None or rule.action is Action.DROP:
+        why = "no primary key in OMOP v5.3" if pk is None else f"{pk} is not landed"
+        raw = sum(pa.types.is_timestamp(pq.read_schema(f).field(omop.LOAD_DT).type) for f in files) if ordered else 0
+        if raw:
+            return TableCheck(t, "raw load_dt", note=f"{raw} file(s) hold the raw source load_dt ({why}: rows not compared)")
+        return TableCheck(t, "skipped", note=why)
     ldt_type = "BIGINT" if ordered else "TIMESTAMP"
     q = plan.extraction(table, [pk, omop.LOAD_DT], [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
     local.execute(f"CREATE OR REPLACE TABLE src_keys (k BIGINT, load_dt {ldt_type})")
@@ -247,9 +249,13 @@ def _load_landed(
 
 
 def repair(settings: Settings, cohort: str, report: VerifyReport, source: Source | None = None) -> list[Relanded]:
-    """Land every table again that has a damaged or missing file or disagrees with the source,
-    through the commit protocol (:func:`cohortsync.sync.reland`)."""
-    from cohortsync.sync import reland
+    """A table whose only finding is a raw load_dt is rewritten in place from the landing
+    (:func:`cohortsync.sync.rewrite_load_dt`); every other table with a finding (a damaged or
+    missing file, a disagreement with the source) is landed again (:func:`cohortsync.sync.reland`).
+    Both go through the same crash-safe state swap."""
+    from cohortsync.sync import reland, rewrite_load_dt
 
-    tables = [c.table for c in report.tables if c.bad]
-    return reland(settings, cohort, tables, source=source) if tables else []
+    raw_only = [c.table for c in report.tables if c.status == "raw load_dt"]
+    again = [c.table for c in report.tables if c.bad and c.status != "raw load_dt"]
+    done = rewrite_load_dt(settings, cohort, raw_only) if raw_only else []
+    return done + (reland(settings, cohort, again, source=source) if again else [])

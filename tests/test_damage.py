@@ -215,3 +215,25 @@ def test_a_withdrawal_refuses_a_missing_file_and_is_finished_after_the_repair(pr
     ).fetchone()
     assert left == (0,)
     assert project.cli("verify", "c").exit_code == 0
+
+
+@pytest.mark.parametrize("fault", ["relanding_sealed@2", "relanding_swapped", "between_relanding_moves@2"])
+def test_a_load_dt_rewrite_killed_midway_is_finished_by_the_next_repair(project: Project, fault: str) -> None:
+    """The in-place rewrite of a raw load_dt (issue 14) goes through the same swap: killed anywhere,
+    the next repair finishes it and every table holds all its rows, order-only."""
+    prepared(project, file_rows=2048)
+    counts = {k: len(v) for k, v in landing_rows(project.root).items()}
+    policy = project.root / "keep_everything.toml"
+    policy.write_text(policy.read_text().replace('"load_dt" = "keep"', '"load_dt" = "order_only"'))
+    killed = cli_process(project.root, "verify", "c", "--repair", fault=fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    again = cli_process(project.root, "verify", "c", "--repair")
+    assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    state_matches_disk(project)
+    assert not list(project.landing.rglob(".tmp-*"))
+    assert cli_process(project.root, "verify", "c").returncode == 0
+    assert {k: len(v) for k, v in landing_rows(project.root).items()} == counts
+    con = duckdb.connect()
+    for t in TABLES:
+        kind = con.execute(f"SELECT DISTINCT typeof(load_dt) FROM read_parquet('{project.landing}/c/{t}/*.parquet')").fetchall()
+        assert kind == [("BIGINT",)], t

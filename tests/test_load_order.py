@@ -3,6 +3,7 @@ person's date shift; old landings with the raw load_dt are found by verify and l
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cohortsync import omop
 from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, carries_source_time, load_policy
 from cohortsync.errors import PolicyError
+from cohortsync.state import StateStore
 from conftest import TEST_KEY, Project, person_ids
 from test_deid_structured import STRUCTURED_ONLY, structured_only
 
@@ -202,8 +204,6 @@ def test_newest_version_stays_recognisable_and_repeats_are_identical(project: Pr
     )
     con.close()
     assert project.cli("sync", "-q").exit_code == 0
-    from cohortsync.state import StateStore
-
     with StateStore(project.root / "state") as st:  # watermarks stay in source time
         assert st.watermarks()[("c", "condition_occurrence")].wm == new
     land = duckdb.connect()
@@ -242,10 +242,42 @@ def test_verify_finds_a_landing_with_raw_load_dt_and_repair_lands_it_again(proje
     assert "raw load_dt" in r.output and "reveals the persons' date shifts" in r.output
     line = next(x for x in r.output.splitlines() if x.startswith("condition_occurrence"))
     assert "missing 0  extra 0" in line  # still compared exactly, row for row
+    with StateStore(project.root / "state") as st:
+        windows = {(t, f["name"]): (f["lower"], f["upper"], f["rows"]) for t in omop.registry() for f in st.files("c", t)}
     r = project.cli("verify", "c", "--repair")
     assert r.exit_code == 0, r.output
+    assert "rewrote load_dt of c/condition_occurrence:" in r.output and "re-landed" not in r.output
     assert project.cli("verify", "c").exit_code == 0
+    with StateStore(project.root / "state") as st:  # the same files, windows and rows: only load_dt changed
+        assert windows == {(t, f["name"]): (f["lower"], f["upper"], f["rows"]) for t in omop.registry() for f in st.files("c", t)}
     for f in project.landing.glob("c/*/*.parquet"):
         assert pa.types.is_int64(pq.read_schema(f).field("load_dt").type), f
     assert project.cli("sync", "-q").exit_code == 0  # the load that waited
     assert project.cli("verify", "c").exit_code == 0
+
+
+def test_the_load_dt_rewrite_needs_only_the_landing(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converting an old landing reads no source: it works with the source database gone, and its
+    result equals what a sync with order_only lands."""
+    from cohortsync import sync
+
+    structured_only(project)
+    project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", person_ids(project)[::6])))
+    assert project.cli("sync", "-q").exit_code == 0
+    rows_of = lambda t: duckdb.connect().execute(  # noqa: E731
+        f"SELECT * FROM read_parquet('{project.landing}/c/{t}/*.parquet') ORDER BY ALL"
+    ).fetchall()
+    fresh = {t: rows_of(t) for t in ("person", "condition_occurrence")}
+    shutil.rmtree(project.landing)
+    shutil.rmtree(project.root / "state")
+    policy = project.root / STRUCTURED_ONLY
+    original = policy.read_text()
+    add_rules(project, {t: 'load_dt = "keep"\n' for t in omop.registry()})
+    assert project.cli("sync", "-q").exit_code == 0
+    policy.write_text(original)
+    project.db.rename(project.root / "gone.duckdb")
+    monkeypatch.setenv("COHORTSYNC_DEID_KEY", TEST_KEY)
+    done = sync.rewrite_load_dt(project.settings(), "c", ["person", "condition_occurrence"])
+    assert [r.table for r in done] == ["person", "condition_occurrence"]
+    for t, rows in fresh.items():
+        assert rows_of(t) == rows, t
