@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -23,6 +23,9 @@ from cohortsync.config import Settings, load_settings
 from cohortsync.errors import CohortsyncError
 from cohortsync.state import TableOutcome
 from cohortsync.sync import SyncReport
+
+if TYPE_CHECKING:
+    from cohortsync.verify import VerifyReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -231,8 +234,9 @@ def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair:
     Every file the state lists must be present with its recorded size and SHA-256 and be readable;
     each that is not is one line. For the tables whose files are sound, rows up to each watermark are
     compared: missing rows, extra rows (e.g. deleted upstream), duplicates, a raw load_dt. With
-    --repair, every table with a finding is landed again from the source, crash-safe, up to its
-    watermark; files the state does not list are moved into .unlisted/, never deleted.
+    --repair, a table whose only finding is a raw load_dt is rewritten in place; every other table
+    with a finding is landed again from the source up to its watermark; both crash-safe. Files the
+    state does not list are moved into TABLE/.unlisted/, never deleted.
     """
     from cohortsync import verify as verifying
 
@@ -270,11 +274,11 @@ def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair:
         sys.exit(1)
 
 
-def _print_verify(report: Any) -> None:
+def _print_verify(report: VerifyReport) -> None:
     for f in report.files:
         click.echo(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
     for c in report.tables:
-        if c.status in ("damaged", "not synced", "skipped"):  # no rows were compared: no counts to show
+        if c.status in ("damaged", "not synced", "skipped") or "rows not compared" in c.note:  # no counts to show
             click.echo(f"{c.table:<22} {c.status:<11} {c.note}".rstrip())
             continue
         click.echo(

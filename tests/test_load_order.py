@@ -1,8 +1,9 @@
 """load_dt lands order_only (issue 14): it orders the versions of a row and says nothing about a
-person's date shift; old landings with the raw load_dt are found by verify and landed again."""
+person's date shift; old landings with the raw load_dt are found by verify and rewritten by --repair."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -229,8 +230,18 @@ def test_verify_finds_a_landing_with_raw_load_dt_and_repair_lands_it_again(proje
     policy = project.root / STRUCTURED_ONLY
     original = policy.read_text()
     add_rules(project, {t: 'load_dt = "keep"\n' for t in omop.registry()})
+    # death has no primary key: verify cannot compare its rows but must still see its raw load_dt.
+    tables = [*omop.DEFAULT_TABLES, "death"]
+    project.config.write_text(project.config.read_text() + f"\n[sync]\ntables = {json.dumps(tables)}\n")
+    con = project.con()
+    con.execute(
+        "INSERT INTO omop.omop.death (person_id, death_date, death_type_concept_id, load_dt) "
+        "SELECT person_id, DATE '2019-05-01', 0, TIMESTAMP '2026-10-04 02:00' FROM omop.omop.person WHERE person_id % 4 = 0"
+    )
+    con.close()
     project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", person_ids(project)[::4])))
     assert project.cli("sync", "-q").exit_code == 0
+    assert list((project.landing / "c" / "death").glob("*.parquet"))
     policy.write_text(original)
     project.add_load()
     r = project.cli("sync", "-q")  # new order_only files must not join a raw landing: one schema per table
@@ -240,6 +251,7 @@ def test_verify_finds_a_landing_with_raw_load_dt_and_repair_lands_it_again(proje
     r = project.cli("verify", "c")
     assert r.exit_code == 1
     assert "raw load_dt" in r.output and "reveals the persons' date shifts" in r.output
+    assert next(x for x in r.output.splitlines() if x.startswith("death ")).split()[1:3] == ["raw", "load_dt"]
     line = next(x for x in r.output.splitlines() if x.startswith("condition_occurrence"))
     assert "missing 0  extra 0" in line  # still compared exactly, row for row
     with StateStore(project.root / "state") as st:
@@ -247,6 +259,7 @@ def test_verify_finds_a_landing_with_raw_load_dt_and_repair_lands_it_again(proje
     r = project.cli("verify", "c", "--repair")
     assert r.exit_code == 0, r.output
     assert "rewrote load_dt of c/condition_occurrence:" in r.output and "re-landed" not in r.output
+    assert "rewrote load_dt of c/death:" in r.output
     assert project.cli("verify", "c").exit_code == 0
     with StateStore(project.root / "state") as st:  # the same files, windows and rows: only load_dt changed
         assert windows == {(t, f["name"]): (f["lower"], f["upper"], f["rows"]) for t in omop.registry() for f in st.files("c", t)}
