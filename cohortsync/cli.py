@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -26,6 +26,9 @@ from cohortsync.config import Settings, load_settings
 from cohortsync.errors import CohortsyncError, ExitCode, exit_code_for, safe_message
 from cohortsync.state import TableOutcome
 from cohortsync.sync import LogProgress, Progress, SyncReport
+
+if TYPE_CHECKING:
+    from cohortsync.verify import VerifyReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -410,48 +413,75 @@ def remove_cohort_cmd(ctx: click.Context, name: str, purge: bool) -> None:
 @json_output("verify")
 @click.argument("cohort")
 @click.option("--tables", "tables", multiple=True, help="Only this table (repeatable). Default: the configured tables.")
-@click.option("--repair", is_flag=True, help="Re-backfill every table whose landing disagrees with the source.")
+@click.option("--repair", is_flag=True, help="Land again every table with a damaged or missing file or that disagrees.")
 @click.pass_context
 @handle_errors
 def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair: bool) -> None:
-    """Compare the source and the landing of COHORT, table by table; exit 5 on any disagreement.
+    """Check the landing of COHORT: its files, then its rows against the source; exit 5 on any finding.
 
-    For rows up to each watermark: missing rows, extra rows (e.g. deleted upstream) and duplicates.
-    With --repair, a disagreeing table's landing is deleted and backfilled again by a sync.
+    Every file the state lists must be present with its recorded size and SHA-256 and be readable;
+    each that is not is one line. For the tables whose files are sound, rows up to each watermark are
+    compared: missing rows, extra rows (e.g. deleted upstream), duplicates, a raw load_dt. With
+    --repair, a table whose only finding is a raw load_dt is rewritten in place; every other table
+    with a finding is landed again from the source up to its watermark; both crash-safe. Files the
+    state does not list are moved into TABLE/.unlisted/, never deleted.
     """
     from cohortsync import verify as verifying
 
     settings = _settings(ctx)
-    checks = verifying.verify(settings, cohort, list(tables) or None)
     doc = _doc(ctx)
-    for c in checks:
+    report = verifying.verify(settings, cohort, list(tables) or None)
+    _show_verify(report, doc)
+    if report.bad and repair:
+        done = verifying.repair(settings, cohort, report)
+        for r in done:
+            aside = f"; {r.set_aside_files} file(s) the state did not list moved to {r.set_aside}" if r.set_aside else ""
+            line = f"{r.how} {cohort}/{r.table}: {r.rows:,} rows in {r.files} file(s){aside}"
+            if doc:
+                doc.doc["notes"].append(line)
+            else:
+                click.echo(line)
+        after = verifying.verify(settings, cohort, [r.table for r in done] or list(tables) or None)
+        if after.bad:
+            _show_verify(after, doc)
+            failed = sorted({c.table for c in after.tables if c.bad} | {f.table for f in after.files})
+            raise CommandFailed(f"still disagreeing after the repair: {', '.join(failed)}", ExitCode.NEEDS_PERSON)
         if doc:
+            doc.doc["notes"].append("repaired")
+        else:
+            click.echo("repaired")
+        return
+    if report.bad:
+        bad = sorted({c.table for c in report.tables if c.bad} | {f.table for f in report.files})
+        raise CommandFailed(
+            f"{len(bad)} table(s) with findings: {', '.join(bad)} (see above; 'verify --repair' lands them again)",
+            ExitCode.NEEDS_PERSON,
+        )
+
+
+def _show_verify(report: VerifyReport, doc: RunDocument | None) -> None:
+    """The findings as lines, or into the --json document."""
+    if doc:
+        for f in report.files:
+            doc.doc["notes"].append(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
+            doc.doc.setdefault("damaged_files", []).append(
+                {"cohort": f.cohort, "table": f.table, "file": f.file, "problem": f.problem}
+            )
+        for c in report.tables:
             doc.add_table(
-                cohort, c.table, c.status, rows=c.landed_rows, source_rows=c.source_rows, missing=c.missing,
+                report.cohort, c.table, c.status, rows=c.landed_rows, source_rows=c.source_rows, missing=c.missing,
                 extra=c.extra, duplicates=c.duplicates, note=c.note or None,
             )
+        return
+    for f in report.files:
+        click.echo(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
+    for c in report.tables:
+        if c.status in ("damaged", "not synced", "skipped") or "rows not compared" in c.note:  # no counts to show
+            click.echo(f"{c.table:<22} {c.status:<11} {c.note}".rstrip())
             continue
         click.echo(
-            f"{c.table:<22} {c.status:<10} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
+            f"{c.table:<22} {c.status:<11} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
             f"missing {c.missing:,}  extra {c.extra:,}  duplicates {c.duplicates:,}{'  ' + c.note if c.note else ''}"
-        )
-    bad = [c for c in checks if c.bad]
-    if bad and repair:
-        fixed = verifying.repair(settings, cohort, bad)
-        click.echo(f"repairing {', '.join(fixed)}: backfilling again", err=doc is not None)
-        report = api.sync(settings, [cohort], _progress(quiet=True))
-        if doc:
-            doc.add_outcomes(report)
-        bad = [c for c in verifying.verify(settings, cohort, fixed) if c.bad]
-        if report.failed or bad:
-            code = report.exit_code if report.failed and not bad else ExitCode.NEEDS_PERSON
-            raise CommandFailed(f"still disagreeing: {', '.join(sorted({c.table for c in bad}))}", code)
-        click.echo("repaired", err=doc is not None)
-        return
-    if bad:
-        raise CommandFailed(
-            f"{len(bad)} table(s) disagree with the source: {', '.join(c.table for c in bad)} (see above)",
-            ExitCode.NEEDS_PERSON,
         )
 
 
@@ -516,18 +546,19 @@ def plan_cmd(ctx: click.Context, cohorts: tuple[str, ...]) -> None:
 @click.pass_context
 @handle_errors
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show cohorts x tables: watermark, rows landed, last run and last error."""
+    """Show cohorts x tables: watermark, rows landed, last run, last verify and last error."""
     s = api.status(_settings(ctx))
     if as_json:
         click.echo(json.dumps(s, indent=2, default=str))
         return
     for c in s["cohorts"]:
         click.echo(f"{c['name']}: {c['members']} members, registered {c['registered_at']}")
-    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} error")
+    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} {'verify':<11} error")
     for t in s["tables"]:
         click.echo(
             f"{t['cohort']:<20} {t['table']:<22} {_fmt_dt(t['watermark']):<20} {t['rows_landed']:>12,} "
-            f"{t['last_status'] or '-':<10} {t['last_error'] or ''}"
+            f"{t['last_status'] or '-':<10} {t['last_verify'] or '-':<11} {t['last_error'] or ''}"
+            f"{'  verify: ' + t['last_verify_detail'] if t['last_verify_detail'] else ''}"
         )
     if s["last_run"]:
         r = s["last_run"]

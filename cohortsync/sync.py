@@ -15,6 +15,7 @@ others still land and commit.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,30 +24,34 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
 from cohortsync import lifecycle, logs, omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, prepare
-from cohortsync.deid.policy import Policy, load_policy
-from cohortsync.deid.structured import Keys
+from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, order_key, prepare
+from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
+from cohortsync.deid.structured import Keys, order_only
 from cohortsync.errors import (
     CohortError,
     CohortsyncError,
     DeidError,
+    LandingError,
     SchemaDriftError,
     SourceError,
+    TamperedError,
     combined_exit_code,
     exit_code_for,
     safe_message,
 )
 from cohortsync.faults import fault_point
-from cohortsync.landing import LandedFile, Landing, WindowWriter
+from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter, dictionary_columns, fsync_and_hash
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
@@ -149,6 +154,8 @@ def run_sync(
         state.lock("sync")
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
+        landing = Landing(settings.landing_path, settings.landing.compression)
+        finish_relandings(state, landing)  # before any reconcile: it would remove the files still to move
         for c in selected:  # a withdrawal whose purge a crash interrupted is finished before anything else
             for a in lifecycle.pending_purges(state, c):
                 gone = lifecycle.purge(settings, state, keys, c, a)
@@ -170,7 +177,7 @@ def run_sync(
             )
             if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
-            run = _Run(settings, src, Landing(settings.landing_path, settings.landing.compression), deid, selected, progress)
+            run = _Run(settings, src, landing, deid, selected, progress)
             marks = state.watermarks()
             jobs = []
             for table in settings.sync.tables:
@@ -183,7 +190,8 @@ def run_sync(
                     report.outcomes += _record(state, run_id, _TableResult(table, failed=failed), progress)
                     continue
                 committed = {c.name: state.committed_files(c.name, table) for c in selected}
-                jobs.append(_TableJob(table, found[0], found[1], marks, committed))
+                damaged = _unbuildable(state, landing, policy, [c.name for c in selected], table)
+                jobs.append(_TableJob(table, found[0], found[1], marks, committed, damaged))
             # Workers land; this thread alone commits, table by table, as each one's files are durable.
             _run_tables(run, jobs, lambda r: report.outcomes.extend(_record(state, run_id, r, progress)))
         except BaseException:
@@ -233,6 +241,7 @@ class _TableJob:
     upper: datetime | None
     marks: dict[tuple[str, str], Mark]
     committed: dict[str, set[str]]  # per cohort: the files the state lists
+    damaged: dict[str, str] = field(default_factory=dict)  # per cohort: why its landing cannot be built on
 
 
 @dataclass
@@ -283,6 +292,215 @@ def _record(state: StateStore, run_id: str, result: _TableResult, progress: Prog
         state.log_outcome(run_id, o)
     progress.table_finished(result.table, out)
     return out
+
+
+def _unbuildable(state: StateStore, landing: Landing, policy: Policy, cohorts: list[str], table: str) -> dict[str, str]:
+    """Per cohort, why its landing of ``table`` must not be built on: a listed file missing or
+    resized (a cheap check), or a landing that still holds the raw load_dt, which new order_only
+    files would join into one table of two schemas. Each reason points to ``verify --repair``."""
+    ordered = policy.rules(table).get(omop.LOAD_DT, ColumnRule(Action.KEEP)).action is Action.ORDER_ONLY
+    out = {}
+    for c in cohorts:
+        records = state.files(c, table)
+        msg = landing.first_damaged(c, table, records)
+        if msg is None and ordered and landing.holds_raw_load_dt(c, table, records):
+            msg = (
+                f"{c}/{table} holds the raw source load_dt (landed before load_dt became order_only); "
+                f"run 'cohortsync verify {c} --repair'"
+            )
+        if msg:
+            out[c] = msg
+    return out
+
+
+def finish_relandings(state: StateStore, landing: Landing) -> list[tuple[str, str]]:
+    """Complete re-landings that a crash interrupted after their state swap (see :func:`reland`)."""
+    done = []
+    for (cohort, table), steps in state.relandings().items():
+        landing.finish_relanding(cohort, table, steps)
+        state.relanded(cohort, table)
+        done.append((cohort, table))
+    return done
+
+
+@dataclass(frozen=True)
+class Relanded:
+    table: str
+    rows: int
+    files: int
+    set_aside: Path | None = None  # where files the state did not list were moved
+    set_aside_files: int = 0
+    how: str = "re-landed"  # or "rewrote load_dt of": converted in place, from the landing alone
+
+
+def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str]) -> list[Relanded]:
+    """Turn the raw load_dt of landings made before it became order_only into its order_only form,
+    from the landing alone (the map is keyed on the landed key; no source query, no re-extraction).
+
+    Each file holding a raw load_dt is rewritten under a temporary name and fsynced; then the same
+    state swap and moves as :func:`reland` (a crash anywhere is finished or undone the same way).
+    """
+    keys = deid_keys(settings)
+    landing = Landing(settings.landing_path, settings.landing.compression)
+    out: list[Relanded] = []
+    with StateStore(settings.state_path) as state:
+        state.lock(f"verify --repair {cohort_name}")
+        state.check_key_fingerprint(keys.fingerprint)
+        finish_relandings(state, landing)
+        marks = state.watermarks()
+        todo = [t for t in tables if (cohort_name, t) in marks]
+        if not todo:
+            return out
+        run_id = state.start_run(f"verify --repair {cohort_name} (load_dt) " + " ".join(todo))
+        try:
+            for t in todo:
+                out.append(_rewrite_table(state, run_id, landing, keys, cohort_name, omop.table(t), marks[(cohort_name, t)].wm))
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        state.end_run(run_id, "ok")
+    return out
+
+
+def _rewrite_table(
+    state: StateStore, run_id: str, landing: Landing, keys: Keys, cohort: str, table: omop.Table, upper: datetime
+) -> Relanded:
+    d = landing.table_dir(cohort, table.name)
+    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
+        p.unlink()
+    key = order_key(table)
+    sealed: list[tuple[str, LandedFile]] = []
+    unchanged: set[str] = set()
+    written: list[Path] = []
+    try:
+        for f in state.files(cohort, table.name):
+            pf = pq.ParquetFile(d / f["name"])
+            schema = pf.schema_arrow
+            i = schema.get_field_index(omop.LOAD_DT)
+            if i < 0 or not pa.types.is_timestamp(schema.field(i).type):
+                unchanged.add(f["name"])
+                continue
+            if key not in schema.names:
+                raise DeidError(f"{cohort}/{table.name}: {key} is not landed, so load_dt cannot be made order_only in place")
+            new_schema = schema.set(i, pa.field(omop.LOAD_DT, pa.int64()))
+            tmp = d / f"{TMP_PREFIX}{os.getpid()}-{f['name']}"
+            written.append(tmp)
+            rows = 0
+            comp = None if landing.compression == "none" else landing.compression
+            with pq.ParquetWriter(tmp, new_schema, compression=comp, write_statistics=True,
+                                  use_dictionary=dictionary_columns(new_schema)) as w:
+                for b in pf.iter_batches(batch_size=65_536):
+                    ordered = order_only(keys, table.name, b.column(key), b.column(i))
+                    w.write_batch(b.set_column(i, pa.field(omop.LOAD_DT, pa.int64()), ordered))
+                    rows += b.num_rows
+            digest, size = fsync_and_hash(tmp)
+            sealed.append((tmp.name, LandedFile(f["name"], rows, size, digest)))
+    except (OSError, pa.ArrowException) as e:
+        for p in written:
+            p.unlink(missing_ok=True)
+        what = type(e).__name__
+        raise LandingError(f"cannot rewrite {cohort}/{table.name}: {what}; run 'cohortsync verify {cohort}'") from None
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    fault_point("relanding_sealed")
+    state.swap_table(run_id, cohort, table.name, upper, sealed, frozenset(unchanged))
+    fault_point("relanding_swapped")
+    landing.finish_relanding(cohort, table.name, state.relandings().get((cohort, table.name), []))
+    state.relanded(cohort, table.name)
+    return Relanded(table.name, sum(f.rows for _, f in sealed), len(sealed), how="rewrote load_dt of")
+
+
+def reland(
+    settings: Settings, cohort_name: str, tables: Sequence[str], progress: Progress | None = None, source: Source | None = None
+) -> list[Relanded]:
+    """Land each table of a cohort again, whole, up to its current watermark (``verify --repair``).
+
+    Crash-safe like a sync: the new files are written and fsynced under temporary names; one state
+    transaction swaps the table's file list and records the moves still to do (``relanding``); then
+    the files move into place and the old ones go. A crash before the swap leaves temporary files
+    (removed by the next repair or sync); after it, the next command that opens the landing finishes
+    the moves. The watermark does not move, so the next sync goes on from where it was. Files in the
+    folder that the state does not list are moved aside into ``.unlisted/``, never deleted.
+    """
+    progress = progress or LogProgress()
+    keys = deid_keys(settings)
+    policy = load_policy(settings.policy_path)
+    landing = Landing(settings.landing_path, settings.landing.compression)
+    cohort = _select_cohorts(settings, [cohort_name])[0]
+    out: list[Relanded] = []
+    with StateStore(settings.state_path) as state:
+        state.lock(f"verify --repair {cohort_name}")
+        state.check_key_fingerprint(keys.fingerprint)
+        finish_relandings(state, landing)
+        marks = state.watermarks()
+        todo = [t for t in tables if (cohort_name, t) in marks]
+        if not todo:
+            return out
+        src = source or open_source(settings)
+        run_id = state.start_run(f"verify --repair {cohort_name} " + " ".join(todo))
+        d = settings.deid
+        deid = Deidentifier(policy, keys, None, d.shift_min_days, d.shift_max_days, d.max_age)
+        try:
+            for n in restore_membership(src, [cohort]):
+                progress.note(n)
+            plans = {t: prepare(policy, omop.table(t), _source_columns(src, omop.table(t))) for t in todo}
+            if any(p.text_columns for p in plans.values()):
+                deid.scrubber = start_text_scrubber(settings, src, keys)
+            for t in todo:
+                mark = marks[(cohort_name, t)]
+                out.append(_reland_table(settings, state, run_id, landing, src, deid, cohort_name, t, mark, plans[t]))
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        finally:
+            _close(deid.scrubber)
+            if source is None:
+                src.close()
+        state.end_run(run_id, "ok")
+    return out
+
+
+def _reland_table(
+    settings: Settings,
+    state: StateStore,
+    run_id: str,
+    landing: Landing,
+    src: Source,
+    deid: Deidentifier,
+    cohort: str,
+    table_name: str,
+    mark: Mark,
+    table_plan: TablePlan,
+) -> Relanded:
+    table = omop.table(table_name)
+    d = landing.table_dir(cohort, table_name)
+    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
+        p.unlink()  # a crashed repair's or sync's temporary files: never listed, never read
+    query = plan.extraction(table, table_plan.select, [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
+    key = table.primary_key if table.primary_key in table_plan.select else None
+    lanes = settings.landing.writer_threads
+    writer = WindowWriter(landing, cohort, table_name, None, mark.wm, settings.sync.file_rows, lanes, key)
+    try:
+        with src.stream(query, settings.sync.batch_rows) as reader:
+            for raw in batches(reader):
+                writer.write(deid.apply(table, raw, mark.wm.year).drop_columns([plan.COHORT_COLUMN]))
+        sealed = writer.seal()
+    except BaseException:
+        writer.abort()
+        raise
+    fault_point("relanding_sealed")
+    listed = state.committed_files(cohort, table_name)
+    unlisted = [p.name for p in landing.files(cohort, table_name) if p.name not in listed]
+    aside = landing.set_aside(cohort, table_name, unlisted, run_id) if unlisted else None
+    state.swap_table(run_id, cohort, table_name, mark.wm, sealed)
+    fault_point("relanding_swapped")
+    landing.finish_relanding(cohort, table_name, state.relandings().get((cohort, table_name), []))
+    state.relanded(cohort, table_name)
+    rows = sum(f.rows for _, f in sealed)
+    state.log_outcome(run_id, TableOutcome(cohort, table_name, None, mark.wm, rows, [f for _, f in sealed], "relanded"))
+    return Relanded(table_name, rows, len(sealed), aside, len(unlisted))
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
@@ -506,8 +724,19 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
     table, table_plan, upper = omop.table(table_name), job.table_plan, job.upper
     due, fresh = _windows(run, job)
     done = _up_to_date(job, fresh)
+    for c, _ in fresh:  # nothing to build on this run, but the operator should know before the next load
+        if c in job.damaged:
+            run.progress.note(job.damaged[c])
+    refused = [
+        TableOutcome(
+            s.cohort, table_name, s.lower, upper, 0, [], "failed", job.damaged[s.cohort], exit_code=TamperedError.exit_code
+        )
+        for s in due
+        if s.cohort in job.damaged
+    ]
+    due = [s for s in due if s.cohort not in job.damaged]
     if not due:
-        return _TableResult(table_name, fresh=done)
+        return _TableResult(table_name, fresh=done, failed=refused)
     assert upper is not None
     batch_of = {c.name: c.batch for c in run.selected}
     progress.table_started(table_name, [s.cohort for s in due])
@@ -551,7 +780,7 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
         )
         for s in due
     ]
-    return _TableResult(table_name, fresh=done, landed=outcomes)
+    return _TableResult(table_name, fresh=done, landed=outcomes, failed=refused)
 
 
 def _source_columns(src: Source, table: omop.Table) -> list[str]:

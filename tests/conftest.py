@@ -79,7 +79,7 @@ def keep_everything_policy() -> str:
     lines = []
     for t in omop.registry().values():
         lines.append(f"[{t.name}]")
-        lines += [f'"{c}" = "keep"' for c in t.column_names]
+        lines += [f'"{c}" = "keep"' for c in (*t.column_names, omop.LOAD_DT)]
     return "\n".join(lines) + "\n"
 
 

@@ -276,6 +276,46 @@ def _(p: Project) -> None:
     assert r.exit_code == 5
     one_line(r.output, "1 of 4 ids are not in omop.person; check the file against the source, or pass --allow-missing")
     assert str(10**12) not in r.output and snapshot(p.root / "cohorts") == before
+@case("truncated-file")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "truncated")
+
+
+@case("garbage-file")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "garbage")
+
+
+@case("flipped-byte")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "flipped")
+
+
+@case("missing-file")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "missing")
+
+
+@case("state-older-than-landing")
+def _(p: Project) -> None:
+    from test_damage import restored_state_scenario
+
+    restored_state_scenario(p)
+
+
+@case("landing-older-than-state")
+def _(p: Project) -> None:
+    from test_damage import restored_landing_scenario
+
+    restored_landing_scenario(p)
 
 
 def test_every_row_has_a_test_and_every_test_a_row() -> None:
