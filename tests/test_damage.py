@@ -87,7 +87,7 @@ def damaged_file_scenario(p: Project, kind: str) -> None:
     assert all(lines[t].split()[1] == "ok" for t in TABLES if t != TARGET), r.output
     j = p.cli("verify", "c", "--json")
     assert j.exit_code == 5
-    doc = json.loads(j.output)
+    doc = json.loads(j.stdout)
     assert [(x["table"], x["file"]) for x in doc["damaged_files"]] == [(TARGET, f.name)]
     assert PROBLEM[kind] in ": " + doc["damaged_files"][0]["problem"]
     assert {t["table"]: t["status"] for t in doc["tables"]}[TARGET] == "damaged"

@@ -224,7 +224,7 @@ def test_exit_5_refusals_that_need_a_person(project: Project) -> None:
     f = sorted(d.glob("*.parquet"))[0]
     (d / f.name.replace("__0000", "__0042")).write_bytes(f.read_bytes())
     r = project.cli("verify", "c", "--tables", "person")
-    assert r.exit_code == 5 and "disagree with the source: person" in r.output
+    assert r.exit_code == 5 and "table(s) with findings: person" in r.output
 
 
 def test_an_unexpected_error_is_one_line_without_its_values(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
