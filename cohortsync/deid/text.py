@@ -9,6 +9,12 @@ Why it is built this way:
   parser and lemmatizer cost more than half of the model's time and NER does not use them.
 * Distinct values are analysed once per call; dates are shifted per row because the offset is per person.
 * A text that fails analysis is replaced by :data:`SCRUB_FAILED`, never passed through.
+* Workers start on the first value that needs analysis, not when the scrubber is made: a sync with
+  nothing due, or whose values were all judged clean before, never pays for them.
+* A value found to hold no PHI is remembered by a keyed hash (never the value) for the scrubber's life,
+  so values repeated across batches, tables and windows are analysed once.
+* NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value.
+* Workers watch their parent and exit when it dies, even by ``kill -9``: no orphans hold memory.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import importlib
 import logging
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import sys
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -31,6 +39,7 @@ from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cohortsync.errors import CohortsyncError, ConfigError, InputError
 
@@ -62,9 +71,11 @@ class TextSettings:
     #: Run NER line by line and remember each distinct line's entities (boilerplate lines are common).
     ner_by_line: bool = True
     extra_recognizers: tuple[str, ...] = ()
+    #: Distinct clean values remembered (as 16-byte keyed hashes; ~100 bytes each with the dict's overhead).
+    verdict_cache: int = 200_000
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.batch_size < 1:
+        if self.workers < 1 or self.batch_size < 1 or self.verdict_cache < 0:
             raise ConfigError("text de-identification: workers and batch_size must be at least 1")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError("text de-identification: score_threshold must be between 0 and 1")
@@ -384,7 +395,8 @@ class _Worker:
         parts_of: list[list[tuple[int, str]]] = []
         todo: dict[str, None] = {}
         for text, results in zip(texts, found, strict=True):
-            parts = self._ner_parts(text, results) if results is not None else []
+            gated = results is not None and could_hide_name(text, self.R.VOCABULARY)
+            parts = self._ner_parts(text, results) if gated and results is not None else []
             parts_of.append(parts)
             for _, piece in parts:
                 if piece not in self._line_cache:
@@ -532,6 +544,46 @@ def _resolve(
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# The NER gate: which values could hide a name at all
+# ---------------------------------------------------------------------------------------------------
+
+#: Units, dose forms and schedule abbreviations written in codes and source values (casefolded).
+UNITS = frozenset(
+    """
+    mg mcg ug µg ng pg gm kg ml dl ul nl mmol umol nmol mol meq iu miu kiu units unit mmhg cmh2o cm mm um nm km
+    ft lb lbs oz hr hrs min mins sec secs wk wks mo mos yr yrs bpm kpa mosm fl gtt gtts tab tabs cap caps
+    amp vial supp neb inh qd bid tid qid qhs qod prn po iv im sc sq sl pr hs ac pc am pm stat od os ou
+    """.split()  # noqa: SIM905
+)
+#: Ordinal suffixes glued to digits (``3rd``).
+_ORDINALS = frozenset({"st", "nd", "rd", "th"})
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+
+
+def could_hide_name(text: str, safe_words: Container[str]) -> bool:
+    """Whether ``text`` holds a word that could be (part of) a name or place, so NER must see it.
+
+    False only when every run of letters is one letter (an initial, ``M``/``F``), a unit, a
+    ``safe_words`` entry (casefolded: the recognizers' VOCABULARY), an ordinal suffix on a number, or
+    an upper-case pair glued to digits (``RX123``, ``E11.9``); everything else is digits and
+    punctuation. A name glued to a code (``SMITH8331``, ``8331-1/jones``) keeps its letter run and
+    is admitted. The regex recognizers run on every value whatever this says.
+    """
+    for token in text.split():
+        digits = any(c.isdigit() for c in token)
+        for run in _LETTER_RUN.findall(token):
+            if len(run) == 1:
+                continue
+            word = run.casefold()
+            if word in UNITS or word in safe_words:
+                continue
+            if digits and len(run) == 2 and (run.isupper() or word in _ORDINALS):
+                continue
+            return True
+    return False
+
+
 #: A capitalised word: only lines holding one that is not vocabulary and no rule covered go through NER.
 #: All-caps words are not candidates: the model rarely tags them, and labelled ones (``RE: BUSH, ROSE``)
 #: are the rules' job.
@@ -543,8 +595,54 @@ _WARM_UP = (
 )
 
 
+def _exit_with_parent() -> None:
+    """End this worker as soon as the process that started it dies, however it died.
+
+    Two independent signals, either enough: on Linux the kernel's parent-death signal (SIGKILL,
+    set here with ``prctl``), and on every platform a daemon thread that waits on the pipe
+    ``multiprocessing`` leaves the parent holding (its write end closes when the parent dies) and
+    also polls the parent pid. ``prctl`` fires when the *thread* that spawned the worker ends, which
+    could be a table thread of a sync that outlives the scrubber's use; the pool is closed before
+    those threads end, so an early signal can only hit a worker that is no longer needed.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    import multiprocessing
+
+    proc = multiprocessing.parent_process()
+    sentinel = getattr(proc, "sentinel", None) if proc is not None else None
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        pipe = sentinel
+        pause = threading.Event()
+        while True:
+            if pipe is not None:
+                try:
+                    if wait([pipe], timeout=0.5):
+                        os._exit(1)
+                except (OSError, ValueError):
+                    pipe = None  # fall back to polling the parent pid
+            else:
+                pause.wait(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cohortsync-parent-watch", daemon=True).start()
+
+
 def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
     global _WORKER, _WORKER_ERROR
+    _exit_with_parent()
     # Presidio's debug/info records name operators and their parameters (a row's date offset): keep them quiet.
     for name in ("presidio-analyzer", "presidio-anonymizer"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -602,33 +700,36 @@ def _single_threaded_children() -> Iterator[None]:
 class TextScrubber:
     """De-identifies Arrow string columns; a context manager that owns its worker processes.
 
-    ``key`` seeds the name surrogates and is never logged. ``deny_list`` holds known PHI strings
-    (``str`` or :class:`~cohortsync.deid.recognizers.DenyTerm`), matched case-insensitively as whole words.
+    ``key`` seeds the name surrogates and the verdict cache's hash and is never logged. ``deny_list``
+    holds known PHI strings (``str`` or :class:`~cohortsync.deid.recognizers.DenyTerm`), matched
+    case-insensitively as whole words; it may be a function, called once when the workers start.
+    ``lazy`` defers starting the workers (and calling that function) to the first value that needs
+    analysis; otherwise they start here and a start-up error is raised here.
     """
 
-    def __init__(self, settings: TextSettings, key: bytes, deny_list: Iterable[Any] = ()) -> None:
+    def __init__(
+        self,
+        settings: TextSettings,
+        key: bytes,
+        deny_list: Iterable[Any] | Callable[[], Iterable[Any]] = (),
+        *,
+        lazy: bool = False,
+    ) -> None:
         if not key:
             raise ConfigError("text de-identification needs a non-empty key")
         self.settings = settings
+        self._key = bytes(key)
+        self._deny_list = deny_list
         self._pool: ProcessPoolExecutor | None = None
-        ctx = get_context(settings.start_method)
-        with _single_threaded_children():
-            self._pool = ProcessPoolExecutor(
-                max_workers=settings.workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(settings, bytes(key), list(deny_list)),
-            )
-            try:
-                futures = [self._pool.submit(_ping) for _ in range(settings.workers)]
-                for f in futures:
-                    f.result()
-            except CohortsyncError:
-                self.close()
-                raise
-            except BrokenProcessPool as e:
-                self.close()
-                raise TextScrubError("text scrubber workers died while starting") from e
+        self._closed = False
+        self._start_error: CohortsyncError | None = None
+        self._lock = threading.Lock()
+        self._release_owner = threading.Event()
+        # Keyed hashes of values analysed and found clean: a hit is passed through without a worker.
+        self._cache_key = hmac.new(self._key, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
+        self._clean: OrderedDict[bytes, None] = OrderedDict()
+        if not lazy:
+            self._ensure_pool()
 
     def __repr__(self) -> str:
         return f"TextScrubber(model={self.settings.model!r}, workers={self.settings.workers})"
@@ -639,17 +740,87 @@ class TextScrubber:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    @property
+    def started(self) -> bool:
+        """Whether worker processes were started (a lazy scrubber that saw nothing to analyse: no)."""
+        return self._pool is not None
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (empty before they start and after close)."""
+        pool = self._pool
+        procs = getattr(pool, "_processes", None) or {}
+        return sorted(int(p) for p in procs)
+
     def close(self) -> None:
-        """Stop the workers (idempotent)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers (idempotent); a closed scrubber refuses further work."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._release_owner.set()
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        """Start the workers once; a failed start is remembered, so every later call fails the same way."""
+        with self._lock:
+            if self._closed:
+                raise TextScrubError("the text scrubber is closed")
+            if self._start_error is not None:
+                raise self._start_error
+            if self._pool is None:
+                try:
+                    self._pool = self._start_pool()
+                except CohortsyncError as e:
+                    self._start_error = e
+                    self._release_owner.set()
+                    raise
+            return self._pool
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        """Spawn the workers from a thread that lives until :meth:`close`: on Linux their parent-death
+        signal fires when the spawning *thread* ends, and the caller may be a short-lived thread."""
+        deny = self._deny_list() if callable(self._deny_list) else self._deny_list
+        initargs = (self.settings, self._key, list(deny))
+        box: dict[str, Any] = {}
+        ready = threading.Event()
+
+        def owner() -> None:
+            try:
+                box["pool"] = self._spawn(initargs)
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+            ready.set()
+            self._release_owner.wait()
+
+        threading.Thread(target=owner, name="cohortsync-text-workers", daemon=True).start()
+        ready.wait()
+        if "error" in box:
+            raise box["error"]
+        pool: ProcessPoolExecutor = box["pool"]
+        return pool
+
+    def _spawn(self, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+        ctx = get_context(self.settings.start_method)
+        with _single_threaded_children():
+            pool = ProcessPoolExecutor(
+                max_workers=self.settings.workers, mp_context=ctx, initializer=_init_worker, initargs=initargs
+            )
+            try:
+                futures = [pool.submit(_ping) for _ in range(self.settings.workers)]
+                for f in futures:
+                    f.result()
+            except CohortsyncError:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            except BrokenProcessPool as e:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise TextScrubError("text scrubber workers died while starting") from e
+        return pool
 
     def _map(self, fn: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
-        if self._pool is None:
-            raise TextScrubError("the text scrubber is closed")
+        pool = self._ensure_pool()
         try:
-            return list(self._pool.map(fn, batches))
+            return list(pool.map(fn, batches))
         except BrokenProcessPool as e:
             self.close()
             raise TextScrubError("a text scrubber worker died; no output was produced") from e
@@ -677,10 +848,33 @@ class TextScrubber:
         batches = self._batches(list(texts), len)
         return [d for b in self._map(_detect_batch, batches) for d in b]
 
+    # -- the verdict cache ----------------------------------------------------------------------------
+    def _digest(self, text: str) -> bytes:
+        return hmac.new(self._cache_key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:16]
+
+    def _known_clean(self, digest: bytes) -> bool:
+        with self._lock:
+            if digest in self._clean:
+                self._clean.move_to_end(digest)
+                return True
+            return False
+
+    def _remember_clean(self, digests: Iterable[bytes]) -> None:
+        limit = self.settings.verdict_cache
+        with self._lock:
+            for d in digests:
+                self._clean[d] = None
+                self._clean.move_to_end(d)
+            while len(self._clean) > limit:
+                self._clean.popitem(last=False)
+
+    # -- scrubbing ------------------------------------------------------------------------------------
     def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, ScrubStats]:
         """The scrubbed column (same type and length; nulls and empty strings unchanged) and its counts.
 
         ``shift_days`` is the row's date offset (int); where it is null, dates become ``[DATE]``.
+        Distinct values are found by Arrow; only those not known clean reach the workers, and only
+        their rows are touched in Python.
         """
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
@@ -695,39 +889,66 @@ class TextScrubber:
             raise InputError(f"shift_days must be an integer array, got {shift_days.type}")
         if len(texts) != len(shift_days):
             raise InputError(f"texts ({len(texts)}) and shift_days ({len(shift_days)}) differ in length")
-        values: list[str | None] = texts.to_pylist()
-        shifts: list[int | None] = shift_days.to_pylist()
-        rows_of: dict[str, dict[int | None, list[int]]] = {}
-        nulls = empty = 0
-        for i, (v, s) in enumerate(zip(values, shifts, strict=True)):
-            if v is None:
-                nulls += 1
-            elif not v.strip():
-                empty += 1
-            else:
-                rows_of.setdefault(v, {}).setdefault(s, []).append(i)
-        items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
-        out: list[str | None] = list(values)
+        if self._closed:
+            raise TextScrubError("the text scrubber is closed")
+        encoded = pc.dictionary_encode(texts)
+        dictionary: list[str] = encoded.dictionary.to_pylist()
+        indices = encoded.indices
+        rows_per = [0] * len(dictionary)
+        vc = pc.value_counts(indices)
+        for idx, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
+            if idx is not None:
+                rows_per[idx] = n
+        empty = distinct = 0
+        todo: list[int] = []
+        digests: dict[int, bytes] = {}
+        for i, v in enumerate(dictionary):
+            if not v.strip():
+                empty += rows_per[i]
+                continue
+            distinct += 1
+            d = self._digest(v)
+            if not self._known_clean(d):
+                todo.append(i)
+                digests[i] = d
         entities: Counter[str] = Counter()
         failures = 0
-        results = [r for b in self._map(_scrub_batch, self._batches(items, lambda it: len(it[0]))) for r in b]
-        for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
-            by_shift = rows_of[text]
-            n_rows = sum(len(rows) for rows in by_shift.values())
-            for shift, new in zip(shift_keys, scrubbed, strict=True):
-                for i in by_shift[shift]:
-                    out[i] = new
-            for ent, n in counts.items():
-                if ent == "__failed__":
-                    failures += n_rows
-                else:
-                    entities[ent] += n * n_rows
+        result = texts
+        if todo:
+            mask = pc.is_in(indices, value_set=pa.array(todo, indices.type))
+            mask = pc.fill_null(mask, False)
+            rows = pc.indices_nonzero(mask)
+            values: list[str] = texts.take(rows).to_pylist()
+            shifts: list[int | None] = shift_days.take(rows).to_pylist()
+            rows_of: dict[str, dict[int | None, list[int]]] = {}
+            for j, (v, sh) in enumerate(zip(values, shifts, strict=True)):
+                rows_of.setdefault(v, {}).setdefault(sh, []).append(j)
+            items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
+            results = [r for b in self._map(_scrub_batch, self._batches(items, lambda it: len(it[0]))) for r in b]
+            new: list[str] = list(values)
+            clean: list[bytes] = []
+            by_text = {dictionary[i]: digests[i] for i in todo}
+            for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
+                by_shift = rows_of[text]
+                n_rows = sum(len(r) for r in by_shift.values())
+                for shift, out_text in zip(shift_keys, scrubbed, strict=True):
+                    for j in by_shift[shift]:
+                        new[j] = out_text
+                for ent, n in counts.items():
+                    if ent == "__failed__":
+                        failures += n_rows
+                    else:
+                        entities[ent] += n * n_rows
+                if not counts and all(o == text for o in scrubbed):
+                    clean.append(by_text[text])
+            self._remember_clean(clean)
+            result = pc.replace_with_mask(texts, mask, pa.array(new, texts.type))
         stats = ScrubStats(
-            rows=len(values),
-            nulls=nulls,
+            rows=len(texts),
+            nulls=texts.null_count,
             empty=empty,
-            distinct=len(items),
+            distinct=distinct,
             failures=failures,
             entities=dict(sorted(entities.items())),
         )
-        return pa.array(out, type=texts.type).cast(out_type), stats
+        return result.cast(out_type), stats
