@@ -91,6 +91,8 @@ class ScrubStats:
     distinct: int = 0
     failures: int = 0
     entities: Mapping[str, int] = field(default_factory=dict)
+    #: Distinct values sent to the workers (the rest were known clean from an earlier call).
+    analysed: int = 0
 
 
 class Detection(NamedTuple):
@@ -558,6 +560,7 @@ UNITS = frozenset(
 )
 #: Ordinal suffixes glued to digits (``3rd``).
 _ORDINALS = frozenset({"st", "nd", "rd", "th"})
+_EDGE_PUNCT = ".,;:!?'’\"()[]{}<>|*"
 _LETTER_RUN = re.compile(r"[^\W\d_]+")
 
 
@@ -571,6 +574,10 @@ def could_hide_name(text: str, safe_words: Container[str]) -> bool:
     is admitted. The regex recognizers run on every value whatever this says.
     """
     for token in text.split():
+        whole = token.casefold()
+        core = whole.strip(_EDGE_PUNCT)
+        if whole in safe_words or core in safe_words or core in UNITS:  # safe words with ' or - (``don't``)
+            continue
         digits = any(c.isdigit() for c in token)
         for run in _LETTER_RUN.findall(token):
             if len(run) == 1:
@@ -595,7 +602,7 @@ _WARM_UP = (
 )
 
 
-def _exit_with_parent() -> None:
+def _exit_with_parent(parent: int) -> None:
     """End this worker as soon as the process that started it dies, however it died.
 
     Two independent signals, either enough: on Linux the kernel's parent-death signal (SIGKILL,
@@ -605,7 +612,6 @@ def _exit_with_parent() -> None:
     could be a table thread of a sync that outlives the scrubber's use; the pool is closed before
     those threads end, so an early signal can only hit a worker that is no longer needed.
     """
-    parent = os.getppid()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
@@ -613,7 +619,7 @@ def _exit_with_parent() -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:  # the parent died before the signal was armed
+    if os.getppid() != parent:  # the parent died before the signal was armed (or it is not our parent)
         os._exit(1)
     import multiprocessing
 
@@ -640,9 +646,9 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="cohortsync-parent-watch", daemon=True).start()
 
 
-def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
+def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any], parent: int) -> None:
     global _WORKER, _WORKER_ERROR
-    _exit_with_parent()
+    _exit_with_parent(parent)
     # Presidio's debug/info records name operators and their parameters (a row's date offset): keep them quiet.
     for name in ("presidio-analyzer", "presidio-anonymizer"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -780,7 +786,7 @@ class TextScrubber:
         """Spawn the workers from a thread that lives until :meth:`close`: on Linux their parent-death
         signal fires when the spawning *thread* ends, and the caller may be a short-lived thread."""
         deny = self._deny_list() if callable(self._deny_list) else self._deny_list
-        initargs = (self.settings, self._key, list(deny))
+        initargs = (self.settings, self._key, list(deny), os.getpid())
         box: dict[str, Any] = {}
         ready = threading.Event()
 
@@ -949,6 +955,7 @@ class TextScrubber:
             empty=empty,
             distinct=distinct,
             failures=failures,
+            analysed=len(todo),
             entities=dict(sorted(entities.items())),
         )
         return result.cast(out_type), stats

@@ -1,0 +1,295 @@
+"""The default sync's free-text cost, kept safe: the NER gate, the keyed verdict cache, workers that
+start only when a window holds text, and workers that never outlive their parent (real Presidio,
+real spaCy model, real processes killed with SIGKILL)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cohortsync.deid import recognizers as R
+from cohortsync.deid.text import (
+    FIRST_NAMES,
+    LAST_NAMES,
+    SCRUB_FAILED,
+    TextScrubber,
+    TextScrubError,
+    TextSettings,
+    could_hide_name,
+)
+from cohortsync.errors import ConfigError
+from conftest import CONFIG, TEST_KEY, Project, person_ids
+
+KEY = b"test-key-0123456789abcdef"
+
+
+def gate(text: str) -> bool:
+    return could_hide_name(text, R.VOCABULARY)
+
+
+# --- the gate: a value is kept from NER only if it cannot hide a name ------------------------------------
+
+#: Names as notes write them, none of them a safe-list word (checked below, so the test cannot go stale).
+NAMES = sorted(
+    {n for n in [*FIRST_NAMES, *LAST_NAMES, "Souza", "Milovan", "Kernan", "Catonsville", "Nuñez", "José", "Nguyen"]
+     if n.casefold() not in R.VOCABULARY}
+)
+CODE_CHARS = "0123456789-./#:_+()"
+SAFE_TOKENS = ["8331-1", "00025152531", "E11.9", "K92.2", "J1100", "5", "mg", "PO", "BID", "3rd", "10am", "#4", "M", "F"]
+
+
+def test_the_name_list_is_not_safe_listed() -> None:
+    assert len(NAMES) > 150
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "8331-1 Smith", "SMITH8331", "smith_8331", "8331-1/jones", "J.Smith", "12345john", "MRN:12345/JONES",
+        "Garcia-Lopez 5mg", "seen by nuñez", "husband milovan", "o'brien", "pt. ZELLER 3x daily", "E11.9 Souza",
+        "Wu", "LI 8331", "RX123 Catonsville", "transferred from kernan",
+    ],
+)
+def test_names_hidden_in_codes_and_mixed_values_reach_ner(text: str) -> None:
+    assert gate(text)
+
+
+@pytest.mark.parametrize("text", ["", "   ", *SAFE_TOKENS, "5 mg PO BID", "8331-1 E11.9 #4", "3rd 10am"])
+def test_codes_numbers_and_units_skip_ner(text: str) -> None:
+    assert not gate(text)
+
+
+@given(
+    name=st.sampled_from(NAMES),
+    case=st.sampled_from([str.upper, str.lower, str.title, lambda s: s]),
+    left=st.text(alphabet=CODE_CHARS, max_size=8),
+    right=st.text(alphabet=CODE_CHARS, max_size=8),
+    glue=st.sampled_from(["", " "]),
+    before=st.lists(st.sampled_from(SAFE_TOKENS), max_size=4),
+    after=st.lists(st.sampled_from(SAFE_TOKENS), max_size=4),
+)
+def test_a_name_anywhere_in_a_code_or_mixed_value_reaches_ner(
+    name: str, case: Callable[[str], str], left: str, right: str, glue: str, before: list[str], after: list[str]
+) -> None:
+    value = " ".join([*before, left + glue + case(name) + glue + right, *after])
+    assert gate(value), value
+
+
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.text(alphabet=CODE_CHARS, min_size=1, max_size=10),
+            st.sampled_from(sorted(w for w in R.VOCABULARY if not any(c.isspace() for c in w))),
+            st.sampled_from(SAFE_TOKENS),
+            st.builds(lambda a, n: a + n, st.sampled_from(["E", "J", "RX", "HL", "V"]), st.integers(0, 99999).map(str)),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_values_of_codes_units_and_safe_words_skip_ner(parts: list[str]) -> None:
+    assert not gate(" ".join(parts))
+
+
+# --- the scrubber: regexes on every value, NER on admitted ones, clean verdicts cached by keyed hash -----
+
+
+@pytest.fixture(scope="module")
+def lazy() -> Iterator[TextScrubber]:
+    with TextScrubber(TextSettings(workers=1), KEY, lazy=True) as scr:
+        yield scr
+
+
+def scrub(scr: TextScrubber, texts: list[str | None], shift: int | None = 10) -> tuple[list[str | None], Any]:
+    out, stats = scr.scrub(pa.array(texts, pa.string()), pa.array([shift] * len(texts), pa.int32()))
+    return list(out.to_pylist()), stats
+
+
+def test_no_workers_start_for_a_window_without_text(lazy: TextScrubber) -> None:
+    fresh = TextScrubber(TextSettings(workers=1), KEY, lazy=True)
+    out, stats = scrub(fresh, [None, "", "   ", None])
+    assert out == [None, "", "   ", None] and stats.analysed == 0
+    assert not fresh.started
+    fresh.close()
+    with pytest.raises(TextScrubError):
+        scrub(fresh, ["8331-1"])
+
+
+def test_names_in_mixed_values_are_found_and_regexes_see_code_values(lazy: TextScrubber) -> None:
+    texts = [
+        "8331-1 per Dr. Hannah Kowalski",
+        "Hgb 13.2 g/dl, Rebecca Thornton notified",
+        "K92.2 555-201-3344",  # codes only: no NER, but the phone rule still applies
+        "E11.9 03/04/2021",
+    ]
+    out, stats = scrub(lazy, texts)
+    assert out[0] is not None and "Kowalski" not in out[0] and "Hannah" not in out[0]
+    assert out[1] is not None and "Thornton" not in out[1] and "Rebecca" not in out[1]
+    assert out[2] == "K92.2 [PHONE]"
+    assert out[3] == "E11.9 03/14/2021"
+    assert stats.analysed == 4
+
+
+def test_clean_values_are_analysed_once_and_phi_every_time(lazy: TextScrubber) -> None:
+    clean = ["8331-1", "white", "1 tab 5 mg"]
+    first, s1 = scrub(lazy, clean * 3)
+    again, s2 = scrub(lazy, [*clean, "Call 555-201-3344"])
+    assert first == clean * 3 and again[:3] == clean
+    assert (s1.analysed, s2.analysed) == (3, 1)  # only the value with PHI went back to the workers
+    assert again[3] == "Call [PHONE]" and s2.entities == {"PHONE": 1}
+    _, s3 = scrub(lazy, ["Call 555-201-3344"])
+    assert s3.analysed == 1  # a value with PHI is never taken as clean
+
+
+def test_the_cache_holds_keyed_hashes_only(lazy: TextScrubber) -> None:
+    scrub(lazy, ["8331-1", "ZELLER"])
+    keys = list(lazy._clean)
+    assert keys and all(isinstance(k, bytes) and len(k) == 16 for k in keys)
+    label = hmac.new(KEY, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
+    expected = hmac.new(label, b"8331-1", hashlib.sha256).digest()[:16]
+    assert expected in keys
+    assert hashlib.sha256(b"8331-1").digest()[:16] not in keys  # an unkeyed hash could be looked up
+    assert not any(b"8331" in k or b"ZELLER" in k for k in keys)
+    other = TextScrubber(TextSettings(workers=1), b"another-key", lazy=True)
+    assert other._digest("8331-1") != lazy._digest("8331-1")
+
+
+def test_the_cache_is_bounded() -> None:
+    scr = TextScrubber(TextSettings(workers=1, verdict_cache=3), KEY, lazy=True)
+    digests = [scr._digest(str(i)) for i in range(10)]
+    scr._remember_clean(digests[:5])
+    assert scr._known_clean(digests[2])  # touched: now the most recent
+    scr._remember_clean(digests[5:7])
+    assert len(scr._clean) == 3
+    assert [scr._known_clean(d) for d in (digests[2], digests[5], digests[6], digests[4], digests[0])] == [
+        True, True, True, False, False,
+    ]
+    assert not scr.started
+
+
+def test_a_failed_analysis_is_never_cached() -> None:
+    from test_deid_text import RAISE_MARKER
+
+    s = TextSettings(workers=1, extra_recognizers=("test_deid_text:broken_recognizers",))
+    with TextScrubber(s, KEY, lazy=True) as scr:
+        for _ in range(2):
+            out, stats = scrub(scr, [f"8331-1 {RAISE_MARKER}"])
+            assert out == [SCRUB_FAILED] and stats.failures == 1 and stats.analysed == 1
+
+
+def test_a_failed_lazy_start_fails_every_call_the_same_way() -> None:
+    scr = TextScrubber(TextSettings(model="not_a_model_xyz", workers=1), KEY, lazy=True)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="not_a_model_xyz"):
+            scrub(scr, ["8331-1"])
+    scr.close()
+
+
+# --- in a sync -------------------------------------------------------------------------------------------
+
+
+def default_policy_project(project: Project, members: int | None) -> None:
+    project.config.write_text(CONFIG.replace('policy = "keep_everything.toml"\n', ""), encoding="utf-8")
+    ids = person_ids(project)
+    ids = ids[:members] if members else ids
+    r = project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", ids)))
+    assert r.exit_code == 0, r.output
+
+
+def test_a_sync_with_nothing_due_starts_no_text_worker(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[int] = []
+    real = TextScrubber._spawn
+
+    def counting(self: TextScrubber, initargs: tuple[Any, ...]) -> Any:
+        spawned.append(1)
+        return real(self, initargs)
+
+    monkeypatch.setattr(TextScrubber, "_spawn", counting)
+    default_policy_project(project, 12)
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    assert len(spawned) == 1
+    landed = sorted((project.landing / "c").glob("condition_occurrence/*.parquet"))
+    assert landed
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    assert len(spawned) == 1  # the no-op sync never started them
+
+
+# --- no orphans ------------------------------------------------------------------------------------------
+
+
+def _marked(marker: str) -> dict[int, dict[str, str]]:
+    """Live (not zombie) processes whose environment holds ``marker``: pid -> a few /proc fields."""
+    out: dict[int, dict[str, str]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if marker.encode() not in (d / "environ").read_bytes():
+                continue
+            status = dict(
+                line.split(":", 1) for line in (d / "status").read_text().splitlines() if ":" in line
+            )
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if status.get("State", "").strip().startswith("Z"):
+            continue  # a zombie holds no memory and runs nothing; its reaper is not ours
+        out[int(d.name)] = {"threads": status.get("Threads", "0").strip(), "cmdline": cmdline}
+    return out
+
+
+def _wait_for(check: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_sync_leaves_no_text_worker(project: Project) -> None:
+    default_policy_project(project, None)
+    marker = f"ORPHAN_TEST_MARK={uuid.uuid4().hex}"  # not COHORTSYNC_*: settings refuse unknown ones
+    name, value = marker.split("=")
+    env = {**os.environ, "COHORTSYNC_DEID_KEY": TEST_KEY, name: value}
+    env.pop("COHORTSYNC_FAULT_POINT", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cohortsync.cli", "--config", str(project.config), "sync", "-q"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def workers_running() -> bool:
+            assert proc.poll() is None, "the sync ended before its text workers were seen"
+            ws = [p for pid, p in _marked(marker).items() if pid != proc.pid and "resource_tracker" not in p["cmdline"]]
+            # Two or more threads: the worker's initializer has run (its parent watch is a thread).
+            return len(ws) == 2 and all(int(p["threads"]) >= 2 for p in ws)
+
+        assert _wait_for(workers_running, 180), "the text workers never started"
+        seen = set(_marked(marker)) - {proc.pid}
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_for(lambda: not _marked(marker), 60), f"left behind: {_marked(marker)}"
+        assert len(seen) >= 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _marked(marker):  # only processes this test started carry the marker
+            os.kill(pid, signal.SIGKILL)
