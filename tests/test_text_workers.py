@@ -29,6 +29,7 @@ from cohortsync.deid.text import (
     TextScrubber,
     TextScrubError,
     TextSettings,
+    Verdict,
     could_hide_name,
 )
 from cohortsync.errors import ConfigError
@@ -144,26 +145,32 @@ def test_names_in_mixed_values_are_found_and_regexes_see_code_values(lazy: TextS
     assert stats.analysed == 4
 
 
-def test_clean_values_are_analysed_once_and_phi_every_time(lazy: TextScrubber) -> None:
-    clean = ["8331-1", "white", "1 tab 5 mg"]
-    first, s1 = scrub(lazy, clean * 3)
-    again, s2 = scrub(lazy, [*clean, "Call 555-201-3344"])
-    assert first == clean * 3 and again[:3] == clean
-    assert (s1.analysed, s2.analysed) == (3, 1)  # only the value with PHI went back to the workers
-    assert again[3] == "Call [PHONE]" and s2.entities == {"PHONE": 1}
-    _, s3 = scrub(lazy, ["Call 555-201-3344"])
-    assert s3.analysed == 1  # a value with PHI is never taken as clean
+def test_values_are_analysed_once_unless_their_output_depends_on_the_row(lazy: TextScrubber) -> None:
+    values = ["8331-1", "white", "1 tab 5 mg", "Call 555-201-3344 re Dr. Hannah Kowalski"]
+    first, s1 = scrub(lazy, values * 3)
+    again, s2 = scrub(lazy, values)
+    assert first == again * 3 and first[:3] == values[:3]
+    assert first[3] is not None and "555" not in first[3] and "Kowalski" not in first[3]
+    assert s1.analysed == 4 and s2.analysed == 0  # the second call needed no worker
+    assert s1.entities == {k: 3 * n for k, n in s2.entities.items()} and s2.entities["PHONE"] == 1
+    dated = ["seen 03/04/2021", "Hannah Kowalski seen 03/04/2021"]
+    for _ in range(2):  # a date moves with each row's offset: analysed every time, shifted per row
+        out, stats = lazy.scrub(pa.array(dated * 2), pa.array([1, 1, 30, 30], pa.int32()))
+        assert stats.analysed == 2
+        assert out.to_pylist()[0] == "seen 03/05/2021" and out.to_pylist()[2] == "seen 04/03/2021"
+        assert "Kowalski" not in str(out.to_pylist())
 
 
-def test_the_cache_holds_keyed_hashes_only(lazy: TextScrubber) -> None:
-    scrub(lazy, ["8331-1", "ZELLER"])
-    keys = list(lazy._clean)
-    assert keys and all(isinstance(k, bytes) and len(k) == 16 for k in keys)
+def test_the_cache_holds_no_value(lazy: TextScrubber) -> None:
+    scrub(lazy, ["8331-1", "ZELLER", "Call 555-201-3344 re Dr. Hannah Kowalski"])
+    cached = dict(lazy._verdicts)
+    assert cached and all(isinstance(k, bytes) and len(k) == 16 for k in cached)
     label = hmac.new(KEY, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
-    expected = hmac.new(label, b"8331-1", hashlib.sha256).digest()[:16]
-    assert expected in keys
-    assert hashlib.sha256(b"8331-1").digest()[:16] not in keys  # an unkeyed hash could be looked up
-    assert not any(b"8331" in k or b"ZELLER" in k for k in keys)
+    assert cached[hmac.new(label, b"8331-1", hashlib.sha256).digest()[:16]] == Verdict(None, ())
+    assert hashlib.sha256(b"8331-1").digest()[:16] not in cached  # an unkeyed hash could be looked up
+    dump = repr(cached).encode() + b"".join(cached)
+    for raw in (b"ZELLER", b"555", b"201-3344", b"Kowalski", b"Hannah"):  # clean values are kept as None
+        assert raw not in dump
     other = TextScrubber(TextSettings(workers=1), b"another-key", lazy=True)
     assert other._digest("8331-1") != lazy._digest("8331-1")
 
@@ -171,11 +178,12 @@ def test_the_cache_holds_keyed_hashes_only(lazy: TextScrubber) -> None:
 def test_the_cache_is_bounded() -> None:
     scr = TextScrubber(TextSettings(workers=1, verdict_cache=3), KEY, lazy=True)
     digests = [scr._digest(str(i)) for i in range(10)]
-    scr._remember_clean(digests[:5])
-    assert scr._known_clean(digests[2])  # touched: now the most recent
-    scr._remember_clean(digests[5:7])
-    assert len(scr._clean) == 3
-    assert [scr._known_clean(d) for d in (digests[2], digests[5], digests[6], digests[4], digests[0])] == [
+    clean = Verdict(None, ())
+    scr._remember((d, clean) for d in digests[:5])
+    assert scr._verdict(digests[2]) == clean  # touched: now the most recent
+    scr._remember((d, clean) for d in digests[5:7])
+    assert len(scr._verdicts) == 3
+    assert [scr._verdict(d) is not None for d in (digests[2], digests[5], digests[6], digests[4], digests[0])] == [
         True, True, True, False, False,
     ]
     assert not scr.started

@@ -703,6 +703,23 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[v] = old
 
 
+class Verdict(NamedTuple):
+    """What the scrubber made of one distinct value, remembered under the value's keyed hash.
+
+    ``output`` is None when the value held no PHI (it passes unchanged), else its scrubbed form,
+    which is what lands anyway and never the value itself. Only verdicts that do not depend on the
+    row are kept: a value with a date (shifted per person) or whose analysis failed is analysed
+    again every time; so is a scrubbed value longer than :data:`CACHED_OUTPUT_CHARS`.
+    """
+
+    output: str | None
+    entities: tuple[tuple[str, int], ...]
+
+
+#: Longest scrubbed output kept in the verdict cache (codes and short source values, not notes).
+CACHED_OUTPUT_CHARS = 256
+
+
 class TextScrubber:
     """De-identifies Arrow string columns; a context manager that owns its worker processes.
 
@@ -731,9 +748,10 @@ class TextScrubber:
         self._start_error: CohortsyncError | None = None
         self._lock = threading.Lock()
         self._release_owner = threading.Event()
-        # Keyed hashes of values analysed and found clean: a hit is passed through without a worker.
+        # Verdicts on values already analysed, keyed by a keyed hash of the value (never the value):
+        # a hit is answered without a worker. See :class:`Verdict`.
         self._cache_key = hmac.new(self._key, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
-        self._clean: OrderedDict[bytes, None] = OrderedDict()
+        self._verdicts: OrderedDict[bytes, Verdict] = OrderedDict()
         if not lazy:
             self._ensure_pool()
 
@@ -858,21 +876,21 @@ class TextScrubber:
     def _digest(self, text: str) -> bytes:
         return hmac.new(self._cache_key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:16]
 
-    def _known_clean(self, digest: bytes) -> bool:
+    def _verdict(self, digest: bytes) -> Verdict | None:
         with self._lock:
-            if digest in self._clean:
-                self._clean.move_to_end(digest)
-                return True
-            return False
+            v = self._verdicts.get(digest)
+            if v is not None:
+                self._verdicts.move_to_end(digest)
+            return v
 
-    def _remember_clean(self, digests: Iterable[bytes]) -> None:
+    def _remember(self, verdicts: Iterable[tuple[bytes, Verdict]]) -> None:
         limit = self.settings.verdict_cache
         with self._lock:
-            for d in digests:
-                self._clean[d] = None
-                self._clean.move_to_end(d)
-            while len(self._clean) > limit:
-                self._clean.popitem(last=False)
+            for d, v in verdicts:
+                self._verdicts[d] = v
+                self._verdicts.move_to_end(d)
+            while len(self._verdicts) > limit:
+                self._verdicts.popitem(last=False)
 
     # -- scrubbing ------------------------------------------------------------------------------------
     def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, ScrubStats]:
@@ -908,21 +926,27 @@ class TextScrubber:
         empty = distinct = 0
         todo: list[int] = []
         digests: dict[int, bytes] = {}
+        new_dict: list[str] = list(dictionary)  # each distinct value's output, where it does not depend on the row
+        entities: Counter[str] = Counter()
         for i, v in enumerate(dictionary):
             if not v.strip():
                 empty += rows_per[i]
                 continue
             distinct += 1
             d = self._digest(v)
-            if not self._known_clean(d):
+            hit = self._verdict(d)
+            if hit is None:
                 todo.append(i)
                 digests[i] = d
-        entities: Counter[str] = Counter()
+                continue
+            if hit.output is not None:
+                new_dict[i] = hit.output
+            for ent, n in hit.entities:
+                entities[ent] += n * rows_per[i]
         failures = 0
-        result = texts
+        row_dependent = False
         if todo:
-            mask = pc.is_in(indices, value_set=pa.array(todo, indices.type))
-            mask = pc.fill_null(mask, False)
+            mask = pc.fill_null(pc.is_in(indices, value_set=pa.array(todo, indices.type)), False)
             rows = pc.indices_nonzero(mask)
             values: list[str] = texts.take(rows).to_pylist()
             shifts: list[int | None] = shift_days.take(rows).to_pylist()
@@ -931,24 +955,39 @@ class TextScrubber:
                 rows_of.setdefault(v, {}).setdefault(sh, []).append(j)
             items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
             results = [r for b in self._map(_scrub_batch, self._batches(items, lambda it: len(it[0]))) for r in b]
-            new: list[str] = list(values)
-            clean: list[bytes] = []
-            by_text = {dictionary[i]: digests[i] for i in todo}
+            index_of = {dictionary[i]: i for i in todo}
+            learned: list[tuple[bytes, Verdict]] = []
+            row_out: list[str | None] = [None] * len(values)  # outputs of row-dependent values' rows
             for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
+                i = index_of[text]
                 by_shift = rows_of[text]
-                n_rows = sum(len(r) for r in by_shift.values())
-                for shift, out_text in zip(shift_keys, scrubbed, strict=True):
-                    for j in by_shift[shift]:
-                        new[j] = out_text
+                n_rows = rows_per[i]
                 for ent, n in counts.items():
                     if ent == "__failed__":
                         failures += n_rows
                     else:
                         entities[ent] += n * n_rows
-                if not counts and all(o == text for o in scrubbed):
-                    clean.append(by_text[text])
-            self._remember_clean(clean)
-            result = pc.replace_with_mask(texts, mask, pa.array(new, texts.type))
+                if "__failed__" not in counts and self._row_independent(counts) and len(set(scrubbed)) == 1:
+                    out_text = scrubbed[0]
+                    new_dict[i] = out_text
+                    if out_text == text:
+                        learned.append((digests[i], Verdict(None, ())))
+                    elif len(out_text) <= CACHED_OUTPUT_CHARS:
+                        learned.append((digests[i], Verdict(out_text, tuple(sorted(counts.items())))))
+                    continue
+                row_dependent = True
+                for shift, out_text in zip(shift_keys, scrubbed, strict=True):
+                    for j in by_shift[shift]:
+                        row_out[j] = out_text
+            self._remember(learned)
+        result = texts
+        if new_dict != dictionary:
+            result = pa.array(new_dict, texts.type).take(indices)
+        if row_dependent:  # dates shifted per row, or failures: written row by row over the todo rows
+            for k, v in enumerate(values):
+                if row_out[k] is None:  # a row-independent value: its output is in new_dict
+                    row_out[k] = new_dict[index_of[v]]
+            result = pc.replace_with_mask(result, mask, pa.array(row_out, texts.type))
         stats = ScrubStats(
             rows=len(texts),
             nulls=texts.null_count,
@@ -959,3 +998,8 @@ class TextScrubber:
             entities=dict(sorted(entities.items())),
         )
         return result.cast(out_type), stats
+
+    @staticmethod
+    def _row_independent(counts: Mapping[str, int]) -> bool:
+        """Whether a value's output is the same on every row: only dates move with the row's offset."""
+        return "DATE" not in counts
