@@ -32,7 +32,7 @@ from cohortsync.deid.text import (
     Verdict,
     could_hide_name,
 )
-from cohortsync.errors import ConfigError
+from cohortsync.errors import CohortsyncError, ConfigError
 from conftest import CONFIG, TEST_KEY, Project, person_ids
 
 KEY = b"test-key-0123456789abcdef"
@@ -199,11 +199,20 @@ def test_a_failed_analysis_is_never_cached() -> None:
             assert out == [SCRUB_FAILED] and stats.failures == 1 and stats.analysed == 1
 
 
-def test_a_failed_lazy_start_fails_every_call_the_same_way() -> None:
-    scr = TextScrubber(TextSettings(model="not_a_model_xyz", workers=1), KEY, lazy=True)
+def test_a_missing_model_is_refused_before_any_row_even_when_lazy() -> None:
+    with pytest.raises(ConfigError, match="not_a_model_xyz"):
+        TextScrubber(TextSettings(model="not_a_model_xyz", workers=1), KEY, lazy=True)
+
+
+def test_a_failed_lazy_start_fails_every_call_the_same_way(tmp_path: Path) -> None:
+    scr = TextScrubber(TextSettings(model=str(tmp_path), workers=1), KEY, lazy=True)  # a directory, not a model
+    errors = []
     for _ in range(2):
-        with pytest.raises(ConfigError, match="not_a_model_xyz"):
+        with pytest.raises(CohortsyncError) as e:
             scrub(scr, ["8331-1"])
+        errors.append(e.value)
+    assert errors[0] is errors[1]  # started once, failed once
+    assert not scr.started
     scr.close()
 
 

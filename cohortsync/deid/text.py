@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import hmac
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -703,6 +704,16 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[v] = old
 
 
+def _model_exists(model: str) -> bool:
+    """The model is an importable package or a directory (checked without importing spaCy)."""
+    if Path(model).is_dir():
+        return True
+    try:
+        return importlib.util.find_spec(model) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class Verdict(NamedTuple):
     """What the scrubber made of one distinct value, remembered under the value's keyed hash.
 
@@ -746,7 +757,8 @@ class TextScrubber:
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
         self._start_error: CohortsyncError | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the verdict cache and the pool handle
+        self._start_lock = threading.Lock()  # one start at a time
         self._release_owner = threading.Event()
         # Verdicts on values already analysed, keyed by a keyed hash of the value (never the value):
         # a hit is answered without a worker. See :class:`Verdict`.
@@ -754,6 +766,11 @@ class TextScrubber:
         self._verdicts: OrderedDict[bytes, Verdict] = OrderedDict()
         if not lazy:
             self._ensure_pool()
+        elif not _model_exists(settings.model):  # what the workers would refuse, said before any row is read
+            raise ConfigError(
+                f"spaCy model {settings.model!r} is neither an installed package nor a model directory "
+                "(nothing is downloaded)"
+            )
 
     def __repr__(self) -> str:
         return f"TextScrubber(model={self.settings.model!r}, workers={self.settings.workers})"
@@ -769,12 +786,6 @@ class TextScrubber:
         """Whether worker processes were started (a lazy scrubber that saw nothing to analyse: no)."""
         return self._pool is not None
 
-    def worker_pids(self) -> list[int]:
-        """The worker processes' ids (empty before they start and after close)."""
-        pool = self._pool
-        procs = getattr(pool, "_processes", None) or {}
-        return sorted(int(p) for p in procs)
-
     def close(self) -> None:
         """Stop the workers (idempotent); a closed scrubber refuses further work."""
         with self._lock:
@@ -785,20 +796,31 @@ class TextScrubber:
         self._release_owner.set()
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
-        """Start the workers once; a failed start is remembered, so every later call fails the same way."""
-        with self._lock:
-            if self._closed:
-                raise TextScrubError("the text scrubber is closed")
-            if self._start_error is not None:
-                raise self._start_error
-            if self._pool is None:
-                try:
-                    self._pool = self._start_pool()
-                except CohortsyncError as e:
-                    self._start_error = e
-                    self._release_owner.set()
-                    raise
-            return self._pool
+        """Start the workers once; a failed start is remembered, so every later call fails the same way.
+
+        Starting takes seconds: it holds its own lock, not the one guarding the verdict cache, so
+        other tables' threads keep answering from the cache meanwhile."""
+        with self._start_lock:
+            with self._lock:
+                if self._closed:
+                    raise TextScrubError("the text scrubber is closed")
+                if self._start_error is not None:
+                    raise self._start_error
+                if self._pool is not None:
+                    return self._pool
+            try:
+                pool = self._start_pool()
+            except CohortsyncError as e:
+                self._start_error = e
+                self._release_owner.set()
+                raise
+            with self._lock:
+                if not self._closed:
+                    self._pool = pool
+                    return pool
+            pool.shutdown(wait=True, cancel_futures=True)  # closed while starting
+            self._release_owner.set()
+            raise TextScrubError("the text scrubber is closed")
 
     def _start_pool(self) -> ProcessPoolExecutor:
         """Spawn the workers from a thread that lives until :meth:`close`: on Linux their parent-death
