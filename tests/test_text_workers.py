@@ -130,6 +130,17 @@ def test_no_workers_start_for_a_window_without_text(lazy: TextScrubber) -> None:
         scrub(fresh, ["8331-1"])
 
 
+def test_one_worker_for_short_values_all_of_them_for_a_large_call() -> None:
+    with TextScrubber(TextSettings(workers=2, batch_size=4), KEY, lazy=True) as scr:
+        scrub(scr, ["8331-1", "E11.9"])
+        assert scr.workers_running == 1
+        many = [f"code {i}-{i % 7}" for i in range(9)]  # more than two batches' worth
+        out, stats = scrub(scr, many)
+        assert out == many and stats.analysed == 9
+        assert scr.workers_running == 2
+    assert scr.workers_running == 0
+
+
 def test_names_in_mixed_values_are_found_and_regexes_see_code_values(lazy: TextScrubber) -> None:
     texts = [
         "8331-1 per Dr. Hannah Kowalski",
@@ -231,20 +242,21 @@ def test_a_sync_with_nothing_due_starts_no_text_worker(project: Project, monkeyp
     spawned: list[int] = []
     real = TextScrubber._spawn
 
-    def counting(self: TextScrubber, initargs: tuple[Any, ...]) -> Any:
-        spawned.append(1)
-        return real(self, initargs)
+    def counting(self: TextScrubber, workers: int, initargs: tuple[Any, ...]) -> Any:
+        spawned.append(workers)
+        return real(self, workers, initargs)
 
     monkeypatch.setattr(TextScrubber, "_spawn", counting)
     default_policy_project(project, 12)
     r = project.cli("sync", "-q")
     assert r.exit_code == 0, r.output
-    assert len(spawned) == 1
+    started = len(spawned)
+    assert started >= 1
     landed = sorted((project.landing / "c").glob("condition_occurrence/*.parquet"))
     assert landed
     r = project.cli("sync", "-q")
     assert r.exit_code == 0, r.output
-    assert len(spawned) == 1  # the no-op sync never started them
+    assert len(spawned) == started  # the no-op sync never started them
 
 
 # --- no orphans ------------------------------------------------------------------------------------------
@@ -296,14 +308,14 @@ def test_killing_the_sync_leaves_no_text_worker(project: Project) -> None:
             assert proc.poll() is None, "the sync ended before its text workers were seen"
             ws = [p for pid, p in _marked(marker).items() if pid != proc.pid and "resource_tracker" not in p["cmdline"]]
             # Two or more threads: the worker's initializer has run (its parent watch is a thread).
-            return len(ws) == 2 and all(int(p["threads"]) >= 2 for p in ws)
+            return len(ws) >= 1 and all(int(p["threads"]) >= 2 for p in ws)
 
         assert _wait_for(workers_running, 180), "the text workers never started"
         seen = set(_marked(marker)) - {proc.pid}
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert _wait_for(lambda: not _marked(marker), 60), f"left behind: {_marked(marker)}"
-        assert len(seen) >= 2
+        assert seen
     finally:
         if proc.poll() is None:
             proc.kill()

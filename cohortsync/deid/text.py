@@ -754,7 +754,8 @@ class TextScrubber:
         self.settings = settings
         self._key = bytes(key)
         self._deny_list = deny_list
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: list[tuple[ProcessPoolExecutor, int]] = []
+        self._deny_args: list[Any] | None = None
         self._closed = False
         self._start_error: CohortsyncError | None = None
         self._lock = threading.Lock()  # the verdict cache and the pool handle
@@ -765,7 +766,7 @@ class TextScrubber:
         self._cache_key = hmac.new(self._key, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
         self._verdicts: OrderedDict[bytes, Verdict] = OrderedDict()
         if not lazy:
-            self._ensure_pool()
+            self._ensure_pool(settings.workers)
         elif not _model_exists(settings.model):  # what the workers would refuse, said before any row is read
             raise ConfigError(
                 f"spaCy model {settings.model!r} is neither an installed package nor a model directory "
@@ -784,57 +785,69 @@ class TextScrubber:
     @property
     def started(self) -> bool:
         """Whether worker processes were started (a lazy scrubber that saw nothing to analyse: no)."""
-        return self._pool is not None
+        return bool(self._pools)
+
+    @property
+    def workers_running(self) -> int:
+        """How many worker processes were started and not stopped."""
+        return sum(n for _, n in self._pools)
 
     def close(self) -> None:
         """Stop the workers (idempotent); a closed scrubber refuses further work."""
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
+            pools, self._pools = self._pools, []
+        for pool, _ in pools:
             pool.shutdown(wait=True, cancel_futures=True)
         self._release_owner.set()
 
-    def _ensure_pool(self) -> ProcessPoolExecutor:
-        """Start the workers once; a failed start is remembered, so every later call fails the same way.
+    def _ensure_pool(self, want: int) -> list[tuple[ProcessPoolExecutor, int]]:
+        """At least ``want`` workers (at most ``settings.workers``) running; their pools and sizes.
 
-        Starting takes seconds: it holds its own lock, not the one guarding the verdict cache, so
-        other tables' threads keep answering from the cache meanwhile."""
+        A lazy scrubber starts one worker for a small first call (codes and short source values do
+        not need two, and each costs a model load) and the rest when a large call comes. A failed
+        start is remembered, so every later call fails the same way. Starting takes seconds: it
+        holds its own lock, not the one guarding the verdict cache, so other tables' threads keep
+        answering from the cache meanwhile."""
+        want = min(max(want, 1), self.settings.workers)
         with self._start_lock:
             with self._lock:
                 if self._closed:
                     raise TextScrubError("the text scrubber is closed")
                 if self._start_error is not None:
                     raise self._start_error
-                if self._pool is not None:
-                    return self._pool
+                have = sum(n for _, n in self._pools)
+                if have >= want:
+                    return list(self._pools)
             try:
-                pool = self._start_pool()
+                pool = self._start_pool(want - have)
             except CohortsyncError as e:
                 self._start_error = e
-                self._release_owner.set()
                 raise
             with self._lock:
                 if not self._closed:
-                    self._pool = pool
-                    return pool
+                    self._pools.append((pool, want - have))
+                    return list(self._pools)
             pool.shutdown(wait=True, cancel_futures=True)  # closed while starting
-            self._release_owner.set()
             raise TextScrubError("the text scrubber is closed")
 
-    def _start_pool(self) -> ProcessPoolExecutor:
-        """Spawn the workers from a thread that lives until :meth:`close`: on Linux their parent-death
+    def _start_pool(self, workers: int) -> ProcessPoolExecutor:
+        """Spawn workers from a thread that lives until :meth:`close`: on Linux their parent-death
         signal fires when the spawning *thread* ends, and the caller may be a short-lived thread."""
-        deny = self._deny_list() if callable(self._deny_list) else self._deny_list
-        initargs = (self.settings, self._key, list(deny), os.getpid())
+        if self._deny_args is None:
+            deny = self._deny_list() if callable(self._deny_list) else self._deny_list
+            self._deny_args = list(deny)
+        initargs = (self.settings, self._key, self._deny_args, os.getpid())
         box: dict[str, Any] = {}
         ready = threading.Event()
 
         def owner() -> None:
             try:
-                box["pool"] = self._spawn(initargs)
+                box["pool"] = self._spawn(workers, initargs)
             except BaseException as e:  # handed to the caller
                 box["error"] = e
+                ready.set()
+                return
             ready.set()
             self._release_owner.wait()
 
@@ -845,14 +858,12 @@ class TextScrubber:
         pool: ProcessPoolExecutor = box["pool"]
         return pool
 
-    def _spawn(self, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+    def _spawn(self, workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
         ctx = get_context(self.settings.start_method)
         with _single_threaded_children():
-            pool = ProcessPoolExecutor(
-                max_workers=self.settings.workers, mp_context=ctx, initializer=_init_worker, initargs=initargs
-            )
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
             try:
-                futures = [pool.submit(_ping) for _ in range(self.settings.workers)]
+                futures = [pool.submit(_ping) for _ in range(workers)]  # all spawned here, on this thread
                 for f in futures:
                     f.result()
             except CohortsyncError:
@@ -863,10 +874,13 @@ class TextScrubber:
                 raise TextScrubError("text scrubber workers died while starting") from e
         return pool
 
-    def _map(self, fn: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
-        pool = self._ensure_pool()
+    def _map(self, fn: Callable[[Any], Any], batches: list[Any], want: int) -> list[Any]:
+        """``fn`` over the batches on the workers, in order; a dead worker fails the call and closes."""
+        pools = self._ensure_pool(want)
+        slots = [pool for pool, n in pools for _ in range(n)]
         try:
-            return list(pool.map(fn, batches))
+            futures = [slots[k % len(slots)].submit(fn, b) for k, b in enumerate(batches)]
+            return [f.result() for f in futures]
         except BrokenProcessPool as e:
             self.close()
             raise TextScrubError("a text scrubber worker died; no output was produced") from e
@@ -892,7 +906,7 @@ class TextScrubber:
     def detect(self, texts: Sequence[str]) -> list[list[Detection] | None]:
         """PHI spans per text (None where analysis failed); for evaluation and debugging."""
         batches = self._batches(list(texts), len)
-        return [d for b in self._map(_detect_batch, batches) for d in b]
+        return [d for b in self._map(_detect_batch, batches, self.settings.workers) for d in b]
 
     # -- the verdict cache ----------------------------------------------------------------------------
     def _digest(self, text: str) -> bytes:
@@ -976,7 +990,9 @@ class TextScrubber:
             for j, (v, sh) in enumerate(zip(values, shifts, strict=True)):
                 rows_of.setdefault(v, {}).setdefault(sh, []).append(j)
             items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
-            results = [r for b in self._map(_scrub_batch, self._batches(items, lambda it: len(it[0]))) for r in b]
+            small = len(items) <= 2 * self.settings.batch_size and sum(len(t) for t, _ in items) <= 65_536
+            batches = self._batches(items, lambda it: len(it[0]))
+            results = [r for b in self._map(_scrub_batch, batches, 1 if small else self.settings.workers) for r in b]
             index_of = {dictionary[i]: i for i in todo}
             learned: list[tuple[bytes, Verdict]] = []
             row_out: list[str | None] = [None] * len(values)  # outputs of row-dependent values' rows
