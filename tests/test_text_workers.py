@@ -322,3 +322,10 @@ def test_killing_the_sync_leaves_no_text_worker(project: Project) -> None:
             proc.wait()
         for pid in _marked(marker):  # only processes this test started carry the marker
             os.kill(pid, signal.SIGKILL)
+
+
+def test_forkserver_workers_start_and_scrub() -> None:
+    """Under forkserver the worker's parent is the fork server: the parent watch must not mistake it."""
+    with TextScrubber(TextSettings(workers=1, start_method="forkserver"), KEY) as scr:
+        out, stats = scrub(scr, ["Call 555-201-3344", "8331-1"])
+        assert out == ["Call [PHONE]", "8331-1"] and stats.failures == 0

@@ -603,16 +603,19 @@ _WARM_UP = (
 )
 
 
-def _exit_with_parent(parent: int) -> None:
-    """End this worker as soon as the process that started it dies, however it died.
+def _exit_with_parent(parent: int | None) -> None:
+    """End this worker as soon as the process that started it dies, however it died (``kill -9``).
 
-    Two independent signals, either enough: on Linux the kernel's parent-death signal (SIGKILL,
-    set here with ``prctl``), and on every platform a daemon thread that waits on the pipe
-    ``multiprocessing`` leaves the parent holding (its write end closes when the parent dies) and
-    also polls the parent pid. ``prctl`` fires when the *thread* that spawned the worker ends, which
-    could be a table thread of a sync that outlives the scrubber's use; the pool is closed before
-    those threads end, so an early signal can only hit a worker that is no longer needed.
+    Two independent signals, either enough: on Linux the kernel's parent-death signal (SIGKILL, set
+    here with ``prctl``), and a daemon thread that polls the parent pid and, under ``spawn``, waits
+    on the pipe ``multiprocessing`` leaves the parent holding (its write end closes when the parent
+    dies). ``parent`` is the sync's pid under ``spawn``; under ``forkserver`` (None) the parent is
+    the fork server, which exits when the sync dies, and that pipe is closed once the worker has
+    started, so only the signal and the pid are watched. The signal fires when the *thread* that
+    spawned the worker ends, so :class:`TextScrubber` spawns from a thread that lives until it closes.
     """
+    watch_pipe = parent is not None
+    parent = os.getppid() if parent is None else parent
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
@@ -620,11 +623,11 @@ def _exit_with_parent(parent: int) -> None:
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:  # the parent died before the signal was armed (or it is not our parent)
+    if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
     import multiprocessing
 
-    proc = multiprocessing.parent_process()
+    proc = multiprocessing.parent_process() if watch_pipe else None
     sentinel = getattr(proc, "sentinel", None) if proc is not None else None
 
     def watch() -> None:
@@ -647,7 +650,7 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="cohortsync-parent-watch", daemon=True).start()
 
 
-def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any], parent: int) -> None:
+def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any], parent: int | None) -> None:
     global _WORKER, _WORKER_ERROR
     _exit_with_parent(parent)
     # Presidio's debug/info records name operators and their parameters (a row's date offset): keep them quiet.
@@ -837,7 +840,8 @@ class TextScrubber:
         if self._deny_args is None:
             deny = self._deny_list() if callable(self._deny_list) else self._deny_list
             self._deny_args = list(deny)
-        initargs = (self.settings, self._key, self._deny_args, os.getpid())
+        parent = os.getpid() if self.settings.start_method == "spawn" else None
+        initargs = (self.settings, self._key, self._deny_args, parent)
         box: dict[str, Any] = {}
         ready = threading.Event()
 
