@@ -11,8 +11,9 @@ Why it is built this way:
 * A text that fails analysis is replaced by :data:`SCRUB_FAILED`, never passed through.
 * Workers start on the first value that needs analysis, not when the scrubber is made: a sync with
   nothing due, or whose values were all judged clean before, never pays for them.
-* A value found to hold no PHI is remembered by a keyed hash (never the value) for the scrubber's life,
-  so values repeated across batches, tables and windows are analysed once.
+* A value's verdict (unchanged, or its scrubbed form when no date makes it depend on the row) is
+  remembered under a keyed hash of the value (never the value) for the scrubber's life, so values
+  repeated across batches, tables and windows are analysed once.
 * NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value.
 * Workers watch their parent and exit when it dies, even by ``kill -9``: no orphans hold memory.
 """
@@ -72,12 +73,15 @@ class TextSettings:
     #: Run NER line by line and remember each distinct line's entities (boilerplate lines are common).
     ner_by_line: bool = True
     extra_recognizers: tuple[str, ...] = ()
-    #: Distinct clean values remembered (as 16-byte keyed hashes; ~100 bytes each with the dict's overhead).
+    #: Verdicts remembered, least recently used dropped first (16-byte keyed hash each, plus a scrubbed
+    #: form of at most CACHED_OUTPUT_CHARS for values that held PHI: ~30 MB at most for the default).
     verdict_cache: int = 200_000
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.batch_size < 1 or self.verdict_cache < 0:
-            raise ConfigError("text de-identification: workers and batch_size must be at least 1")
+            raise ConfigError(
+                "text de-identification: workers and batch_size must be at least 1, verdict_cache at least 0"
+            )
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError("text de-identification: score_threshold must be between 0 and 1")
 
@@ -92,7 +96,7 @@ class ScrubStats:
     distinct: int = 0
     failures: int = 0
     entities: Mapping[str, int] = field(default_factory=dict)
-    #: Distinct values sent to the workers (the rest were known clean from an earlier call).
+    #: Distinct values sent to the workers (the rest were answered from the verdict cache).
     analysed: int = 0
 
 
