@@ -157,7 +157,7 @@ def test_names_in_mixed_values_are_found_and_regexes_see_code_values(lazy: TextS
 
 
 def test_values_are_analysed_once_unless_their_output_depends_on_the_row(lazy: TextScrubber) -> None:
-    values = ["8331-1", "white", "1 tab 5 mg", "Call 555-201-3344 re Dr. Hannah Kowalski"]
+    values = ["2160-0", "asian", "2 tab 10 mg", "Call 555-201-3399 re Dr. Hannah Kowalski"]  # seen by no other test
     first, s1 = scrub(lazy, values * 3)
     again, s2 = scrub(lazy, values)
     assert first == again * 3 and first[:3] == values[:3]
