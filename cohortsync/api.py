@@ -5,6 +5,7 @@ The CLI in ``cli.py`` only parses options, calls these and prints what they retu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,14 +15,16 @@ from typing import Any
 import pyarrow as pa
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import omop, plan
+from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
+from cohortsync.deid.policy import FREE_TEXT, Action, carries_source_time, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AmendResult",
@@ -78,6 +81,10 @@ def add_cohort(
                 src.delete_members(name)  # undo the upload of a refused cohort
                 raise
             state.record_cohort(name, cohort.members, cohort.members_sha256, cohort.registered_at)
+            logs.event(
+                log, logging.INFO, "cohort.added", f"cohort {name} registered", cohort=name, members=cohort.members,
+                ids_read=patients.lines, duplicates=patients.duplicates, missing_allowed=len(missing),
+            )
             return AddCohortResult(cohort, patients.lines, patients.duplicates, len(missing), False)
         finally:
             if source is None:
@@ -137,15 +144,17 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """Cohorts × tables: watermark, rows landed, last run and last error (for humans and --json)."""
+    """Cohorts × tables: watermark, rows landed, last run, last verify and last error (for humans and --json)."""
     registered = cohort_files.load_all(settings.cohorts_path)
     with StateStore(settings.state_path) as state:
         rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
+        checks = state.verify_results()
         runs = state.runs(1)
     tables = []
     for c in registered:
         for t in settings.sync.tables:
             r = rows.get((c.name, t), {})
+            v = checks.get((c.name, t), {})
             tables.append(
                 {
                     "cohort": c.name,
@@ -156,6 +165,9 @@ def status(settings: Settings) -> dict[str, Any]:
                     "last_run": r.get("last_run"),
                     "last_status": r.get("last_status"),
                     "last_error": r.get("last_error"),
+                    "last_verify": v.get("status"),  # e.g. "damaged": the last verify found a missing or altered file
+                    "last_verify_at": v.get("checked_at"),
+                    "last_verify_detail": v.get("detail") if v.get("status") not in (None, "ok") else None,
                 }
             )
     return {
@@ -197,6 +209,11 @@ def policy_check(settings: Settings, live: bool = True, source: Source | None = 
         for c, rule in rules.items():
             if rule.action is Action.KEEP and (c == "person_id" or c == table.primary_key or c in FREE_TEXT):
                 findings.append(PolicyFinding("warning", t, f"{c} is kept as is: identified data will land"))
+            elif rule.action is Action.KEEP and carries_source_time(table, c):
+                findings.append(
+                    PolicyFinding("warning", t, f"{c} is kept as is: a source timestamp lands unshifted and reveals "
+                                  "each person's date shift")
+                )
     if live:
         src = source or open_source(settings)
         try:

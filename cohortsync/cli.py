@@ -1,28 +1,34 @@
 """The ``cohortsync`` command: a thin shell over :mod:`cohortsync.api`.
 
-Every command turns a :class:`~cohortsync.errors.CohortsyncError` into one line on stderr and its
-exit code (2 for bad input or configuration, 75 when a retry later may help, 1 otherwise).
+Errors are handled in one place, :meth:`_Cli.main`: every failure, a click usage error included,
+becomes one line (``error: ...`` on a terminal, a JSON log line elsewhere) and the exit code
+:func:`cohortsync.errors.exit_code_for` gives it (table in docs/operations.md). No traceback
+reaches the user; ``--log-level debug`` adds the frames of an unexpected error (never its values).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
-from cohortsync import api
+from cohortsync import api, logs
 from cohortsync.config import Settings, load_settings
-from cohortsync.errors import CohortsyncError
+from cohortsync.errors import CohortsyncError, ExitCode, exit_code_for, safe_message
 from cohortsync.state import TableOutcome
-from cohortsync.sync import SyncReport
+from cohortsync.sync import LogProgress, Progress, SyncReport
+
+if TYPE_CHECKING:
+    from cohortsync.verify import VerifyReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,19 +119,70 @@ def _outcome_line(o: TableOutcome) -> str:
     return line
 
 
+log = logging.getLogger("cohortsync.cli")  # not __name__: under `python -m` that is __main__
+
+
+class CommandFailed(CohortsyncError):
+    """A command ran but its outcome is a failure (tables failed, verify disagrees); carries its code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def handle_errors(f: F) -> F:
-    @wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    """Kept so every command reads alike; errors are handled once, in :meth:`_Cli.main`."""
+    return f
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
+    """Report a failure as one line through the log (text: ``error: ...``; json: one object)."""
+    exc_info = None
+    if exc is not None and log.isEnabledFor(logging.DEBUG):
+        exc_info = (type(exc), exc, exc.__traceback__)
+    extra = {"event": "command.failed", "cohort": None, "table": None, "figures": {"exit_code": code}}
+    log.error(message, exc_info=exc_info, extra=extra)
+    return code
+
+
+class _Cli(click.Group):
+    """The command group, with the one place that turns exceptions into exit codes."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        logs.start_invocation()
+        logs.setup("auto", "warning")  # until the global options are parsed (a usage error may come first)
         try:
-            return f(*args, **kwargs)
+            rv = super().main(args, prog_name or "cohortsync", complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0  # click returns the code of --help / --version
+        except click.UsageError as e:
+            where = f"{e.ctx.command_path}: " if e.ctx is not None else ""
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            code = _fail(where + " ".join(e.format_message().split()) + hint, ExitCode.USAGE)
+        except click.ClickException as e:  # a bad file argument and the like
+            code = _fail(" ".join(e.format_message().split()), ExitCode.USAGE)
+        except (click.Abort, KeyboardInterrupt) as e:
+            code = _fail("interrupted; re-running is safe (docs/sync.md)", 130, e)
         except CohortsyncError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            code = _fail(str(e), exit_code_for(e), e)
+        except Exception as e:  # a bug: one line, and no value of the data in it
+            code = _fail(
+                f"unexpected {type(e).__name__}: {safe_message(e)} (a bug; --log-level debug shows where)",
+                exit_code_for(e),
+                e,
+            )
+        if not standalone_mode:
+            return code
+        sys.exit(code)
 
-    return wrapper  # type: ignore[return-value]
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(name="cohortsync", cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config",
     "config",
@@ -133,19 +190,140 @@ def handle_errors(f: F) -> F:
     default=None,
     help="Config file (default: ./cohortsync.toml, or $COHORTSYNC_CONFIG).",
 )
+@click.option(
+    "--log-format",
+    "log_format",
+    type=click.Choice(["auto", "text", "json"]),
+    default="auto",
+    show_default=True,
+    help="Log lines: text (human) or json (one object a line); auto picks text on a terminal.",
+)
+@click.option(
+    "--log-level",
+    "log_level",
+    type=click.Choice(list(logs.LEVELS)),
+    default=None,
+    help="Least severe level logged [default: info for json, warning for text].",
+)
 @click.version_option(package_name="cohortsync")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None) -> None:
+def cli(ctx: click.Context, config: Path | None, log_format: str, log_level: str | None) -> None:
     """Sync approved OMOP cohorts from a data collaborator into a Parquet landing zone.
 
     Settings come from cohortsync.toml; any key can be overridden by an environment variable
     COHORTSYNC_<SECTION>__<KEY> (e.g. COHORTSYNC_SOURCE__DATABASE). See docs/configuration.md.
+    Exit codes: 0 ok, 1 partial failure, 2 usage or configuration, 3 locked, 4 retry later,
+    5 needs a person (docs/operations.md).
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    fmt = logs.resolve_format(log_format)
+    logs.setup(fmt, log_level or ("info" if fmt == "json" else "warning"))
+
+
+def _progress(quiet: bool) -> Progress:
+    """Human lines and live progress in text mode; log events (JSON lines) in json mode."""
+    if logs.current_format() == "json":
+        return LogProgress()
+    return Reporter(sys.stderr, live=sys.stderr.isatty() and not quiet)
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.isoformat()
+
+
+class RunDocument:
+    """The one JSON document of ``--json`` (schema: docs/run.schema.json)."""
+
+    def __init__(self, command: str) -> None:
+        self.doc: dict[str, Any] = {
+            "schema": "cohortsync-run/1",
+            "command": command,
+            "run_id": logs.current_run_id(),
+            "started": datetime.now(UTC).isoformat(),
+            "finished": None,
+            "status": "ok",
+            "exit_code": 0,
+            "error": None,
+            "cohorts": [],
+            "tables": [],
+            "notes": [],
+        }
+
+    def add_outcomes(self, report: SyncReport) -> None:
+        self.doc["run_id"] = report.run_id
+        self.doc["notes"] += report.notes
+        for o in report.outcomes:
+            self.doc["tables"].append(
+                {
+                    "cohort": o.cohort,
+                    "table": o.table,
+                    "window": {
+                        "lower": _iso(o.lower),
+                        "upper": _iso(o.upper),
+                        "kind": "none" if o.upper is None else ("backfill" if o.lower is None else "incremental"),
+                    },
+                    "rows": o.rows,
+                    "files": len(o.files),
+                    "bytes": sum(f.bytes for f in o.files),
+                    "seconds": round(o.seconds, 3),
+                    "status": o.status,
+                    "error": o.error,
+                }
+            )
+
+    def add_table(self, cohort: str, table: str, status: str, rows: int = 0, **figures: Any) -> None:
+        entry = {"cohort": cohort, "table": table, "window": None, "rows": rows, "files": 0, "bytes": 0,
+                 "seconds": 0.0, "status": status, "error": None}
+        self.doc["tables"].append({**entry, **figures})
+
+    def finish(self, error: BaseException | None = None) -> str:
+        self.doc["finished"] = datetime.now(UTC).isoformat()
+        if isinstance(error, CohortsyncError):
+            self.doc["status"] = "failed" if isinstance(error, CommandFailed) else "error"
+            self.doc["error"], self.doc["exit_code"] = str(error), exit_code_for(error)
+        elif error is not None:
+            self.doc["status"], self.doc["exit_code"] = "error", exit_code_for(error)
+            self.doc["error"] = f"unexpected {type(error).__name__}: {safe_message(error)}"
+        return json.dumps(self.doc, indent=2, default=str)
+
+
+def _doc(ctx: click.Context) -> RunDocument | None:
+    doc = ctx.obj.get("doc")
+    return doc if isinstance(doc, RunDocument) else None
+
+
+def json_output(command: str) -> Callable[[F], F]:
+    """Add ``--json`` to a command: one JSON document on stdout, also when the command fails."""
+
+    def deco(f: F) -> F:
+        @wraps(f)
+        def wrapper(*args: Any, as_json: bool = False, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            doc = RunDocument(command) if as_json else None
+            ctx.obj["doc"] = doc
+            try:
+                rv = f(*args, **kwargs)
+            except Exception as e:
+                if doc is not None:
+                    click.echo(doc.finish(e))
+                raise
+            if doc is not None:
+                click.echo(doc.finish())
+            return rv
+
+        opt = click.option(
+            "--json", "as_json", is_flag=True, help="Print one JSON document (docs/run.schema.json) instead of lines."
+        )
+        return opt(wrapper)  # type: ignore[return-value]
+
+    return deco
 
 
 @cli.command("add-cohort")
+@json_output("add-cohort")
 @click.argument("name")
 @click.option(
     "--patients",
@@ -166,6 +344,12 @@ def add_cohort_cmd(ctx: click.Context, name: str, patients: Path, allow_missing:
     """
     r = api.add_cohort(_settings(ctx), name, patients, allow_missing)
     c = r.cohort
+    if doc := _doc(ctx):
+        doc.doc["cohorts"].append(
+            {"cohort": c.name, "members": c.members, "ids_read": r.ids_read, "duplicates": r.duplicates,
+             "missing": r.missing, "unchanged": r.unchanged}
+        )
+        return
     if r.unchanged:
         click.echo(f"cohort {c.name} is already registered with this list ({c.members} ids); sandbox copy refreshed")
         return
@@ -176,6 +360,7 @@ def add_cohort_cmd(ctx: click.Context, name: str, patients: Path, allow_missing:
 
 
 @cli.command("amend-cohort")
+@json_output("amend-cohort")
 @click.argument("name")
 @click.option("--add", "add", type=click.Path(path_type=Path), help="Patients to add (same formats as add-cohort).")
 @click.option("--remove", "remove", type=click.Path(path_type=Path), help="Patients who withdraw.")
@@ -191,6 +376,13 @@ def amend_cohort_cmd(ctx: click.Context, name: str, add: Path | None, remove: Pa
     """
     r = api.amend_cohort(_settings(ctx), name, add, remove, allow_missing)
     a = r.amendment
+    if doc := _doc(ctx):
+        doc.doc["cohorts"].append(
+            {"cohort": name, "members": r.cohort.members, "amendment": a.number, "added": a.added, "removed": a.removed}
+        )
+        for t, n in r.purged_rows.items():
+            doc.add_table(name, t, "purged", rows_removed=n)
+        return
     click.echo(f"amended cohort {name} (amendment {a.number}): +{a.added} -{a.removed} -> {r.cohort.members} members")
     if r.purged_rows:
         click.echo("purged from the landing: " + ", ".join(f"{t} {n:,}" for t, n in r.purged_rows.items()))
@@ -213,48 +405,88 @@ def remove_cohort_cmd(ctx: click.Context, name: str, purge: bool) -> None:
         f"{p.watermarks} watermarks"
     )
     if not purge:
-        click.echo(f"error: would delete {what} of cohort {name}; run again with --purge to do it", err=True)
-        sys.exit(2)
+        raise CommandFailed(f"would delete {what} of cohort {name}; run again with --purge to do it", ExitCode.USAGE)
     click.echo(f"removed cohort {name}: deleted {what}")
 
 
 @cli.command("verify")
+@json_output("verify")
 @click.argument("cohort")
 @click.option("--tables", "tables", multiple=True, help="Only this table (repeatable). Default: the configured tables.")
-@click.option("--repair", is_flag=True, help="Re-backfill every table whose landing disagrees with the source.")
+@click.option("--repair", is_flag=True, help="Land again every table with a damaged or missing file or that disagrees.")
 @click.pass_context
 @handle_errors
 def verify_cmd(ctx: click.Context, cohort: str, tables: tuple[str, ...], repair: bool) -> None:
-    """Compare the source and the landing of COHORT, table by table; exit 1 on any disagreement.
+    """Check the landing of COHORT: its files, then its rows against the source; exit 5 on any finding.
 
-    For rows up to each watermark: missing rows, extra rows (e.g. deleted upstream) and duplicates.
-    With --repair, a disagreeing table's landing is deleted and backfilled again by a sync.
+    Every file the state lists must be present with its recorded size and SHA-256 and be readable;
+    each that is not is one line. For the tables whose files are sound, rows up to each watermark are
+    compared: missing rows, extra rows (e.g. deleted upstream), duplicates, a raw load_dt. With
+    --repair, a table whose only finding is a raw load_dt is rewritten in place; every other table
+    with a finding is landed again from the source up to its watermark; both crash-safe. Files the
+    state does not list are moved into TABLE/.unlisted/, never deleted.
     """
     from cohortsync import verify as verifying
 
     settings = _settings(ctx)
-    checks = verifying.verify(settings, cohort, list(tables) or None)
-    for c in checks:
+    doc = _doc(ctx)
+    report = verifying.verify(settings, cohort, list(tables) or None)
+    _show_verify(report, doc)
+    if report.bad and repair:
+        done = verifying.repair(settings, cohort, report)
+        for r in done:
+            aside = f"; {r.set_aside_files} file(s) the state did not list moved to {r.set_aside}" if r.set_aside else ""
+            line = f"{r.how} {cohort}/{r.table}: {r.rows:,} rows in {r.files} file(s){aside}"
+            if doc:
+                doc.doc["notes"].append(line)
+            else:
+                click.echo(line)
+        after = verifying.verify(settings, cohort, [r.table for r in done] or list(tables) or None)
+        if after.bad:
+            _show_verify(after, doc)
+            failed = sorted({c.table for c in after.tables if c.bad} | {f.table for f in after.files})
+            raise CommandFailed(f"still disagreeing after the repair: {', '.join(failed)}", ExitCode.NEEDS_PERSON)
+        if doc:
+            doc.doc["notes"].append("repaired")
+        else:
+            click.echo("repaired")
+        return
+    if report.bad:
+        bad = sorted({c.table for c in report.tables if c.bad} | {f.table for f in report.files})
+        raise CommandFailed(
+            f"{len(bad)} table(s) with findings: {', '.join(bad)} (see above; 'verify --repair' lands them again)",
+            ExitCode.NEEDS_PERSON,
+        )
+
+
+def _show_verify(report: VerifyReport, doc: RunDocument | None) -> None:
+    """The findings as lines, or into the --json document."""
+    if doc:
+        for f in report.files:
+            doc.doc["notes"].append(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
+            doc.doc.setdefault("damaged_files", []).append(
+                {"cohort": f.cohort, "table": f.table, "file": f.file, "problem": f.problem}
+            )
+        for c in report.tables:
+            doc.add_table(
+                report.cohort, c.table, c.status, rows=c.landed_rows, source_rows=c.source_rows, missing=c.missing,
+                extra=c.extra, duplicates=c.duplicates, note=c.note or None,
+            )
+        return
+    for f in report.files:
+        click.echo(f"damaged: {f.cohort} {f.table} {f.file}: {f.problem}")
+    for c in report.tables:
+        if c.status in ("damaged", "not synced", "skipped") or "rows not compared" in c.note:  # no counts to show
+            click.echo(f"{c.table:<22} {c.status:<11} {c.note}".rstrip())
+            continue
         click.echo(
-            f"{c.table:<22} {c.status:<10} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
+            f"{c.table:<22} {c.status:<11} source {c.source_rows:>10,}  landed {c.landed_rows:>10,}  "
             f"missing {c.missing:,}  extra {c.extra:,}  duplicates {c.duplicates:,}{'  ' + c.note if c.note else ''}"
         )
-    bad = [c for c in checks if c.bad]
-    if bad and repair:
-        fixed = verifying.repair(settings, cohort, bad)
-        click.echo(f"repairing {', '.join(fixed)}: backfilling again")
-        report = api.sync(settings, [cohort], Reporter(sys.stderr, live=False))
-        bad = [c for c in verifying.verify(settings, cohort, fixed) if c.bad]
-        if report.failed or bad:
-            click.echo(f"error: still disagreeing: {', '.join(sorted({c.table for c in bad}))}", err=True)
-            sys.exit(1)
-        click.echo("repaired")
-        return
-    if bad:
-        sys.exit(1)
 
 
 @cli.command("sync")
+@json_output("sync")
 @click.option("--cohort", "cohorts", multiple=True, help="Only this cohort (repeatable). Default: all registered.")
 @click.option("--quiet", "-q", is_flag=True, help="Plain lines, no live progress.")
 @click.pass_context
@@ -264,16 +496,18 @@ def sync_cmd(ctx: click.Context, cohorts: tuple[str, ...], quiet: bool) -> None:
 
     A cohort new to a table gets a full backfill (load_dt <= upper); one with watermark W gets
     W < load_dt <= upper, where upper is the table's max(load_dt) when the run started. Files land
-    first; only then does the watermark move. Exit 1 if any table failed (the others committed).
+    first; only then does the watermark move. If a table fails the others still commit; the exit
+    code says what the failures need (1, 4 retry later, 5 a person; docs/operations.md).
     """
     settings = _settings(ctx)
-    reporter = Reporter(sys.stderr, live=sys.stderr.isatty() and not quiet)
-    report = api.sync(settings, list(cohorts) or None, reporter)
-    _print_summary(report)
+    report = api.sync(settings, list(cohorts) or None, _progress(quiet))
+    if doc := _doc(ctx):
+        doc.add_outcomes(report)
+    else:
+        _print_summary(report)
     if report.failed:
         failed = sorted({f"{o.cohort}/{o.table}" for o in report.failed})
-        click.echo(f"error: {len(failed)} cohort table(s) failed: {', '.join(failed)} (see above)", err=True)
-        sys.exit(1)
+        raise CommandFailed(f"{len(failed)} cohort table(s) failed: {', '.join(failed)} (see above)", report.exit_code)
 
 
 def _print_summary(report: SyncReport) -> None:
@@ -312,18 +546,19 @@ def plan_cmd(ctx: click.Context, cohorts: tuple[str, ...]) -> None:
 @click.pass_context
 @handle_errors
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Show cohorts x tables: watermark, rows landed, last run and last error."""
+    """Show cohorts x tables: watermark, rows landed, last run, last verify and last error."""
     s = api.status(_settings(ctx))
     if as_json:
         click.echo(json.dumps(s, indent=2, default=str))
         return
     for c in s["cohorts"]:
         click.echo(f"{c['name']}: {c['members']} members, registered {c['registered_at']}")
-    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} error")
+    click.echo(f"{'cohort':<20} {'table':<22} {'watermark':<20} {'rows':>12} {'last':<10} {'verify':<11} error")
     for t in s["tables"]:
         click.echo(
             f"{t['cohort']:<20} {t['table']:<22} {_fmt_dt(t['watermark']):<20} {t['rows_landed']:>12,} "
-            f"{t['last_status'] or '-':<10} {t['last_error'] or ''}"
+            f"{t['last_status'] or '-':<10} {t['last_verify'] or '-':<11} {t['last_error'] or ''}"
+            f"{'  verify: ' + t['last_verify_detail'] if t['last_verify_detail'] else ''}"
         )
     if s["last_run"]:
         r = s["last_run"]
@@ -350,14 +585,14 @@ def policy_show_cmd(ctx: click.Context, tables: tuple[str, ...]) -> None:
 @click.pass_context
 @handle_errors
 def policy_check_cmd(ctx: click.Context, offline: bool) -> None:
-    """Lint the policy against the registry and the source's actual columns; exit 1 on any error."""
+    """Lint the policy against the registry and the source's actual columns; exit 5 on any error."""
     findings = api.policy_check(_settings(ctx), live=not offline)
     for f in findings:
         click.echo(f"{f.level}: {f.table}: {f.message}")
     errors = sum(f.level == "error" for f in findings)
     click.echo(f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s)")
     if errors:
-        sys.exit(1)
+        raise CommandFailed(f"the policy does not cover the source: {errors} error(s) (see above)", ExitCode.NEEDS_PERSON)
 
 
 @cli.command("demo")
@@ -375,8 +610,7 @@ def demo_cmd(directory: Path, persons: int, seed: int, quiet: bool) -> None:
     """
     from cohortsync import demo
 
-    reporter = Reporter(sys.stderr, live=sys.stderr.isatty() and not quiet)
-    demo.run(directory, persons=persons, seed=seed, progress=reporter, echo=click.echo)
+    demo.run(directory, persons=persons, seed=seed, progress=_progress(quiet), echo=click.echo)
 
 
 def main() -> None:

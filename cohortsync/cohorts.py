@@ -13,6 +13,7 @@ import getpass
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,7 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cohortsync.errors import CohortError, InputError
+from cohortsync import logs
+from cohortsync.errors import CohortError, InputError, MembershipError
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 MAX_ID = 2**63 - 1
@@ -84,7 +88,7 @@ class Cohort:
         # id (8x slower: every sync reads every cohort) is left for a file whose line ends changed.
         canonical = hashlib.sha256(data).hexdigest() == self.members_sha256
         if len(ids) != self.members or not (canonical or members_sha256(ids) == self.members_sha256):
-            raise CohortError(f"cohort {self.name}: {MEMBERS} does not match the checksum in {DEFINITION}")
+            raise MembershipError(f"cohort {self.name}: {MEMBERS} does not match the checksum in {DEFINITION}")
         return ids
 
 
@@ -285,6 +289,7 @@ def record(folder: Path, name: str, patients: PatientList, source_file: str, mis
         raise CohortError(f"cannot record cohort {name} under {folder}: {e.strerror}") from None
     c = load(folder, name)
     assert c is not None
+    logs.event(log, logging.INFO, "cohort.recorded", f"cohort {name} recorded under {folder}", cohort=name, members=c.members)
     return c
 
 

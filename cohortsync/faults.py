@@ -2,7 +2,8 @@
 
 Never set in production: ``COHORTSYNC_FAULT_POINT=after_land`` kills the process with SIGKILL, as a
 power cut would, the first time the sync passes that point; ``after_land@3`` the third time.
-Points: mid_stream, before_finish, between_renames, after_land, after_commit.
+Points: mid_stream, before_finish, between_renames, after_land, after_commit; a re-landing
+(verify --repair): relanding_sealed, relanding_swapped, between_relanding_moves.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ of that table removes it before landing the same rows again (see docs/sync.md, "
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import re
@@ -17,14 +18,17 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cohortsync.errors import LandingError, StateError
+from cohortsync import logs
+from cohortsync.errors import LandingError, TamperedError
 from cohortsync.faults import fault_point
+
+log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 KEY_STATS_ROWS = 4_000_000  # windows up to this many rows count repeated keys in memory (32 MB of int64)
@@ -80,13 +84,87 @@ class Landing:
                 p.unlink()
                 removed.append(p.name)
                 continue
-            raise StateError(
+            raise TamperedError(
                 f"landing file {cohort}/{table}/{p.name} is not recorded in the state store; "
                 "refusing to sync this table until it is explained (see docs/operations.md)"
             )
         if removed:
             _fsync_dir(d)
         return removed
+
+    def check_file(self, cohort: str, table: str, recorded: dict[str, Any], thorough: bool) -> str | None:
+        """What is wrong with a file the state lists, or None. Cheap (sync, before building on a
+        table): present, with the recorded size. Thorough (verify): also its SHA-256, and readable
+        as Parquet."""
+        path = self.table_dir(cohort, table) / recorded["name"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if size != recorded["bytes"]:
+            return f"{size} bytes, the state recorded {recorded['bytes']}"
+        if not thorough:
+            return None
+        try:
+            digest, _ = _hash(path)
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if digest != recorded["sha256"]:
+            return "content differs from what was landed (SHA-256 mismatch)"
+        try:
+            pq.read_metadata(path)
+        except (OSError, pa.ArrowException) as e:
+            return f"not readable as Parquet ({type(e).__name__})"
+        return None
+
+    def first_damaged(self, cohort: str, table: str, records: list[dict[str, Any]]) -> str | None:
+        """The one-line refusal to build on a table whose listed files are missing or resized (cheap)."""
+        for f in records:
+            problem = self.check_file(cohort, table, f, thorough=False)
+            if problem:
+                what = problem if problem == "missing" else f"damaged: {problem}"
+                return f"landed file {cohort}/{table}/{f['name']} is {what}; run 'cohortsync verify {cohort} --repair'"
+        return None
+
+    def holds_raw_load_dt(self, cohort: str, table: str, records: list[dict[str, Any]]) -> bool:
+        """Whether the table's oldest listed file keeps the source's load_dt timestamp (landed before
+        load_dt became order_only): one footer read. Unreadable files are verify's business."""
+        if not records:
+            return False
+        try:
+            schema = pq.read_schema(self.table_dir(cohort, table) / records[0]["name"])
+        except (OSError, pa.ArrowException):
+            return False
+        i = schema.get_field_index("load_dt")
+        return i >= 0 and bool(pa.types.is_timestamp(schema.field(i).type))
+
+    def finish_relanding(self, cohort: str, table: str, steps: list[tuple[str, str | None]]) -> None:
+        """Do what a committed re-landing still owes the folder; safe to repeat after a crash: a move
+        whose temporary file is gone was done, a delete of a file that is gone was done."""
+        d = self.table_dir(cohort, table)
+        for name, tmp in steps:
+            if tmp is None:
+                (d / name).unlink(missing_ok=True)
+            elif (d / tmp).exists():
+                os.replace(d / tmp, d / name)
+                fault_point("between_relanding_moves")
+        if d.is_dir():
+            _fsync_dir(d)
+
+    def set_aside(self, cohort: str, table: str, names: list[str], tag: str) -> Path:
+        """Move files the state does not list out of the table folder (never deleted: they may be
+        the only copy of something) into ``<table>/.unlisted/<tag>/``, which readers of
+        ``<table>/*.parquet`` and sync's reconcile do not see."""
+        d = self.table_dir(cohort, table)
+        target = d / ".unlisted" / tag
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            os.replace(d / name, target / name)
+        _fsync_dir(target)
+        _fsync_dir(d)
+        return target
 
     def files(self, cohort: str, table: str) -> list[Path]:
         d = self.table_dir(cohort, table)
@@ -161,6 +239,17 @@ class WindowWriter:
             return None
         return repeats(np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)), self._null_keys
 
+    def seal(self) -> list[tuple[str, LandedFile]]:
+        """Make the parts durable but leave them under their temporary names: (temporary name,
+        file) pairs for a re-landing, whose state swap comes before the files move into place."""
+        try:
+            parts = [p for lane in self._lanes for p in lane.close()]
+            ordered = sorted(parts, key=lambda p: p[1])
+            return [(tmp.name, LandedFile(name, rows, size, digest)) for tmp, name, rows, digest, size in ordered]
+        except LandingError:
+            self.abort()
+            raise
+
     def finish(self) -> list[LandedFile]:
         """Make the parts durable and visible under their final names; returns what to commit."""
         try:
@@ -172,6 +261,8 @@ class WindowWriter:
                 fault_point("between_renames")
             if out:
                 _fsync_dir(self.dir)
+            for f in out:
+                logs.event(log, logging.DEBUG, "landing.file", f"landed {f.name}", rows=f.rows, bytes=f.bytes)
             return out
         except OSError as e:
             self.abort()
@@ -280,16 +371,35 @@ def repeats(keys: np.ndarray) -> int:
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Dictionary-encode only columns with few distinct values (concept ids, codes, load_dt).
+    """Dictionary-encode only columns with few distinct values (concept ids, codes, a raw load_dt).
 
     Surrogate keys and pseudonyms are nearly all distinct: a dictionary for them is built, overflows
-    and is thrown away, which made writing ~30 % slower and files ~35 % larger (benchmarks/).
+    and is thrown away, which made writing ~30 % slower and files ~35 % larger (benchmarks/). So is
+    an order_only load_dt (an int64 per row key), unlike a kept one (a few weekly timestamps).
     """
     return [
         f.name
         for f in schema
-        if f.name.endswith("_concept_id") or f.name == "load_dt" or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        if f.name.endswith("_concept_id")
+        or (f.name == "load_dt" and pa.types.is_timestamp(f.type))
+        or pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
     ]
+
+
+def _hash(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def fsync_and_hash(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of a file just written, made durable first."""
+    return _fsync_and_hash(path)
 
 
 def _fsync_and_hash(path: Path) -> tuple[str, int]:

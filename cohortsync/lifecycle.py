@@ -11,6 +11,7 @@ Withdrawn persons are found in the landing by their pseudonyms (computed in proc
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,17 +22,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import omop, plan
+from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, Policy, load_policy
 from cohortsync.deid.structured import Keys, pseudonymize
-from cohortsync.errors import CohortError, PolicyError
+from cohortsync.errors import CohortError, MembershipError, PolicyError, StateError
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, _fsync_and_hash, _fsync_dir, dictionary_columns
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
 
-MISSING_EXAMPLES = 5
+log = logging.getLogger(__name__)
 
 
 def check_missing(
@@ -41,11 +42,10 @@ def check_missing(
     refused, with a count and a few examples, unless ``allow``."""
     among = set(ids)
     missing = [m for m in (int(str(r[0])) for r in src.rows(plan.missing_persons(cohort, src.names))) if m in among]
-    if missing and not allow:
-        examples = ", ".join(str(m) for m in missing[:MISSING_EXAMPLES])
-        raise CohortError(
-            f"{len(missing)} of {len(ids)} {what} are not in {omop_schema}.person "
-            f"(e.g. {examples}); check the file, or pass --allow-missing"
+    if missing and not allow:  # counts only: a person id never goes into a message (docs/architecture.md)
+        raise MembershipError(
+            f"{len(missing)} of {len(ids)} {what} are not in {omop_schema}.person; "
+            "check the file against the source, or pass --allow-missing"
         )
     return missing
 
@@ -67,7 +67,7 @@ def amend_cohort(
 ) -> AmendResult:
     """Add and/or withdraw patients. Added ones get their own backfill at the next sync; withdrawn
     ones leave the sandbox now and their rows leave every file of the cohort's landing."""
-    from cohortsync.sync import deid_keys  # sync imports this module's purge
+    from cohortsync.sync import deid_keys, finish_relandings  # sync imports this module's purge
 
     cohort_files.check_name(name)
     if add_file is None and remove_file is None:
@@ -94,6 +94,7 @@ def amend_cohort(
         state.lock(f"amend-cohort {name}")
         if keys is not None:
             state.check_key_fingerprint(keys.fingerprint)
+            finish_relandings(state, Landing(settings.landing_path, settings.landing.compression))
         src = source or open_source(settings)
         try:
             old_ids, old_batches = cohort.member_batches()
@@ -187,6 +188,7 @@ def _keys_of(
 ) -> pa.Array:
     """The landed ``key`` values of the withdrawn persons' rows in ``table`` (e.g. their note_ids)."""
     persons = _as_landed(policy, keys, table, "person_id", "person", withdrawn)
+    _check_present(landing, state, cohort, table)
     out: list[pa.Array] = []
     for f in state.files(cohort, table):
         pf = pq.ParquetFile(landing.table_dir(cohort, table) / f["name"])
@@ -195,8 +197,29 @@ def _keys_of(
     return pa.concat_arrays(out) if out else pa.array([], pa.int64())
 
 
+def _check_present(landing: Landing, state: StateStore, cohort: str, table: str) -> None:
+    """A withdrawal must reach every file: refuse rather than skip a missing or unreadable one (the
+    next sync retries the purge). Only presence and readability: a purge that a crash interrupted
+    leaves rewritten files whose size the state does not know yet, and finishing it records them."""
+    for f in state.files(cohort, table):
+        path = landing.table_dir(cohort, table) / f["name"]
+        try:
+            pq.read_metadata(path)
+        except FileNotFoundError:
+            problem = "missing"
+        except (OSError, pa.ArrowException):
+            problem = "not readable as Parquet"
+        else:
+            continue
+        raise StateError(
+            f"cannot purge the withdrawn persons: landed file {cohort}/{table}/{f['name']} is {problem}; "
+            f"run 'cohortsync verify {cohort} --repair'"
+        )
+
+
 def _purge_table(landing: Landing, state: StateStore, cohort: str, table: str, column: str, values: pa.Array) -> int:
     d = landing.table_dir(cohort, table)
+    _check_present(landing, state, cohort, table)
     updates: list[LandedFile] = []
     removed = 0
     for f in state.files(cohort, table):
@@ -220,6 +243,10 @@ def _purge_table(landing: Landing, state: StateStore, cohort: str, table: str, c
     if updates:
         _fsync_dir(d)
         state.update_files(cohort, table, updates, removed)
+    logs.event(
+        log, logging.INFO, "cohort.purged", f"{cohort}/{table}: {removed:,} withdrawn rows purged",
+        cohort=cohort, table=table, rows_removed=removed, files_rewritten=len(updates),
+    )
     return removed
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cohortsync import logs
 from cohortsync.errors import DeidError, LockedError, StateError
 from cohortsync.landing import LandedFile
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "cohortsync.sqlite3"
 LOCK_NAME = "cohortsync.lock"
@@ -53,6 +56,20 @@ CREATE TABLE IF NOT EXISTS run_table (
     run_id TEXT NOT NULL, cohort TEXT NOT NULL, tbl TEXT NOT NULL, lower TEXT, upper TEXT, rows INTEGER,
     files INTEGER, status TEXT NOT NULL, error TEXT, seconds REAL, notes TEXT,
     PRIMARY KEY (run_id, cohort, tbl)
+);
+"""
+
+# Added after schema 1 and created on every open (IF NOT EXISTS): older stores gain them in place.
+#  relanding: a table's re-landing (verify --repair) between its state swap and its files' moves:
+#    tmp -> name to move into place, or tmp NULL: an obsolete file to delete. Finished on next open.
+#  verify_result: the latest verify finding per (cohort, table), for status.
+EXTRA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relanding (
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL, tmp TEXT, PRIMARY KEY (cohort, tbl, name)
+);
+CREATE TABLE IF NOT EXISTS verify_result (
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, checked_at TEXT NOT NULL, status TEXT NOT NULL, detail TEXT,
+    PRIMARY KEY (cohort, tbl)
 );
 """
 
@@ -92,6 +109,7 @@ class TableOutcome:
     seconds: float = 0.0
     notes: dict[str, Any] | None = None
     batch: int = 0  # member batch the watermark covers after this outcome
+    exit_code: int = 0  # of a failure: what the error means to a scheduler (errors.ExitCode)
 
 
 class StateStore:
@@ -114,6 +132,7 @@ class StateStore:
             if version < SCHEMA_VERSION:
                 self.db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.executescript(EXTRA_SCHEMA)
         except sqlite3.Error as e:
             raise StateError(f"state store {folder}: {e}") from None
         except OSError as e:
@@ -164,6 +183,7 @@ class StateStore:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, {what}, since {iso(now_utc())}".encode(), 0)
         self._lock_fd = fd
+        logs.event(log, logging.DEBUG, "state.locked", f"run lock taken in {self.folder} for {what}")
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -231,6 +251,11 @@ class StateStore:
                     (o.cohort, o.table, iso(o.upper), o.rows, len(o.files), run_id, o.batch),
                 )
                 self._log(db, run_id, o)
+        for o in outcomes:
+            logs.event(
+                log, logging.DEBUG, "state.committed", f"{o.cohort}/{o.table}: watermark -> {iso(o.upper)}",
+                cohort=o.cohort, table=o.table, rows=o.rows, files=len(o.files), watermark=iso(o.upper),
+            )
 
     def update_files(self, cohort: str, table: str, files: list[LandedFile], rows_removed: int) -> None:
         """Record rewritten files (a purge): new sizes and checksums, fewer rows."""
@@ -258,6 +283,8 @@ class StateStore:
             db.execute("DELETE FROM landed_file WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM watermark WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM purge WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM relanding WHERE cohort=?", (cohort,))
+            db.execute("DELETE FROM verify_result WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM cohort WHERE name=?", (cohort,))
             db.execute("INSERT INTO retired VALUES (?, ?, ?, ?)", (cohort, iso(now_utc()), n, rows))
 
@@ -266,6 +293,66 @@ class StateStore:
         with self.transaction() as db:
             db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
             db.execute("DELETE FROM watermark WHERE cohort=? AND tbl=?", (cohort, table))
+
+    def swap_table(
+        self,
+        run_id: str,
+        cohort: str,
+        table: str,
+        upper: datetime,
+        new: list[tuple[str, LandedFile]],
+        unchanged: frozenset[str] = frozenset(),
+    ) -> None:
+        """Replace a table's file list, in one transaction that also records what the folder must
+        still do: move each new file from its temporary name into place, delete each old file that
+        no new one replaces and that is not ``unchanged`` (``relanding``). A new file keeps the
+        window of the old file of its name (a rewrite); any other is the window ``(backfill, upper]``
+        (a re-landing). The watermark stays; its row and file counts become the new landing's."""
+        with self.transaction() as db:
+            cur = db.execute("SELECT name, lower, upper, rows FROM landed_file WHERE cohort=? AND tbl=?", (cohort, table))
+            old = {r[0]: (r[1], r[2], r[3]) for r in cur.fetchall()}
+            db.execute("DELETE FROM relanding WHERE cohort=? AND tbl=?", (cohort, table))
+            for name in old:
+                if name not in unchanged:
+                    db.execute("DELETE FROM landed_file WHERE cohort=? AND tbl=? AND name=?", (cohort, table, name))
+            for tmp, f in new:
+                lower, up, _ = old.get(f.name, (None, iso(upper), 0))
+                db.execute(
+                    "INSERT INTO landed_file VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cohort, table, f.name, lower, up, f.rows, f.bytes, f.sha256, run_id),
+                )
+                db.execute("INSERT INTO relanding VALUES (?, ?, ?, ?)", (cohort, table, f.name, tmp))
+            for name in sorted(set(old) - {f.name for _, f in new} - unchanged):
+                db.execute("INSERT INTO relanding VALUES (?, ?, ?, NULL)", (cohort, table, name))
+            kept = [old[n][2] for n in unchanged if n in old]
+            db.execute(
+                "UPDATE watermark SET rows=?, files=?, run_id=? WHERE cohort=? AND tbl=?",
+                (sum(f.rows for _, f in new) + sum(kept), len(new) + len(kept), run_id, cohort, table),
+            )
+
+    def relandings(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:
+        """Re-landings whose files have not all been moved into place yet: (name, temporary name or None)."""
+        out: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+        for c, t, name, tmp in self.db.execute("SELECT cohort, tbl, name, tmp FROM relanding ORDER BY 1, 2, 3"):
+            out.setdefault((c, t), []).append((name, tmp))
+        return out
+
+    def relanded(self, cohort: str, table: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM relanding WHERE cohort=? AND tbl=?", (cohort, table))
+
+    def record_verify(self, cohort: str, results: dict[str, tuple[str, str | None]]) -> None:
+        """The latest verify finding per table: (status, detail without row values)."""
+        with self.transaction() as db:
+            for table, (status, detail) in results.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO verify_result VALUES (?, ?, ?, ?, ?)",
+                    (cohort, table, iso(now_utc()), status, detail),
+                )
+
+    def verify_results(self) -> dict[tuple[str, str], dict[str, Any]]:
+        cur = self.db.execute("SELECT cohort, tbl, checked_at, status, detail FROM verify_result")
+        return {(c, t): {"checked_at": at, "status": s, "detail": d} for c, t, at, s, d in cur.fetchall()}
 
     def log_outcome(self, run_id: str, o: TableOutcome) -> None:
         with self.transaction() as db:
@@ -283,7 +370,7 @@ class StateStore:
 
     # -- runs ------------------------------------------------------------------------------------
     def start_run(self, command: str) -> str:
-        run_id = now_utc().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        run_id = logs.claim_run_id()  # the command's run id, so log lines, --json and the run log agree
         with self.transaction() as db:
             db.execute("INSERT INTO run VALUES (?, ?, ?, NULL, 'running')", (run_id, command, iso(now_utc())))
         return run_id

@@ -14,6 +14,8 @@ others still land and commit.
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 import threading
 import time
@@ -22,21 +24,34 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
-from cohortsync import lifecycle, omop, plan
+from cohortsync import lifecycle, logs, omop, plan
 from cohortsync.config import Settings
-from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, prepare
-from cohortsync.deid.policy import Policy, load_policy
-from cohortsync.deid.structured import Keys
-from cohortsync.errors import CohortError, CohortsyncError, DeidError, SourceError, safe_message
+from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, order_key, prepare
+from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
+from cohortsync.deid.structured import Keys, order_only
+from cohortsync.errors import (
+    CohortError,
+    CohortsyncError,
+    DeidError,
+    LandingError,
+    SchemaDriftError,
+    SourceError,
+    TamperedError,
+    combined_exit_code,
+    exit_code_for,
+    safe_message,
+)
 from cohortsync.faults import fault_point
-from cohortsync.landing import LandedFile, Landing, WindowWriter
+from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter, dictionary_columns, fsync_and_hash
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome
@@ -52,18 +67,57 @@ class Progress(Protocol):
     def note(self, message: str) -> None: ...
 
 
-class _Silent:
+log = logging.getLogger(__name__)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class LogProgress:
+    """Progress as log events: the default, and what the CLI uses off a terminal (JSON lines).
+
+    One event per table started, per (cohort, table) finished with its window and figures, and per
+    note; the running row count at debug level, at most every ``every`` seconds a table.
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
     def table_started(self, table: str, cohorts: list[str]) -> None:
-        pass
+        with self._lock:
+            self._started[table] = self._last[table] = time.monotonic()
+        logs.event(log, logging.INFO, "table.started", f"{table}: pulling for {', '.join(cohorts)}", table=table, cohorts=cohorts)
 
     def rows(self, table: str, rows: int) -> None:
-        pass
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(table, 0.0) < self.every:
+                return
+            self._last[table] = now
+            elapsed = now - self._started.get(table, now)
+        logs.event(
+            log, logging.DEBUG, "table.progress", f"{table}: {rows:,} rows", table=table, rows=rows,
+            rows_per_s=round(rows / max(elapsed, 1e-9)),
+        )
 
     def table_finished(self, table: str, outcomes: list[TableOutcome]) -> None:
-        pass
+        with self._lock:
+            self._started.pop(table, None)
+        for o in outcomes:
+            level = logging.ERROR if o.status == "failed" else logging.INFO
+            text = f"{o.cohort}/{o.table}: {o.status}, {o.rows:,} rows" + (f": {o.error}" if o.error else "")
+            logs.event(
+                log, level, f"table.{o.status}", text, cohort=o.cohort, table=o.table, rows=o.rows,
+                files=len(o.files), bytes=sum(f.bytes for f in o.files), seconds=round(o.seconds, 3),
+                lower=_iso(o.lower), upper=_iso(o.upper), error=o.error, exit_code=o.exit_code or None,
+            )
 
     def note(self, message: str) -> None:
-        pass
+        logs.event(log, logging.WARNING, "note", message)
 
 
 @dataclass
@@ -80,6 +134,11 @@ class SyncReport:
     def rows(self) -> int:
         return sum(o.rows for o in self.outcomes)
 
+    @property
+    def exit_code(self) -> int:
+        """0, or what the failed tables mean together (errors.combined_exit_code)."""
+        return combined_exit_code(o.exit_code or 1 for o in self.failed)
+
 
 def run_sync(
     settings: Settings,
@@ -88,13 +147,15 @@ def run_sync(
     source: Source | None = None,
 ) -> SyncReport:
     """Bring every requested cohort (default: all) up to date for every configured table."""
-    progress = progress or _Silent()
+    progress = progress or LogProgress()
     keys = deid_keys(settings)
     policy = load_policy(settings.policy_path)
     with StateStore(settings.state_path) as state:
         state.lock("sync")
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
+        landing = Landing(settings.landing_path, settings.landing.compression)
+        finish_relandings(state, landing)  # before any reconcile: it would remove the files still to move
         for c in selected:  # a withdrawal whose purge a crash interrupted is finished before anything else
             for a in lifecycle.pending_purges(state, c):
                 gone = lifecycle.purge(settings, state, keys, c, a)
@@ -102,6 +163,7 @@ def run_sync(
         own_source = source is None
         src = source or open_source(settings)
         run_id = state.start_run("sync " + " ".join(c.name for c in selected))
+        logs.event(log, logging.INFO, "run.started", f"sync of {len(selected)} cohort(s)", cohorts=[c.name for c in selected])
         report = SyncReport(run_id)
         d = settings.deid
         deid = Deidentifier(policy, keys, None, d.shift_min_days, d.shift_max_days, d.max_age)
@@ -119,16 +181,20 @@ def run_sync(
                 for t, b in bounds.items()
             ):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
-            run = _Run(settings, src, Landing(settings.landing_path, settings.landing.compression), deid, selected, progress)
+            run = _Run(settings, src, landing, deid, selected, progress)
             jobs = []
             for table in settings.sync.tables:
                 found = bounds[table]
                 if isinstance(found, CohortsyncError):
-                    failed = [TableOutcome(c.name, table, None, None, 0, [], "failed", str(found)) for c in selected]
+                    failed = [
+                        TableOutcome(c.name, table, None, None, 0, [], "failed", str(found), exit_code=found.exit_code)
+                        for c in selected
+                    ]
                     report.outcomes += _record(state, run_id, _TableResult(table, failed=failed), progress)
                     continue
                 committed = {c.name: state.committed_files(c.name, table) for c in selected}
-                jobs.append(_TableJob(table, found[0], found[1], marks, committed))
+                damaged = _unbuildable(state, landing, policy, [c.name for c in selected], table)
+                jobs.append(_TableJob(table, found[0], found[1], marks, committed, damaged))
             # Workers land; this thread alone commits, table by table, as each one's files are durable.
             _run_tables(run, jobs, lambda r: report.outcomes.extend(_record(state, run_id, r, progress)))
         except BaseException:
@@ -146,6 +212,10 @@ def run_sync(
         order = {t: i for i, t in enumerate(settings.sync.tables)}
         report.outcomes.sort(key=lambda o: order[o.table])
         state.end_run(run_id, "failed" if report.failed else "ok")
+        logs.event(
+            log, logging.INFO, "run.finished", f"sync {'failed' if report.failed else 'ok'}: {report.rows:,} rows",
+            rows=report.rows, failed=len(report.failed), exit_code=report.exit_code,
+        )
         return report
 
 
@@ -174,6 +244,7 @@ class _TableJob:
     upper: datetime | None
     marks: dict[tuple[str, str], Mark]
     committed: dict[str, set[str]]  # per cohort: the files the state lists
+    damaged: dict[str, str] = field(default_factory=dict)  # per cohort: why its landing cannot be built on
 
 
 @dataclass
@@ -214,13 +285,225 @@ def _record(state: StateStore, run_id: str, result: _TableResult, progress: Prog
             out += result.landed
         except Exception as e:  # the files stay uncommitted; the next sync of the table replaces them
             msg = str(e) if isinstance(e, CohortsyncError) else f"{type(e).__name__}: {safe_message(e)}"
-            failed = [TableOutcome(o.cohort, o.table, o.lower, o.upper, 0, [], "failed", msg, o.seconds) for o in result.landed]
+            failed = [
+                TableOutcome(o.cohort, o.table, o.lower, o.upper, 0, [], "failed", msg, o.seconds, exit_code=exit_code_for(e))
+                for o in result.landed
+            ]
             result.failed += failed
             out += failed
     for o in result.failed:
         state.log_outcome(run_id, o)
     progress.table_finished(result.table, out)
     return out
+
+
+def _unbuildable(state: StateStore, landing: Landing, policy: Policy, cohorts: list[str], table: str) -> dict[str, str]:
+    """Per cohort, why its landing of ``table`` must not be built on: a listed file missing or
+    resized (a cheap check), or a landing that still holds the raw load_dt, which new order_only
+    files would join into one table of two schemas. Each reason points to ``verify --repair``."""
+    ordered = policy.rules(table).get(omop.LOAD_DT, ColumnRule(Action.KEEP)).action is Action.ORDER_ONLY
+    out = {}
+    for c in cohorts:
+        records = state.files(c, table)
+        msg = landing.first_damaged(c, table, records)
+        if msg is None and ordered and landing.holds_raw_load_dt(c, table, records):
+            msg = (
+                f"{c}/{table} holds the raw source load_dt (landed before load_dt became order_only); "
+                f"run 'cohortsync verify {c} --repair'"
+            )
+        if msg:
+            out[c] = msg
+    return out
+
+
+def finish_relandings(state: StateStore, landing: Landing) -> list[tuple[str, str]]:
+    """Complete re-landings that a crash interrupted after their state swap (see :func:`reland`)."""
+    done = []
+    for (cohort, table), steps in state.relandings().items():
+        landing.finish_relanding(cohort, table, steps)
+        state.relanded(cohort, table)
+        done.append((cohort, table))
+    return done
+
+
+@dataclass(frozen=True)
+class Relanded:
+    table: str
+    rows: int
+    files: int
+    set_aside: Path | None = None  # where files the state did not list were moved
+    set_aside_files: int = 0
+    how: str = "re-landed"  # or "rewrote load_dt of": converted in place, from the landing alone
+
+
+def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str]) -> list[Relanded]:
+    """Turn the raw load_dt of landings made before it became order_only into its order_only form,
+    from the landing alone (the map is keyed on the landed key; no source query, no re-extraction).
+
+    Each file holding a raw load_dt is rewritten under a temporary name and fsynced; then the same
+    state swap and moves as :func:`reland` (a crash anywhere is finished or undone the same way).
+    """
+    keys = deid_keys(settings)
+    landing = Landing(settings.landing_path, settings.landing.compression)
+    out: list[Relanded] = []
+    with StateStore(settings.state_path) as state:
+        state.lock(f"verify --repair {cohort_name}")
+        state.check_key_fingerprint(keys.fingerprint)
+        finish_relandings(state, landing)
+        marks = state.watermarks()
+        todo = [t for t in tables if (cohort_name, t) in marks]
+        if not todo:
+            return out
+        run_id = state.start_run(f"verify --repair {cohort_name} (load_dt) " + " ".join(todo))
+        try:
+            for t in todo:
+                out.append(_rewrite_table(state, run_id, landing, keys, cohort_name, omop.table(t), marks[(cohort_name, t)].wm))
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        state.end_run(run_id, "ok")
+    return out
+
+
+def _rewrite_table(
+    state: StateStore, run_id: str, landing: Landing, keys: Keys, cohort: str, table: omop.Table, upper: datetime
+) -> Relanded:
+    d = landing.table_dir(cohort, table.name)
+    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
+        p.unlink()
+    key = order_key(table)
+    sealed: list[tuple[str, LandedFile]] = []
+    unchanged: set[str] = set()
+    written: list[Path] = []
+    try:
+        for f in state.files(cohort, table.name):
+            pf = pq.ParquetFile(d / f["name"])
+            schema = pf.schema_arrow
+            i = schema.get_field_index(omop.LOAD_DT)
+            if i < 0 or not pa.types.is_timestamp(schema.field(i).type):
+                unchanged.add(f["name"])
+                continue
+            if key not in schema.names:
+                raise DeidError(f"{cohort}/{table.name}: {key} is not landed, so load_dt cannot be made order_only in place")
+            new_schema = schema.set(i, pa.field(omop.LOAD_DT, pa.int64()))
+            tmp = d / f"{TMP_PREFIX}{os.getpid()}-{f['name']}"
+            written.append(tmp)
+            rows = 0
+            comp = None if landing.compression == "none" else landing.compression
+            with pq.ParquetWriter(tmp, new_schema, compression=comp, write_statistics=True,
+                                  use_dictionary=dictionary_columns(new_schema)) as w:
+                for b in pf.iter_batches(batch_size=65_536):
+                    ordered = order_only(keys, table.name, b.column(key), b.column(i))
+                    w.write_batch(b.set_column(i, pa.field(omop.LOAD_DT, pa.int64()), ordered))
+                    rows += b.num_rows
+            digest, size = fsync_and_hash(tmp)
+            sealed.append((tmp.name, LandedFile(f["name"], rows, size, digest)))
+    except (OSError, pa.ArrowException) as e:
+        for p in written:
+            p.unlink(missing_ok=True)
+        what = type(e).__name__
+        raise LandingError(f"cannot rewrite {cohort}/{table.name}: {what}; run 'cohortsync verify {cohort}'") from None
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    fault_point("relanding_sealed")
+    state.swap_table(run_id, cohort, table.name, upper, sealed, frozenset(unchanged))
+    fault_point("relanding_swapped")
+    landing.finish_relanding(cohort, table.name, state.relandings().get((cohort, table.name), []))
+    state.relanded(cohort, table.name)
+    return Relanded(table.name, sum(f.rows for _, f in sealed), len(sealed), how="rewrote load_dt of")
+
+
+def reland(
+    settings: Settings, cohort_name: str, tables: Sequence[str], progress: Progress | None = None, source: Source | None = None
+) -> list[Relanded]:
+    """Land each table of a cohort again, whole, up to its current watermark (``verify --repair``).
+
+    Crash-safe like a sync: the new files are written and fsynced under temporary names; one state
+    transaction swaps the table's file list and records the moves still to do (``relanding``); then
+    the files move into place and the old ones go. A crash before the swap leaves temporary files
+    (removed by the next repair or sync); after it, the next command that opens the landing finishes
+    the moves. The watermark does not move, so the next sync goes on from where it was. Files in the
+    folder that the state does not list are moved aside into ``.unlisted/``, never deleted.
+    """
+    progress = progress or LogProgress()
+    keys = deid_keys(settings)
+    policy = load_policy(settings.policy_path)
+    landing = Landing(settings.landing_path, settings.landing.compression)
+    cohort = _select_cohorts(settings, [cohort_name])[0]
+    out: list[Relanded] = []
+    with StateStore(settings.state_path) as state:
+        state.lock(f"verify --repair {cohort_name}")
+        state.check_key_fingerprint(keys.fingerprint)
+        finish_relandings(state, landing)
+        marks = state.watermarks()
+        todo = [t for t in tables if (cohort_name, t) in marks]
+        if not todo:
+            return out
+        src = source or open_source(settings)
+        run_id = state.start_run(f"verify --repair {cohort_name} " + " ".join(todo))
+        d = settings.deid
+        deid = Deidentifier(policy, keys, None, d.shift_min_days, d.shift_max_days, d.max_age)
+        try:
+            for n in restore_membership(src, [cohort]):
+                progress.note(n)
+            plans = {t: prepare(policy, omop.table(t), _source_columns(src, omop.table(t))) for t in todo}
+            if any(p.text_columns for p in plans.values()):
+                deid.scrubber = start_text_scrubber(settings, src, keys)
+            for t in todo:
+                mark = marks[(cohort_name, t)]
+                out.append(_reland_table(settings, state, run_id, landing, src, deid, cohort_name, t, mark, plans[t]))
+        except BaseException:
+            state.end_run(run_id, "crashed")
+            raise
+        finally:
+            _close(deid.scrubber)
+            if source is None:
+                src.close()
+        state.end_run(run_id, "ok")
+    return out
+
+
+def _reland_table(
+    settings: Settings,
+    state: StateStore,
+    run_id: str,
+    landing: Landing,
+    src: Source,
+    deid: Deidentifier,
+    cohort: str,
+    table_name: str,
+    mark: Mark,
+    table_plan: TablePlan,
+) -> Relanded:
+    table = omop.table(table_name)
+    d = landing.table_dir(cohort, table_name)
+    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
+        p.unlink()  # a crashed repair's or sync's temporary files: never listed, never read
+    query = plan.extraction(table, table_plan.select, [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
+    key = table.primary_key if table.primary_key in table_plan.select else None
+    lanes = settings.landing.writer_threads
+    writer = WindowWriter(landing, cohort, table_name, None, mark.wm, settings.sync.file_rows, lanes, key)
+    try:
+        with src.stream(query, settings.sync.batch_rows) as reader:
+            for raw in batches(reader):
+                writer.write(deid.apply(table, raw, mark.wm.year).drop_columns([plan.COHORT_COLUMN]))
+        sealed = writer.seal()
+    except BaseException:
+        writer.abort()
+        raise
+    fault_point("relanding_sealed")
+    listed = state.committed_files(cohort, table_name)
+    unlisted = [p.name for p in landing.files(cohort, table_name) if p.name not in listed]
+    aside = landing.set_aside(cohort, table_name, unlisted, run_id) if unlisted else None
+    state.swap_table(run_id, cohort, table_name, mark.wm, sealed)
+    fault_point("relanding_swapped")
+    landing.finish_relanding(cohort, table_name, state.relandings().get((cohort, table_name), []))
+    state.relanded(cohort, table_name)
+    rows = sum(f.rows for _, f in sealed)
+    state.log_outcome(run_id, TableOutcome(cohort, table_name, None, mark.wm, rows, [f for _, f in sealed], "relanded"))
+    return Relanded(table_name, rows, len(sealed), aside, len(unlisted))
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
@@ -417,16 +700,19 @@ def _land_with_retries(run: _Run, job: _TableJob) -> _TableResult:
             return _land_table(run, job)
         except CohortsyncError as e:
             if e.transient and attempt < retries and not run.cancel.is_set():
+                logs.event(log, logging.DEBUG, "table.retry", str(e), table=job.table, attempt=attempt + 1)
                 run.progress.note(f"{job.table}: {e}; retrying in {backoff(attempt):.0f}s")
                 run.cancel.wait(backoff(attempt))
                 attempt += 1
                 continue
-            msg = str(e)
+            msg, code = str(e), exit_code_for(e)
         except Exception as e:  # an engine or file error we did not anticipate: still only this table fails
-            msg = f"{type(e).__name__}: {safe_message(e)}"
+            msg, code = f"{type(e).__name__}: {safe_message(e)}", exit_code_for(e)
         due, fresh = _windows(run, job)
         elapsed = time.monotonic() - started
-        failed = [TableOutcome(s.cohort, job.table, s.lower, job.upper, 0, [], "failed", msg, elapsed) for s in due]
+        failed = [
+            TableOutcome(s.cohort, job.table, s.lower, job.upper, 0, [], "failed", msg, elapsed, exit_code=code) for s in due
+        ]
         return _TableResult(job.table, fresh=_up_to_date(job, fresh), failed=failed)
 
 
@@ -446,8 +732,19 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
     table, table_plan, upper = omop.table(table_name), job.table_plan, job.upper
     due, fresh = _windows(run, job)
     done = _up_to_date(job, fresh)
+    for c, _ in fresh:  # nothing to build on this run, but the operator should know before the next load
+        if c in job.damaged:
+            run.progress.note(job.damaged[c])
+    refused = [
+        TableOutcome(
+            s.cohort, table_name, s.lower, upper, 0, [], "failed", job.damaged[s.cohort], exit_code=TamperedError.exit_code
+        )
+        for s in due
+        if s.cohort in job.damaged
+    ]
+    due = [s for s in due if s.cohort not in job.damaged]
     if not due:
-        return _TableResult(table_name, fresh=done)
+        return _TableResult(table_name, fresh=done, failed=refused)
     assert upper is not None
     batch_of = {c.name: c.batch for c in run.selected}
     progress.table_started(table_name, [s.cohort for s in due])
@@ -491,7 +788,7 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
         )
         for s in due
     ]
-    return _TableResult(table_name, fresh=done, landed=outcomes)
+    return _TableResult(table_name, fresh=done, landed=outcomes, failed=refused)
 
 
 def _source_columns(src: Source, table: omop.Table) -> list[str]:
@@ -499,12 +796,12 @@ def _source_columns(src: Source, table: omop.Table) -> list[str]:
     names = src.columns(table.name)
     lowered = [n.lower() for n in names]
     if omop.LOAD_DT not in lowered:
-        raise SourceError(f"{table.name} has no {omop.LOAD_DT} column")
+        raise SchemaDriftError(f"{table.name} has no {omop.LOAD_DT} column")
     link = "person_id" if table.via_parent is None else table.via_parent[1]
     if link not in lowered:
-        raise SourceError(f"{table.name} has no {link} column to reach a person")
+        raise SchemaDriftError(f"{table.name} has no {link} column to reach a person")
     if plan.COHORT_COLUMN in lowered:
-        raise SourceError(f"{table.name} has a column named {plan.COHORT_COLUMN}, which cohortsync reserves")
+        raise SchemaDriftError(f"{table.name} has a column named {plan.COHORT_COLUMN}, which cohortsync reserves")
     return list(names)
 
 

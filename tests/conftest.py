@@ -79,7 +79,7 @@ def keep_everything_policy() -> str:
     lines = []
     for t in omop.registry().values():
         lines.append(f"[{t.name}]")
-        lines += [f'"{c}" = "keep"' for c in t.column_names]
+        lines += [f'"{c}" = "keep"' for c in (*t.column_names, omop.LOAD_DT)]
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +138,7 @@ class Project:
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
         return self.runner.invoke(
-            cli, ["--config", str(self.config), *args], obj={}, catch_exceptions=False,
+            cli, ["--log-format", "text", "--config", str(self.config), *args], obj={}, catch_exceptions=False,
             env={"COHORTSYNC_DEID_KEY": TEST_KEY, **(env or {})},
         )
 

@@ -89,7 +89,7 @@ def _(p: Project) -> None:
 
     from cohortsync.cli import cli
 
-    r = CliRunner().invoke(cli, ["--config", str(p.root / "nope.toml"), "sync"], obj={})
+    r = CliRunner().invoke(cli, ["--log-format", "text", "--config", str(p.root / "nope.toml"), "sync"], obj={})
     assert r.exit_code == 2
     one_line(r.output, "no config file")
 
@@ -166,7 +166,8 @@ def _(p: Project) -> None:
     r = in_mount_namespace(
         p,
         'mount -t tmpfs -o size=64k tmpfs "$ROOT/landing"\n'
-        '"$PY" -m cohortsync.cli --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n'
+        '"$PY" -m cohortsync.cli --log-format text --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 '
+        '|| echo "rc=$?" >> "$ROOT/out.txt"\n'
         'find "$ROOT/landing" -name ".tmp-*" >> "$ROOT/tmpfiles.txt"\n'
         '"$PY" - <<EOF >> "$ROOT/out.txt"\n'
         "from pathlib import Path\n"
@@ -191,7 +192,8 @@ def _(p: Project) -> None:
         p,
         'mkdir -p "$ROOT/ro" && cp -r "$ROOT/state/." "$ROOT/ro/"\n'
         'mount --bind "$ROOT/ro" "$ROOT/state" && mount -o remount,bind,ro "$ROOT/state"\n'
-        '"$PY" -m cohortsync.cli --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 || echo "rc=$?" >> "$ROOT/out.txt"\n',
+        '"$PY" -m cohortsync.cli --log-format text --config "$CFG" sync -q > "$ROOT/out.txt" 2>&1 '
+        '|| echo "rc=$?" >> "$ROOT/out.txt"\n',
     )
     assert r.returncode == 0, r.stderr
     out = (p.root / "out.txt").read_text()
@@ -221,8 +223,99 @@ def _(p: Project) -> None:
     stray = d / "measurement__20200101T000000000000__20200108T000000000000__0000.parquet"
     stray.write_bytes(b"x")
     r = p.cli("sync", "-q")
-    assert r.exit_code == 1 and "is not recorded in the state store; refusing" in r.output
+    assert r.exit_code == 5 and "is not recorded in the state store; refusing" in r.output
     assert stray.exists()
+
+
+@case("unknown-option")
+def _(p: Project) -> None:
+    r = p.cli("sync", "--bogus")
+    assert r.exit_code == 2
+    one_line(r.output, "cohortsync sync: No such option '--bogus'. (see 'cohortsync sync --help')")
+
+
+@case("lock-held")
+def _(p: Project) -> None:
+    registered(p)
+    from cohortsync.state import StateStore
+
+    with StateStore(p.root / "state") as st:
+        st.lock("sync")
+        r = p.cli("sync")
+    assert r.exit_code == 3
+    one_line(r.output, "another cohortsync run holds the lock (pid ")
+
+
+@case("source-in-use")
+def _(p: Project) -> None:
+    registered(p)
+    from test_operations import database_held
+
+    with database_held(p.db):
+        r = p.cli("sync", env={"COHORTSYNC_SOURCE__RETRIES": "0"})
+    assert r.exit_code == 4
+    one_line(r.output, "is in use by another process")
+
+
+@case("uncovered-column")
+def _(p: Project) -> None:
+    registered(p)
+    con = p.con()
+    con.execute("ALTER TABLE omop.omop.note ADD COLUMN scanned_by VARCHAR")
+    con.close()
+    r = p.cli("sync", "-q")
+    assert r.exit_code == 5
+    assert "note: FAILED: note: column(s) scanned_by not covered by the de-identification policy" in r.output
+    assert r.output.splitlines()[-1] == "error: 1 cohort table(s) failed: c/note (see above)"
+
+
+@case("unknown-ids")
+def _(p: Project) -> None:
+    before = snapshot(p.root / "cohorts")
+    r = p.cli("add-cohort", "c", "--patients", str(p.write_ids("c.csv", [*person_ids(p)[:3], 10**12])))
+    assert r.exit_code == 5
+    one_line(r.output, "1 of 4 ids are not in omop.person; check the file against the source, or pass --allow-missing")
+    assert str(10**12) not in r.output and snapshot(p.root / "cohorts") == before
+@case("truncated-file")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "truncated")
+
+
+@case("garbage-file")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "garbage")
+
+
+@case("flipped-byte")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "flipped")
+
+
+@case("missing-file")
+def _(p: Project) -> None:
+    from test_damage import damaged_file_scenario
+
+    damaged_file_scenario(p, "missing")
+
+
+@case("state-older-than-landing")
+def _(p: Project) -> None:
+    from test_damage import restored_state_scenario
+
+    restored_state_scenario(p)
+
+
+@case("landing-older-than-state")
+def _(p: Project) -> None:
+    from test_damage import restored_landing_scenario
+
+    restored_landing_scenario(p)
 
 
 def test_every_row_has_a_test_and_every_test_a_row() -> None:

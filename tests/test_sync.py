@@ -126,7 +126,7 @@ def test_only_requested_cohorts_sync(project: Project, two_cohorts: tuple[list[i
 
 def run_cli_process(project: Project, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cohortsync.cli", "--config", str(project.config), *args],
+        [sys.executable, "-m", "cohortsync.cli", "--log-format", "text", "--config", str(project.config), *args],
         capture_output=True, text=True, env={**os.environ, "COHORTSYNC_DEID_KEY": TEST_KEY, **(env or {})}, timeout=300,
     )
 
@@ -167,7 +167,7 @@ def test_a_second_concurrent_sync_is_refused(project: Project, two_cohorts: tupl
     with StateStore(project.root / "state") as st:
         st.lock("sync")
         r = project.cli("sync", "-q")
-    assert r.exit_code == 75
+    assert r.exit_code == 3
     assert r.output.startswith("error: another cohortsync run holds the lock")
     assert not project.landing.exists()
 
@@ -177,7 +177,7 @@ def test_a_failing_table_does_not_stop_the_others(project: Project, two_cohorts:
     con.execute("ALTER TABLE omop.omop.observation RENAME COLUMN load_dt TO loaded")
     con.close()
     r = project.cli("sync", "-q")
-    assert r.exit_code == 1
+    assert r.exit_code == 5  # schema drift: a person must look
     assert "observation has no load_dt column" in r.output
     assert "error: 2 cohort table(s) failed: alpha/observation, beta/observation" in r.output
     assert landed_count(project, "alpha", "measurement") > 0
@@ -226,7 +226,7 @@ def test_an_unrecorded_landing_file_stops_that_table(project: Project, two_cohor
     stray = project.landing / "alpha" / "condition_occurrence" / name
     stray.write_bytes(b"not really parquet")
     r = project.cli("sync", "-q")
-    assert r.exit_code == 1
+    assert r.exit_code == 5  # a tampered landing needs a person
     assert "is not recorded in the state store" in r.output
     assert stray.exists()  # never deleted: it may be data
 
@@ -260,7 +260,7 @@ def test_status_json(project: Project, two_cohorts: tuple[list[int], list[int]])
 def test_missing_database_is_a_clear_error(project: Project, two_cohorts: tuple[list[int], list[int]]) -> None:
     Path(project.db).rename(project.root / "moved.duckdb")
     r = project.cli("sync")
-    assert r.exit_code == 1 and r.output.startswith("error: no DuckDB database at")
+    assert r.exit_code == 2 and r.output.startswith("error: no DuckDB database at")  # configuration
 
 
 class _Overlap:

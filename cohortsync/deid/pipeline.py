@@ -45,6 +45,12 @@ def prepare(policy: Policy, table: omop.Table, source_columns: list[str]) -> Tab
     return TablePlan(table.name, select, absent, text)
 
 
+def order_key(table: omop.Table) -> str:
+    """The column whose landed value keys a table's load_dt order map: the primary key, or for a
+    table without one (death) the person."""
+    return table.primary_key or "person_id"
+
+
 @dataclass
 class Deidentifier:
     policy: Policy
@@ -64,6 +70,7 @@ class Deidentifier:
         days: pa.Array | None = None
         out_cols: list[pa.Array] = []
         out_names: list[str] = []
+        ordered: list[int] = []  # positions of order_only columns, filled once the row keys are landed
         for name, col in zip(names, batch.columns, strict=True):
             if name == PERSON_COLUMN:
                 continue
@@ -73,6 +80,9 @@ class Deidentifier:
                 continue
             rule = rules[name.lower()]  # prepare() guaranteed a rule for every selected column
             if rule.action is Action.KEEP:
+                new = col
+            elif rule.action is Action.ORDER_ONLY:
+                ordered.append(len(out_cols))
                 new = col
             elif rule.action is Action.PSEUDONYMIZE:
                 assert rule.domain is not None
@@ -92,6 +102,13 @@ class Deidentifier:
                 raise DeidError(f"{table.name}.{name} is dropped by the policy but was selected")
             out_cols.append(new)
             out_names.append(name)
+        if ordered:
+            row_key = order_key(table)
+            if row_key not in out_names:
+                raise DeidError(f"{table.name}: load_dt is order_only, which needs {row_key} landed")
+            k = out_cols[out_names.index(row_key)]
+            for i in ordered:
+                out_cols[i] = structured.order_only(self.keys, table.name, k, out_cols[i])
         return pa.RecordBatch.from_arrays(out_cols, names=out_names)
 
     def _days(self, batch: pa.RecordBatch, person_col: str) -> pa.Array:

@@ -35,6 +35,7 @@ class Keys:
     shift: bytes
     text: bytes
     fingerprint: str  # safe to store and print: identifies the key without revealing it
+    order: bytes  # load_dt order values
 
     @classmethod
     def from_secret(cls, secret: str) -> Keys:
@@ -48,7 +49,7 @@ class Keys:
         def sub(label: str) -> bytes:
             return hmac.new(k, f"cohortsync/{label}/v1".encode(), hashlib.sha256).digest()
 
-        return cls(sub("pseudonym"), sub("date-shift"), sub("text"), sub("fingerprint").hex()[:16])
+        return cls(sub("pseudonym"), sub("date-shift"), sub("text"), sub("fingerprint").hex()[:16], sub("load-order"))
 
     def __repr__(self) -> str:
         return f"Keys(fingerprint={self.fingerprint})"
@@ -127,6 +128,35 @@ def shift_dates(arr: pa.Array | pa.ChunkedArray, days: pa.Array) -> pa.Array:
     if pa.types.is_date64(a.type):
         return shift_dates(a.cast(pa.timestamp("ms")), days).cast(a.type)
     raise DeidError(f"cannot shift a column of type {a.type}")
+
+
+ORDER_MAX_US = 1 << 53  # timestamps up to the year 2255; a*L + b then stays below 2**63
+
+
+def order_only(keys: Keys, domain: str, row_keys: pa.Array | pa.ChunkedArray, load_dt: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``load_dt`` replaced by a number that orders the versions of one row and nothing else.
+
+    Per landed row key ``k`` a keyed affine map ``a_k * t + b_k`` (``a_k`` in 1..512, ``b_k`` below
+    2**60, both from the AES PRF) of the load time ``t`` in microseconds: strictly increasing in ``t``
+    for one key, so the newest version of a row is the largest value and a re-landed repeat gets the
+    same value; unrelated between keys, so values of different rows cannot be grouped by load or
+    compared with dates. Keyed by the *landed* key (the pseudonym), so it can be computed again from
+    the landing alone. A row without a key gets a null: it has no versions to order.
+    """
+    k = _array(row_keys)
+    t = _array(load_dt)
+    if not pa.types.is_integer(k.type):
+        raise DeidError(f"cannot order {domain} rows by a key of type {k.type}")
+    if not pa.types.is_timestamp(t.type):
+        raise DeidError(f"{domain}.load_dt is {t.type}, not a timestamp")
+    us = _numbers(t.cast(pa.timestamp("us")))
+    if len(us) and (int(us.min()) < 0 or int(us.max()) >= ORDER_MAX_US):
+        raise DeidError(f"{domain}.load_dt holds a time before 1970 or after 2255")
+    r = prf64(keys.order, domain, _numbers(k))
+    a = (r >> np.uint64(55)) + np.uint64(1)
+    b = r & np.uint64((1 << 60) - 1)
+    out = (a * us.astype("<u8") + b).astype("<i8")
+    return _nulls_from(k, _nulls_from(t, pa.array(out, type=pa.int64())))
 
 
 def top_code_year_of_birth(arr: pa.Array | pa.ChunkedArray, reference_year: int, max_age: int = 89) -> pa.Array:

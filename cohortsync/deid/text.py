@@ -43,7 +43,10 @@ from typing import Any, Literal, NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cohortsync import logs
 from cohortsync.errors import CohortsyncError, ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 #: What a value becomes when it could not be analysed: fixed, so no part of the original survives.
 SCRUB_FAILED = "[REDACTED: text could not be de-identified]"
@@ -832,11 +835,18 @@ class TextScrubber:
                 self._start_error = e
                 raise
             with self._lock:
-                if not self._closed:
+                closed = self._closed
+                if not closed:
                     self._pools.append((pool, want - have))
-                    return list(self._pools)
-            pool.shutdown(wait=True, cancel_futures=True)  # closed while starting
-            raise TextScrubError("the text scrubber is closed")
+                    pools = list(self._pools)
+            if closed:
+                pool.shutdown(wait=True, cancel_futures=True)  # closed while starting
+                raise TextScrubError("the text scrubber is closed")
+            logs.event(
+                log, logging.DEBUG, "text.started", f"text scrubber workers ready ({self.settings.model})",
+                workers=want - have, running=want, deny_terms=len(self._deny_args or ()),
+            )
+            return pools
 
     def _start_pool(self, workers: int) -> ProcessPoolExecutor:
         """Spawn workers from a thread that lives until :meth:`close`: on Linux their parent-death
@@ -1042,6 +1052,10 @@ class TextScrubber:
             failures=failures,
             analysed=len(todo),
             entities=dict(sorted(entities.items())),
+        )
+        logs.event(  # counts only: entity types and how many, never what was found
+            log, logging.DEBUG, "text.scrubbed", f"{stats.rows:,} texts scrubbed", rows=stats.rows,
+            distinct=stats.distinct, analysed=stats.analysed, failures=stats.failures, entities=stats.entities,
         )
         return result.cast(out_type), stats
 

@@ -41,9 +41,9 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from cohortsync import plan
+from cohortsync import logs, plan
 from cohortsync.config import Settings
-from cohortsync.errors import ConfigError, SourceError, TransientSourceError, safe_message
+from cohortsync.errors import ConfigError, SourceConfigError, SourceError, TransientSourceError, safe_message
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,10 @@ def classify(e: BaseException, *, timed_out_after: float | None = None) -> Sourc
     :func:`safe_message` (first line, quoted values redacted: they may be PHI).
     """
     c = _classify(e, timed_out_after)
-    return (TransientSourceError if c.transient else SourceError)(f"Databricks: {c.message}")
+    if c.transient:
+        return TransientSourceError(f"Databricks: {c.message}")
+    # Refused credentials, grants, a wrong warehouse, catalog or schema: the configuration (exit 2).
+    return (SourceConfigError if c.kind in ("auth", "forbidden", "missing") else SourceError)(f"Databricks: {c.message}")
 
 
 def _classify(e: BaseException, timed_out_after: float | None) -> _Class:
@@ -609,6 +612,7 @@ class DatabricksSource:
     @contextmanager
     def stream(self, query: exp.Expression, batch_rows: int) -> Iterator[pa.RecordBatchReader]:
         sql = self.render(query)
+        logs.event(log, logging.DEBUG, "source.query", "Databricks query", sql=sql)  # names and bounds; no row values
 
         def start() -> tuple[Any, pa.Table]:
             connection = self.connection()

@@ -7,6 +7,7 @@ catalog ``omop``, which would make ``omop.person`` ambiguous. Results stream thr
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +18,11 @@ import pyarrow as pa
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
-from cohortsync import omop, plan
+from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
-from cohortsync.errors import SourceError, TransientSourceError, safe_message
+from cohortsync.errors import SourceConfigError, SourceError, TransientSourceError, safe_message
+
+log = logging.getLogger(__name__)
 
 # sqlglot builds a dialect's generator on first use (~70 ms); do it when the module loads, not mid-run.
 Dialect.get_or_raise("duckdb")
@@ -49,7 +52,7 @@ class DuckDBSource:
         memory_limit: str | None = "128MB",
     ) -> DuckDBSource:
         if not path.is_file():
-            raise SourceError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
+            raise SourceConfigError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
         config: dict[str, str | bool | int | float | list[str]] = {}
         if threads:
             config["threads"] = threads
@@ -74,8 +77,10 @@ class DuckDBSource:
         with self._lock:
             cur = self.con.cursor()  # a cursor of its own, so tables on several threads never share one
         try:
+            sql = self.render(query)
+            logs.event(log, logging.DEBUG, "source.query", "DuckDB query", sql=sql)  # names and bounds; no row values
             with _errors():
-                reader = cur.sql(self.render(query)).to_arrow_reader(batch_rows)
+                reader = cur.sql(sql).to_arrow_reader(batch_rows)
             yield reader
         finally:
             cur.close()
@@ -133,8 +138,8 @@ class DuckDBSource:
 def _errors() -> Iterator[None]:
     try:
         yield
-    except duckdb.CatalogException as e:
-        raise SourceError(f"DuckDB: {safe_message(e)}") from None
+    except duckdb.CatalogException as e:  # a schema or table the configuration names is not there
+        raise SourceConfigError(f"DuckDB: {safe_message(e)}") from None
     except duckdb.IOException as e:
         raise TransientSourceError(f"DuckDB I/O: {safe_message(e)}") from None
     except duckdb.Error as e:

@@ -114,6 +114,7 @@ def test_http_403_is_access_denied() -> None:
     with Server(403) as server:
         error = failure(source_for(server.uri, retries=3))
     assert not isinstance(error, TransientSourceError) and "access denied (HTTP 403)" in str(error)
+    assert error.exit_code == 2  # the configuration (credentials, grants), docs/operations.md
     assert len(server.requests) == 1
 
 
@@ -180,6 +181,7 @@ def test_a_refused_service_principal_is_an_authentication_failure() -> None:
 def test_server_errors_fail_fast_with_a_clear_redacted_line(message: str, kind: str) -> None:
     error = classify(exc.ServerOperationError(message, {"operation-id": "x", "diagnostic-info": None}))
     assert kind in str(error) and not isinstance(error, TransientSourceError)
+    assert error.exit_code == (1 if kind in ("query timed out on the warehouse", "CAST_INVALID_INPUT") else 2)
     assert "Jane" not in str(error) and "'x'" not in str(error)
 
 
