@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 from hypothesis import given
@@ -257,6 +258,39 @@ def test_a_sync_with_nothing_due_starts_no_text_worker(project: Project, monkeyp
     r = project.cli("sync", "-q")
     assert r.exit_code == 0, r.output
     assert len(spawned) == started  # the no-op sync never started them
+
+
+def test_cached_verdicts_in_a_sync_still_scrub_every_row(project: Project) -> None:
+    """Across many batches the verdict cache answers repeated values: a phone is still replaced on
+    every row, and a date in a source value is still shifted per person (never cached)."""
+    con = project.con()
+    try:
+        con.execute(
+            "UPDATE omop.omop.condition_occurrence SET condition_source_value = CASE "
+            "WHEN condition_occurrence_id % 3 = 0 THEN 'call 555-201-3344' "
+            "WHEN condition_occurrence_id % 3 = 1 THEN 'seen 03/04/2021' ELSE condition_source_value END"
+        )
+    finally:
+        con.close()
+    default_policy_project(project, 300)
+    with project.config.open("a", encoding="utf-8") as f:
+        f.write('\n[sync]\nbatch_rows = 1024\ntables = ["person", "condition_occurrence"]\n')
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    landed = duckdb.connect().execute(
+        f"SELECT person_id, condition_source_value FROM read_parquet('{project.landing}/c/condition_occurrence/*.parquet')"
+    ).fetchall()
+    assert len(landed) > 3 * 1024  # several batches
+    values = [v for _, v in landed]
+    assert not any("555" in str(v) or v == "seen 03/04/2021" for v in values)
+    phones = sum(v == "call [PHONE]" for v in values)
+    dated = {(p, v) for p, v in landed if str(v).startswith("seen ")}
+    assert phones > 1024 and len(dated) > 10
+    by_person: dict[object, set[object]] = {}
+    for p, v in dated:
+        by_person.setdefault(p, set()).add(v)
+    assert all(len(vs) == 1 for vs in by_person.values())  # one offset per person
+    assert len({v for _, v in dated}) > 5  # and different offsets for different persons
 
 
 # --- no orphans ------------------------------------------------------------------------------------------
