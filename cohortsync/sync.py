@@ -175,10 +175,13 @@ def run_sync(
             bounds = inspect_tables(
                 src, policy, list(settings.sync.tables), settings.source.retries, settings.sync.parallel_tables
             )
-            if any(not isinstance(b, CohortsyncError) and b[0].text_columns for b in bounds.values()):
+            marks = state.watermarks()
+            if any(
+                not isinstance(b, CohortsyncError) and b[0].text_columns and windows(selected, t, b[1], marks)[0]
+                for t, b in bounds.items()
+            ):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
             run = _Run(settings, src, landing, deid, selected, progress)
-            marks = state.watermarks()
             jobs = []
             for table in settings.sync.tables:
                 found = bounds[table]
@@ -534,12 +537,17 @@ def deid_keys(settings: Settings) -> Keys:
 
 
 def start_text_scrubber(settings: Settings, src: Source, keys: Keys) -> TextScrubber:
-    """Start the free-text workers once per run, with the collaborator's known PHI as deny-lists."""
+    """The run's free-text scrubber, with the collaborator's known PHI as deny-lists.
+
+    Called only when a table with free-text columns has a window due. The deny-lists are read here,
+    on the calling thread; the workers start only when a value needs analysis (lazy), so a window
+    whose text is null or already known clean never starts them.
+    """
     from cohortsync.deid.text import TextScrubber, TextSettings
 
     d = settings.deid
     text_settings = TextSettings(model=d.text_model, workers=d.text_workers, batch_size=d.text_batch_size)
-    return TextScrubber(text_settings, key=keys.text, deny_list=known_phi(src))
+    return TextScrubber(text_settings, key=keys.text, deny_list=known_phi(src), lazy=True)
 
 
 # Where the collaborator keeps known PHI, and what each column holds (the entity decides the

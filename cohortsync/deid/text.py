@@ -9,6 +9,13 @@ Why it is built this way:
   parser and lemmatizer cost more than half of the model's time and NER does not use them.
 * Distinct values are analysed once per call; dates are shifted per row because the offset is per person.
 * A text that fails analysis is replaced by :data:`SCRUB_FAILED`, never passed through.
+* Workers start on the first value that needs analysis, not when the scrubber is made: a sync with
+  nothing due, or whose values were all judged clean before, never pays for them.
+* A value's verdict (unchanged, or its scrubbed form when no date makes it depend on the row) is
+  remembered under a keyed hash of the value (never the value) for the scrubber's life, so values
+  repeated across batches, tables and windows are analysed once.
+* NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value.
+* Workers watch their parent and exit when it dies, even by ``kill -9``: no orphans hold memory.
 """
 
 from __future__ import annotations
@@ -17,11 +24,14 @@ import contextlib
 import hashlib
 import hmac
 import importlib
+import importlib.util
 import logging
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import sys
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -31,6 +41,7 @@ from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cohortsync import logs
 from cohortsync.errors import CohortsyncError, ConfigError, InputError
@@ -65,10 +76,15 @@ class TextSettings:
     #: Run NER line by line and remember each distinct line's entities (boilerplate lines are common).
     ner_by_line: bool = True
     extra_recognizers: tuple[str, ...] = ()
+    #: Verdicts remembered, least recently used dropped first (16-byte keyed hash each, plus a scrubbed
+    #: form of at most CACHED_OUTPUT_CHARS for values that held PHI: ~30 MB at most for the default).
+    verdict_cache: int = 200_000
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.batch_size < 1:
-            raise ConfigError("text de-identification: workers and batch_size must be at least 1")
+        if self.workers < 1 or self.batch_size < 1 or self.verdict_cache < 0:
+            raise ConfigError(
+                "text de-identification: workers and batch_size must be at least 1, verdict_cache at least 0"
+            )
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError("text de-identification: score_threshold must be between 0 and 1")
 
@@ -83,6 +99,8 @@ class ScrubStats:
     distinct: int = 0
     failures: int = 0
     entities: Mapping[str, int] = field(default_factory=dict)
+    #: Distinct values sent to the workers (the rest were answered from the verdict cache).
+    analysed: int = 0
 
 
 class Detection(NamedTuple):
@@ -387,7 +405,8 @@ class _Worker:
         parts_of: list[list[tuple[int, str]]] = []
         todo: dict[str, None] = {}
         for text, results in zip(texts, found, strict=True):
-            parts = self._ner_parts(text, results) if results is not None else []
+            gated = results is not None and could_hide_name(text, self.R.VOCABULARY)
+            parts = self._ner_parts(text, results) if gated and results is not None else []
             parts_of.append(parts)
             for _, piece in parts:
                 if piece not in self._line_cache:
@@ -535,6 +554,51 @@ def _resolve(
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# The NER gate: which values could hide a name at all
+# ---------------------------------------------------------------------------------------------------
+
+#: Units, dose forms and schedule abbreviations written in codes and source values (casefolded).
+UNITS = frozenset(
+    """
+    mg mcg ug µg ng pg gm kg ml dl ul nl mmol umol nmol mol meq iu miu kiu units unit mmhg cmh2o cm mm um nm km
+    ft lb lbs oz hr hrs min mins sec secs wk wks mo mos yr yrs bpm kpa mosm fl gtt gtts tab tabs cap caps
+    amp vial supp neb inh qd bid tid qid qhs qod prn po iv im sc sq sl pr hs ac pc am pm stat od os ou
+    """.split()  # noqa: SIM905
+)
+#: Ordinal suffixes glued to digits (``3rd``).
+_ORDINALS = frozenset({"st", "nd", "rd", "th"})
+_EDGE_PUNCT = ".,;:!?'’\"()[]{}<>|*"
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+
+
+def could_hide_name(text: str, safe_words: Container[str]) -> bool:
+    """Whether ``text`` holds a word that could be (part of) a name or place, so NER must see it.
+
+    False only when every run of letters is one letter (an initial, ``M``/``F``), a unit, a
+    ``safe_words`` entry (casefolded: the recognizers' VOCABULARY), an ordinal suffix on a number, or
+    an upper-case pair glued to digits (``RX123``, ``E11.9``); everything else is digits and
+    punctuation. A name glued to a code (``SMITH8331``, ``8331-1/jones``) keeps its letter run and
+    is admitted. The regex recognizers run on every value whatever this says.
+    """
+    for token in text.split():
+        whole = token.casefold()
+        core = whole.strip(_EDGE_PUNCT)
+        if whole in safe_words or core in safe_words or core in UNITS:  # safe words with ' or - (``don't``)
+            continue
+        digits = any(c.isdigit() for c in token)
+        for run in _LETTER_RUN.findall(token):
+            if len(run) == 1:
+                continue
+            word = run.casefold()
+            if word in UNITS or word in safe_words:
+                continue
+            if digits and len(run) == 2 and (run.isupper() or word in _ORDINALS):
+                continue
+            return True
+    return False
+
+
 #: A capitalised word: only lines holding one that is not vocabulary and no rule covered go through NER.
 #: All-caps words are not candidates: the model rarely tags them, and labelled ones (``RE: BUSH, ROSE``)
 #: are the rules' job.
@@ -546,8 +610,56 @@ _WARM_UP = (
 )
 
 
-def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any]) -> None:
+def _exit_with_parent(parent: int | None) -> None:
+    """End this worker as soon as the process that started it dies, however it died (``kill -9``).
+
+    Two independent signals, either enough: on Linux the kernel's parent-death signal (SIGKILL, set
+    here with ``prctl``), and a daemon thread that polls the parent pid and, under ``spawn``, waits
+    on the pipe ``multiprocessing`` leaves the parent holding (its write end closes when the parent
+    dies). ``parent`` is the sync's pid under ``spawn``; under ``forkserver`` (None) the parent is
+    the fork server, which exits when the sync dies, and that pipe is closed once the worker has
+    started, so only the signal and the pid are watched. The signal fires when the *thread* that
+    spawned the worker ends, so :class:`TextScrubber` spawns from a thread that lives until it closes.
+    """
+    watch_pipe = parent is not None
+    parent = os.getppid() if parent is None else parent
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    import multiprocessing
+
+    proc = multiprocessing.parent_process() if watch_pipe else None
+    sentinel = getattr(proc, "sentinel", None) if proc is not None else None
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        pipe = sentinel
+        pause = threading.Event()
+        while True:
+            if pipe is not None:
+                try:
+                    if wait([pipe], timeout=0.5):
+                        os._exit(1)
+                except (OSError, ValueError):
+                    pipe = None  # fall back to polling the parent pid
+            else:
+                pause.wait(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cohortsync-parent-watch", daemon=True).start()
+
+
+def _init_worker(settings: TextSettings, key: bytes, deny_list: Sequence[Any], parent: int | None) -> None:
     global _WORKER, _WORKER_ERROR
+    _exit_with_parent(parent)
     # Presidio's debug/info records name operators and their parameters (a row's date offset): keep them quiet.
     for name in ("presidio-analyzer", "presidio-anonymizer"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -602,40 +714,74 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[v] = old
 
 
+def _model_exists(model: str) -> bool:
+    """The model is an importable package or a directory (checked without importing spaCy)."""
+    if Path(model).is_dir():
+        return True
+    try:
+        return importlib.util.find_spec(model) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class Verdict(NamedTuple):
+    """What the scrubber made of one distinct value, remembered under the value's keyed hash.
+
+    ``output`` is None when the value held no PHI (it passes unchanged), else its scrubbed form,
+    which is what lands anyway and never the value itself. Only verdicts that do not depend on the
+    row are kept: a value with a date (shifted per person) or whose analysis failed is analysed
+    again every time; so is a scrubbed value longer than :data:`CACHED_OUTPUT_CHARS`.
+    """
+
+    output: str | None
+    entities: tuple[tuple[str, int], ...]
+
+
+#: Longest scrubbed output kept in the verdict cache (codes and short source values, not notes).
+CACHED_OUTPUT_CHARS = 256
+
+
 class TextScrubber:
     """De-identifies Arrow string columns; a context manager that owns its worker processes.
 
-    ``key`` seeds the name surrogates and is never logged. ``deny_list`` holds known PHI strings
-    (``str`` or :class:`~cohortsync.deid.recognizers.DenyTerm`), matched case-insensitively as whole words.
+    ``key`` seeds the name surrogates and the verdict cache's hash and is never logged. ``deny_list``
+    holds known PHI strings (``str`` or :class:`~cohortsync.deid.recognizers.DenyTerm`), matched
+    case-insensitively as whole words; it may be a function, called once when the workers start.
+    ``lazy`` defers starting the workers (and calling that function) to the first value that needs
+    analysis; otherwise they start here and a start-up error is raised here.
     """
 
-    def __init__(self, settings: TextSettings, key: bytes, deny_list: Iterable[Any] = ()) -> None:
+    def __init__(
+        self,
+        settings: TextSettings,
+        key: bytes,
+        deny_list: Iterable[Any] | Callable[[], Iterable[Any]] = (),
+        *,
+        lazy: bool = False,
+    ) -> None:
         if not key:
             raise ConfigError("text de-identification needs a non-empty key")
         self.settings = settings
-        self._pool: ProcessPoolExecutor | None = None
-        ctx = get_context(settings.start_method)
-        with _single_threaded_children():
-            self._pool = ProcessPoolExecutor(
-                max_workers=settings.workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(settings, bytes(key), list(deny_list)),
+        self._key = bytes(key)
+        self._deny_list = deny_list
+        self._pools: list[tuple[ProcessPoolExecutor, int]] = []
+        self._deny_args: list[Any] | None = None
+        self._closed = False
+        self._start_error: CohortsyncError | None = None
+        self._lock = threading.Lock()  # the verdict cache and the pool handle
+        self._start_lock = threading.Lock()  # one start at a time
+        self._release_owner = threading.Event()
+        # Verdicts on values already analysed, keyed by a keyed hash of the value (never the value):
+        # a hit is answered without a worker. See :class:`Verdict`.
+        self._cache_key = hmac.new(self._key, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
+        self._verdicts: OrderedDict[bytes, Verdict] = OrderedDict()
+        if not lazy:
+            self._ensure_pool(settings.workers)
+        elif not _model_exists(settings.model):  # what the workers would refuse, said before any row is read
+            raise ConfigError(
+                f"spaCy model {settings.model!r} is neither an installed package nor a model directory "
+                "(nothing is downloaded)"
             )
-            try:
-                futures = [self._pool.submit(_ping) for _ in range(settings.workers)]
-                for f in futures:
-                    f.result()
-            except CohortsyncError:
-                self.close()
-                raise
-            except BrokenProcessPool as e:
-                self.close()
-                raise TextScrubError("text scrubber workers died while starting") from e
-        logs.event(
-            log, logging.DEBUG, "text.started", f"text scrubber ready ({settings.model})",
-            workers=settings.workers, deny_terms=len(list(deny_list)) if isinstance(deny_list, Sequence) else None,
-        )
 
     def __repr__(self) -> str:
         return f"TextScrubber(model={self.settings.model!r}, workers={self.settings.workers})"
@@ -646,17 +792,113 @@ class TextScrubber:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Stop the workers (idempotent)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    @property
+    def started(self) -> bool:
+        """Whether worker processes were started (a lazy scrubber that saw nothing to analyse: no)."""
+        return bool(self._pools)
 
-    def _map(self, fn: Callable[[Any], Any], batches: list[Any]) -> list[Any]:
-        if self._pool is None:
-            raise TextScrubError("the text scrubber is closed")
+    @property
+    def workers_running(self) -> int:
+        """How many worker processes were started and not stopped."""
+        return sum(n for _, n in self._pools)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent); a closed scrubber refuses further work."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools = self._pools, []
+        for pool, _ in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._release_owner.set()
+
+    def _ensure_pool(self, want: int) -> list[tuple[ProcessPoolExecutor, int]]:
+        """At least ``want`` workers (at most ``settings.workers``) running; their pools and sizes.
+
+        A lazy scrubber starts one worker for a small first call (codes and short source values do
+        not need two, and each costs a model load) and the rest when a large call comes. A failed
+        start is remembered, so every later call fails the same way. Starting takes seconds: it
+        holds its own lock, not the one guarding the verdict cache, so other tables' threads keep
+        answering from the cache meanwhile."""
+        want = min(max(want, 1), self.settings.workers)
+        with self._start_lock:
+            with self._lock:
+                if self._closed:
+                    raise TextScrubError("the text scrubber is closed")
+                if self._start_error is not None:
+                    raise self._start_error
+                have = sum(n for _, n in self._pools)
+                if have >= want:
+                    return list(self._pools)
+            try:
+                pool = self._start_pool(want - have)
+            except CohortsyncError as e:
+                self._start_error = e
+                raise
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._pools.append((pool, want - have))
+                    pools = list(self._pools)
+            if closed:
+                pool.shutdown(wait=True, cancel_futures=True)  # closed while starting
+                raise TextScrubError("the text scrubber is closed")
+            logs.event(
+                log, logging.DEBUG, "text.started", f"text scrubber workers ready ({self.settings.model})",
+                workers=want - have, running=want, deny_terms=len(self._deny_args or ()),
+            )
+            return pools
+
+    def _start_pool(self, workers: int) -> ProcessPoolExecutor:
+        """Spawn workers from a thread that lives until :meth:`close`: on Linux their parent-death
+        signal fires when the spawning *thread* ends, and the caller may be a short-lived thread."""
+        if self._deny_args is None:
+            deny = self._deny_list() if callable(self._deny_list) else self._deny_list
+            self._deny_args = list(deny)
+        parent = os.getpid() if self.settings.start_method == "spawn" else None
+        initargs = (self.settings, self._key, self._deny_args, parent)
+        box: dict[str, Any] = {}
+        ready = threading.Event()
+
+        def owner() -> None:
+            try:
+                box["pool"] = self._spawn(workers, initargs)
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+                ready.set()
+                return
+            ready.set()
+            self._release_owner.wait()
+
+        threading.Thread(target=owner, name="cohortsync-text-workers", daemon=True).start()
+        ready.wait()
+        if "error" in box:
+            raise box["error"]
+        pool: ProcessPoolExecutor = box["pool"]
+        return pool
+
+    def _spawn(self, workers: int, initargs: tuple[Any, ...]) -> ProcessPoolExecutor:
+        ctx = get_context(self.settings.start_method)
+        with _single_threaded_children():
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+            try:
+                futures = [pool.submit(_ping) for _ in range(workers)]  # all spawned here, on this thread
+                for f in futures:
+                    f.result()
+            except CohortsyncError:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            except BrokenProcessPool as e:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise TextScrubError("text scrubber workers died while starting") from e
+        return pool
+
+    def _map(self, fn: Callable[[Any], Any], batches: list[Any], want: int) -> list[Any]:
+        """``fn`` over the batches on the workers, in order; a dead worker fails the call and closes."""
+        pools = self._ensure_pool(want)
+        slots = [pool for pool, n in pools for _ in range(n)]
         try:
-            return list(self._pool.map(fn, batches))
+            futures = [slots[k % len(slots)].submit(fn, b) for k, b in enumerate(batches)]
+            return [f.result() for f in futures]
         except BrokenProcessPool as e:
             self.close()
             raise TextScrubError("a text scrubber worker died; no output was produced") from e
@@ -682,12 +924,35 @@ class TextScrubber:
     def detect(self, texts: Sequence[str]) -> list[list[Detection] | None]:
         """PHI spans per text (None where analysis failed); for evaluation and debugging."""
         batches = self._batches(list(texts), len)
-        return [d for b in self._map(_detect_batch, batches) for d in b]
+        return [d for b in self._map(_detect_batch, batches, self.settings.workers) for d in b]
 
+    # -- the verdict cache ----------------------------------------------------------------------------
+    def _digest(self, text: str) -> bytes:
+        return hmac.new(self._cache_key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:16]
+
+    def _verdict(self, digest: bytes) -> Verdict | None:
+        with self._lock:
+            v = self._verdicts.get(digest)
+            if v is not None:
+                self._verdicts.move_to_end(digest)
+            return v
+
+    def _remember(self, verdicts: Iterable[tuple[bytes, Verdict]]) -> None:
+        limit = self.settings.verdict_cache
+        with self._lock:
+            for d, v in verdicts:
+                self._verdicts[d] = v
+                self._verdicts.move_to_end(d)
+            while len(self._verdicts) > limit:
+                self._verdicts.popitem(last=False)
+
+    # -- scrubbing ------------------------------------------------------------------------------------
     def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, ScrubStats]:
         """The scrubbed column (same type and length; nulls and empty strings unchanged) and its counts.
 
         ``shift_days`` is the row's date offset (int); where it is null, dates become ``[DATE]``.
+        Distinct values are found by Arrow; only those not known clean reach the workers, and only
+        their rows are touched in Python.
         """
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
@@ -702,43 +967,99 @@ class TextScrubber:
             raise InputError(f"shift_days must be an integer array, got {shift_days.type}")
         if len(texts) != len(shift_days):
             raise InputError(f"texts ({len(texts)}) and shift_days ({len(shift_days)}) differ in length")
-        values: list[str | None] = texts.to_pylist()
-        shifts: list[int | None] = shift_days.to_pylist()
-        rows_of: dict[str, dict[int | None, list[int]]] = {}
-        nulls = empty = 0
-        for i, (v, s) in enumerate(zip(values, shifts, strict=True)):
-            if v is None:
-                nulls += 1
-            elif not v.strip():
-                empty += 1
-            else:
-                rows_of.setdefault(v, {}).setdefault(s, []).append(i)
-        items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
-        out: list[str | None] = list(values)
+        if self._closed:
+            raise TextScrubError("the text scrubber is closed")
+        encoded = pc.dictionary_encode(texts)
+        dictionary: list[str] = encoded.dictionary.to_pylist()
+        indices = encoded.indices
+        rows_per = [0] * len(dictionary)
+        vc = pc.value_counts(indices)
+        for idx, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
+            if idx is not None:
+                rows_per[idx] = n
+        empty = distinct = 0
+        todo: list[int] = []
+        digests: dict[int, bytes] = {}
+        new_dict: list[str] = list(dictionary)  # each distinct value's output, where it does not depend on the row
         entities: Counter[str] = Counter()
+        for i, v in enumerate(dictionary):
+            if not v.strip():
+                empty += rows_per[i]
+                continue
+            distinct += 1
+            d = self._digest(v)
+            hit = self._verdict(d)
+            if hit is None:
+                todo.append(i)
+                digests[i] = d
+                continue
+            if hit.output is not None:
+                new_dict[i] = hit.output
+            for ent, n in hit.entities:
+                entities[ent] += n * rows_per[i]
         failures = 0
-        results = [r for b in self._map(_scrub_batch, self._batches(items, lambda it: len(it[0]))) for r in b]
-        for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
-            by_shift = rows_of[text]
-            n_rows = sum(len(rows) for rows in by_shift.values())
-            for shift, new in zip(shift_keys, scrubbed, strict=True):
-                for i in by_shift[shift]:
-                    out[i] = new
-            for ent, n in counts.items():
-                if ent == "__failed__":
-                    failures += n_rows
-                else:
-                    entities[ent] += n * n_rows
+        row_dependent = False
+        if todo:
+            mask = pc.fill_null(pc.is_in(indices, value_set=pa.array(todo, indices.type)), False)
+            rows = pc.indices_nonzero(mask)
+            values: list[str] = texts.take(rows).to_pylist()
+            shifts: list[int | None] = shift_days.take(rows).to_pylist()
+            rows_of: dict[str, dict[int | None, list[int]]] = {}
+            for j, (v, sh) in enumerate(zip(values, shifts, strict=True)):
+                rows_of.setdefault(v, {}).setdefault(sh, []).append(j)
+            items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
+            small = len(items) <= 2 * self.settings.batch_size and sum(len(t) for t, _ in items) <= 65_536
+            batches = self._batches(items, lambda it: len(it[0]))
+            results = [r for b in self._map(_scrub_batch, batches, 1 if small else self.settings.workers) for r in b]
+            index_of = {dictionary[i]: i for i in todo}
+            learned: list[tuple[bytes, Verdict]] = []
+            row_out: list[str | None] = [None] * len(values)  # outputs of row-dependent values' rows
+            for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
+                i = index_of[text]
+                by_shift = rows_of[text]
+                n_rows = rows_per[i]
+                for ent, n in counts.items():
+                    if ent == "__failed__":
+                        failures += n_rows
+                    else:
+                        entities[ent] += n * n_rows
+                if "__failed__" not in counts and self._row_independent(counts) and len(set(scrubbed)) == 1:
+                    out_text = scrubbed[0]
+                    new_dict[i] = out_text
+                    if out_text == text:
+                        learned.append((digests[i], Verdict(None, ())))
+                    elif len(out_text) <= CACHED_OUTPUT_CHARS:
+                        learned.append((digests[i], Verdict(out_text, tuple(sorted(counts.items())))))
+                    continue
+                row_dependent = True
+                for shift, out_text in zip(shift_keys, scrubbed, strict=True):
+                    for j in by_shift[shift]:
+                        row_out[j] = out_text
+            self._remember(learned)
+        result = texts
+        if new_dict != dictionary:
+            result = pa.array(new_dict, texts.type).take(indices)
+        if row_dependent:  # dates shifted per row, or failures: written row by row over the todo rows
+            for k, v in enumerate(values):
+                if row_out[k] is None:  # a row-independent value: its output is in new_dict
+                    row_out[k] = new_dict[index_of[v]]
+            result = pc.replace_with_mask(result, mask, pa.array(row_out, texts.type))
         stats = ScrubStats(
-            rows=len(values),
-            nulls=nulls,
+            rows=len(texts),
+            nulls=texts.null_count,
             empty=empty,
-            distinct=len(items),
+            distinct=distinct,
             failures=failures,
+            analysed=len(todo),
             entities=dict(sorted(entities.items())),
         )
         logs.event(  # counts only: entity types and how many, never what was found
             log, logging.DEBUG, "text.scrubbed", f"{stats.rows:,} texts scrubbed", rows=stats.rows,
-            distinct=stats.distinct, failures=stats.failures, entities=stats.entities,
+            distinct=stats.distinct, analysed=stats.analysed, failures=stats.failures, entities=stats.entities,
         )
-        return pa.array(out, type=texts.type).cast(out_type), stats
+        return result.cast(out_type), stats
+
+    @staticmethod
+    def _row_independent(counts: Mapping[str, int]) -> bool:
+        """Whether a value's output is the same on every row: only dates move with the row's offset."""
+        return "DATE" not in counts
