@@ -18,6 +18,7 @@ from cohortsync import omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import FREE_TEXT, Action, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
+from cohortsync.export import ExportResult, VerifyResult, export, verify_export
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
@@ -25,15 +26,19 @@ from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, wind
 
 __all__ = [
     "AmendResult",
+    "ExportResult",
     "RemovalPlan",
+    "VerifyResult",
     "add_cohort",
     "amend_cohort",
+    "export",
     "plan_next",
     "policy_check",
     "policy_rows",
     "remove_cohort",
     "status",
     "sync",
+    "verify_export",
 ]
 
 
@@ -142,6 +147,7 @@ def status(settings: Settings) -> dict[str, Any]:
     with StateStore(settings.state_path) as state:
         rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
         runs = state.runs(1)
+        exports = state.exports(5)
     tables = []
     for c in registered:
         for t in settings.sync.tables:
@@ -162,6 +168,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "cohorts": [{"name": c.name, "members": c.members, "registered_at": c.registered_at} for c in registered],
         "tables": tables,
         "last_run": runs[0] if runs else None,
+        "exports": exports,
     }
 
 
