@@ -170,9 +170,8 @@ def test_a_reloaded_row_appears_once_newest_and_same_load_repeats_are_kept(proje
     assert project.cli("sync", "-q").exit_code == 0
     out = exported(project, "acme", "--load-seq")
     d = duckdb.connect()
-    landed = d.execute(
-        f"SELECT count(*), count(DISTINCT condition_occurrence_id) FROM read_parquet('{project.landing}/c/condition_occurrence/*.parquet')"
-    ).fetchall()[0]
+    landed_files = f"read_parquet('{project.landing}/c/condition_occurrence/*.parquet')"
+    landed = d.execute(f"SELECT count(*), count(DISTINCT condition_occurrence_id) FROM {landed_files}").fetchall()[0]
     assert landed[0] == landed[1] + 25  # both versions landed
     n, distinct, newest, seq2 = d.execute(
         f"SELECT count(*), count(DISTINCT condition_occurrence_id), count(*) FILTER (WHERE condition_concept_id = 4242), "
