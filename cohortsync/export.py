@@ -24,8 +24,10 @@ import hashlib
 import hmac
 import json
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from cohortsync import __version__, omop
 from cohortsync.config import Settings
@@ -45,6 +49,7 @@ from cohortsync.deid.policy import Action, Policy, id_domain, load_policy
 from cohortsync.deid.recognizers import DATE_RULES, shift_date_text
 from cohortsync.errors import CohortError, DeidError, InputError, LandingError
 from cohortsync.faults import fault_point
+from cohortsync.landing import dictionary_columns
 from cohortsync.state import StateStore, iso, now_utc
 
 Format = Literal["parquet", "csv"]
@@ -54,7 +59,7 @@ CONSUMER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 PERSON = "__person"  # the person of a row linked through a parent (note_nlp -> note)
 SEQ = "__seq"  # 1-based position of the landed file, in the order of its window's upper bound
 LOAD_SEQ = "load_seq"
-NO_LOAD = "TIMESTAMP '0001-01-01'"  # a version without load_dt sorts first
+MAX_MS = (1 << 42) - 1  # load_dt in milliseconds since 1970 fits 42 bits until 2109
 # A cheap, vectorised pre-filter: text without any of these cannot hold a date the landing wrote.
 _MAYBE_DATE = r"(?i)\d\s*/\s*\d|\d[-.]\d{1,2}[-.]\d|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 
@@ -593,7 +598,6 @@ class _Job:
         self.shipped[name] = cols
         key = table.primary_key or ("person_id" if "person_id" in landed_cols else None)
         has_load = omop.LOAD_DT in landed_cols
-        ver = f"coalesce({omop.LOAD_DT}, {NO_LOAD})" if has_load else NO_LOAD
         person_expr = "person_id" if "person_id" in landed_cols else None
         parent_join = ""
         repeated = superseded = null_keys = 0
@@ -610,22 +614,7 @@ class _Job:
                     person_expr = PERSON
             base = f"SELECT t.*{f', __p.{PERSON}' if parent_join else ''} FROM {rel} t{parent_join}"
             if key is not None:
-                self.con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE __w AS SELECT k, max(v) AS v, arg_max(n, v) AS n FROM ("
-                    f"SELECT {key} AS k, struct_pack(s := {SEQ}, l := {ver}) AS v, count(*) AS n FROM {rel} "
-                    f"WHERE {key} IS NOT NULL GROUP BY ALL) GROUP BY k"
-                )
-                ((rep, kept),) = self.con.execute("SELECT coalesce(sum(n - 1), 0), coalesce(sum(n), 0) FROM __w").fetchall()
-                repeated, kept_keyed = int(rep), int(kept)
-                ((total, null_keys),) = self.con.execute(
-                    f"SELECT count(*), count(*) FILTER (WHERE {key} IS NULL) FROM {rel}"
-                ).fetchall()
-                superseded = int(total) - int(null_keys) - kept_keyed
-                query = (
-                    f"SELECT t.* FROM ({base}) t JOIN __w ON t.{key} = __w.k AND t.{SEQ} = __w.v.s "
-                    f"AND {ver.replace(omop.LOAD_DT, 't.' + omop.LOAD_DT)} = __w.v.l "
-                    f"UNION ALL SELECT * FROM ({base}) WHERE {key} IS NULL"
-                )
+                query, repeated, superseded, null_keys = self._newest(rel, base, key, has_load)
             else:
                 query = base
             reader = self.con.sql(query).to_arrow_reader(self.settings.export.batch_rows)
@@ -649,15 +638,18 @@ class _Job:
                 fault_point("export_mid_table")
                 yield out
 
-        stream = pa.RecordBatchReader.from_batches(schema, batches())
-        self.writer.register("__stream", stream)
-        try:
-            opts = "FORMAT parquet, COMPRESSION zstd" if self.fmt == "parquet" else "FORMAT csv, HEADER true"
-            self.writer.execute(f"COPY (SELECT * FROM __stream) TO {_sql_str(str(target))} ({opts})")
-        except duckdb.Error as e:
-            raise LandingError(f"cannot write the extract of {name}: {str(e).splitlines()[0]}") from None
-        finally:
-            self.writer.unregister("__stream")
+        if os.environ.get("XW") == "duckdb":
+            stream = pa.RecordBatchReader.from_batches(schema, batches())
+            self.writer.register("__stream", stream)
+            try:
+                opts = "FORMAT parquet, COMPRESSION zstd" if self.fmt == "parquet" else "FORMAT csv, HEADER true"
+                self.writer.execute(f"COPY (SELECT * FROM __stream) TO {_sql_str(str(target))} ({opts})")
+            except duckdb.Error as e:
+                raise LandingError(f"cannot write the extract of {name}: {str(e).splitlines()[0]}") from None
+            finally:
+                self.writer.unregister("__stream")
+        else:
+            _write(target, schema, self.fmt, batches())
         digest, size = _sha256(target)
         fault_point("export_table_done")
         manifest = {
@@ -675,6 +667,39 @@ class _Job:
             "key": key,
         }
         return manifest, quality
+
+    def _newest(self, rel: str, base: str, key: str, has_load: bool) -> tuple[str, int, int, int]:
+        """The query of the newest version of each row, and (repeated key rows kept, superseded rows, rows without key).
+
+        A row's version is (file position, load_dt), one BIGINT; load_dt is compared only within one
+        file and one key, i.e. within one person's rows. One aggregate over the narrow (key, version)
+        pairs finds the keys with more than one version; only those (few: re-loaded rows) are joined
+        back, every other row streams through untouched. Rows sharing a key and a version are all kept.
+        """
+        load = f"least(greatest(coalesce(epoch_ms({omop.LOAD_DT}), 0), 0), {MAX_MS})" if has_load else "0"
+        ver = f"(({SEQ}::BIGINT << 42) + {load})"
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __w AS SELECT {key} AS k, max(v) AS v, min(v) AS lo, count(*) AS n "
+            f"FROM (SELECT {key}, {ver} AS v FROM {rel}) GROUP BY 1"
+        )
+        ((null_keys, rep_single, multi_rows, multi),) = self.con.execute(
+            "SELECT coalesce(sum(n) FILTER (WHERE k IS NULL), 0), "
+            "coalesce(sum(n - 1) FILTER (WHERE k IS NOT NULL AND lo = v), 0), "
+            "coalesce(sum(n) FILTER (WHERE k IS NOT NULL AND lo < v), 0), "
+            "count(*) FILTER (WHERE k IS NOT NULL AND lo < v) FROM __w"
+        ).fetchall()
+        if not multi:
+            return base, int(rep_single), 0, int(null_keys)
+        self.con.execute("CREATE OR REPLACE TEMP TABLE __m AS SELECT k, v FROM __w WHERE k IS NOT NULL AND lo < v")
+        ((kept, distinct),) = self.con.execute(
+            f"SELECT count(*), count(DISTINCT t.{key}) FROM (SELECT {key}, {ver} AS v FROM {rel}) t "
+            f"JOIN __m ON t.{key} = __m.k AND t.v = __m.v"
+        ).fetchall()
+        query = (
+            f"SELECT t.* EXCLUDE (__v) FROM (SELECT *, {ver} AS __v FROM ({base})) t "
+            f"LEFT JOIN __m ON t.{key} = __m.k WHERE __m.k IS NULL OR t.__v = __m.v"
+        )
+        return query, int(rep_single) + int(kept) - int(distinct), int(multi_rows) - int(kept), int(null_keys)
 
     def _transform(
         self, table: str, b: pa.RecordBatch, cols: list[Shipped], person_col: str | None, seq_map: np.ndarray
@@ -750,6 +775,45 @@ class _Job:
             "--   INSERT INTO person SELECT * FROM read_parquet('person/person.parquet');\n\n"
         )
         return head + "\n".join(create_table_sql(t, self.shipped[t]) for t in tables)
+
+
+_DONE = object()
+
+
+def _write(target: Path, schema: pa.Schema, fmt: Format, batches: Iterator[pa.RecordBatch]) -> None:
+    """Encode on a thread of its own while the main thread reads and transforms the next batches
+    (pyarrow releases the GIL while it encodes); two batches in flight bound the memory."""
+    q: queue.Queue[object] = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if fmt == "parquet":
+                w: Any = pq.ParquetWriter(target, schema, compression="zstd", use_dictionary=dictionary_columns(schema))
+            else:
+                w = pacsv.CSVWriter(target, schema)
+            with w:
+                while (item := q.get()) is not _DONE:
+                    if not failure:
+                        assert isinstance(item, pa.RecordBatch)
+                        w.write_batch(item)
+        except BaseException as e:  # reported by the producer below
+            failure.append(e)
+            while q.get() is not _DONE:
+                pass
+
+    thread = threading.Thread(target=run, name="cohortsync-export-writer", daemon=True)
+    thread.start()
+    try:
+        for b in batches:
+            if failure:
+                break
+            q.put(b)
+    finally:
+        q.put(_DONE)
+        thread.join()
+    if failure:
+        raise LandingError(f"cannot write {target.name}: {failure[0]}")
 
 
 def readme(manifest: dict[str, Any], quality: dict[str, Any], shipped: dict[str, list[Shipped]]) -> str:
