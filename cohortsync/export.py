@@ -19,6 +19,8 @@ Everything is written into a temporary folder beside DIR and renamed into place 
 
 from __future__ import annotations
 
+import calendar
+import datetime as dt
 import getpass
 import hashlib
 import hmac
@@ -162,10 +164,26 @@ def buyer_ids(secret: str, consumer: str, domain: str, landed: pa.Array) -> pa.A
 # -- dates inside text ---------------------------------------------------------------------------------
 
 
+# The landing writes a shifted "30-May-2025" as "05-October-2025" (May reads as a full month name),
+# a form its own date rules do not read back; this rule reads it, so such dates move too.
+_DMONY_FULL = re.compile(
+    r"(?<![\w/.-])(?P<d>[0-3]?\d)-(?P<mon>" + "|".join(calendar.month_name[1:]) + r")-(?P<y>(?:19|20)\d\d)(?![\w/-])"
+)
+
+
+def _shift_dmony_full(m: re.Match[str], days: int) -> str | None:
+    try:
+        d = dt.date(int(m["y"]), list(calendar.month_name).index(m["mon"]), int(m["d"])) + dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return None
+    day = f"{d.day:02d}" if len(m["d"]) == 2 else str(d.day)
+    return f"{day}-{calendar.month_name[d.month]}-{d.year}"
+
+
 def date_spans(text: str) -> list[tuple[int, int]]:
     """Where the landing's date rules (recognizers.DATE_RULES, the same regexes and checks) find dates;
     overlaps resolved longest-first, as Presidio resolves them."""
-    found: list[tuple[int, int]] = []
+    found: list[tuple[int, int]] = [m.span() for m in _DMONY_FULL.finditer(text)]
     for rule in DATE_RULES:
         for m in rule.pattern.finditer(text):
             if m.start() == m.end() or (rule.check is not None and not rule.check(m)):
@@ -184,7 +202,8 @@ def shift_text(text: str, days: int) -> str:
     out: list[str] = []
     pos = 0
     for s, e in date_spans(text):
-        moved = shift_date_text(text[s:e], days)
+        full = _DMONY_FULL.fullmatch(text, s, e)
+        moved = _shift_dmony_full(full, days) if full else shift_date_text(text[s:e], days)
         out.append(text[pos:s])
         out.append(moved if moved is not None else "[DATE]")
         pos = e

@@ -228,7 +228,7 @@ def test_status_shows_the_last_exports(two_buyers: tuple[Project, Path, Path]) -
 
 @settings(max_examples=200)
 @given(st.dates(date(1950, 1, 1), date(2040, 12, 31)), st.integers(-400, 400),
-       st.sampled_from(["%m/%d/%Y", "%Y-%m-%d", "%B %-d, %Y", "%-d %B %Y", "%m/%d/%y"]))  # fmt: skip
+       st.sampled_from(["%m/%d/%Y", "%Y-%m-%d", "%B %-d, %Y", "%-d %B %Y", "%m/%d/%y", "%d-%B-%Y"]))  # fmt: skip
 def test_a_date_written_in_text_moves_like_the_date_column(day: date, days: int, fmt: str) -> None:
     text = f"Seen on {day.strftime(fmt)} for follow-up."
     assert ex.shift_text(text, days) == f"Seen on {(day + timedelta(days=days)).strftime(fmt)} for follow-up."
