@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -309,3 +310,20 @@ def test_the_same_buyer_gets_the_same_ids_every_time(project: Project) -> None:
     t1 = pq.read_table(a / "person" / "person.parquet").sort_by("person_id")
     t2 = pq.read_table(a2 / "person" / "person.parquet").sort_by("person_id")
     assert t1.equals(t2)
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.integers(1, 2**62)), min_size=1, max_size=60),
+    st.lists(st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2100, 1, 1))), min_size=60, max_size=60),
+    st.integers(0, 358),
+)
+def test_the_fast_transforms_equal_the_landing_ones(persons: list[int | None], dates: list[date | None], slot: int) -> None:
+    p = pa.array(persons, pa.int64())
+    assert ex.rekey(KEYS, "person", p).equals(structured.pseudonymize(KEYS, "person", p))
+    scheme = ex.OffsetScheme.create(TEST_KEY, 1, 182)
+    days = scheme.days(p, slot)
+    d = pa.array(dates[: len(persons)], pa.date32())
+    ts = d.cast(pa.timestamp("us"))
+    valid = pc.is_valid(p) if p.null_count else None
+    for col in (d, ts):
+        assert ex.shift(col, scheme.days_np(p, slot), valid).equals(structured.shift_dates(col, days))
