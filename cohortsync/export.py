@@ -82,6 +82,7 @@ class ExportResult:
 @dataclass
 class _TableStats:
     rows: int = 0
+    null_keys: int = 0
     nulls: dict[str, int] = field(default_factory=dict)
 
 
@@ -470,7 +471,7 @@ def export(
         try:
             tmp.mkdir(parents=True)
             spill.mkdir()
-            job = _Job(settings, cohort, keys, scheme, slot, policy, fmt, load_seq, tmp, spill, uppers, progress)
+            job = _Job(settings, state, cohort, keys, scheme, slot, policy, fmt, load_seq, tmp, spill, uppers, progress)
             manifest_tables: dict[str, Any] = {}
             quality_tables: dict[str, Any] = {}
             for t in chosen:
@@ -590,6 +591,7 @@ class _Job:
     def __init__(
         self,
         settings: Settings,
+        state: StateStore,
         cohort: str,
         keys: structured.Keys,
         scheme: OffsetScheme,
@@ -603,6 +605,7 @@ class _Job:
         progress: Callable[[str], None] | None,
     ) -> None:
         self.settings = settings
+        self.state = state
         self.cohort = cohort
         self.keys = keys
         self.scheme = scheme
@@ -625,7 +628,7 @@ class _Job:
         self.writer = self.con.cursor()
 
     def _source(self, table: str, files: list[dict[str, Any]]) -> str:
-        """A checked list of the table's committed files as one relation, with each row's file position."""
+        """A checked list of the table's committed files as one relation, with each row's window number."""
         d = self.settings.landing_path / self.cohort / table
         paths = []
         for f in files:
@@ -640,11 +643,17 @@ class _Job:
                 )
             paths.append(str(p))
         lst = "[" + ", ".join(_sql_str(p) for p in paths) + "]"
+        # A window may have several part files (encoder lanes): all its rows are one load.
+        windows = "[" + ", ".join(str(self.window(f)) for f in files) + "]"
         rel = (
-            f"(SELECT * EXCLUDE (filename), list_position({lst}, filename) AS {SEQ} "
+            f"(SELECT * EXCLUDE (filename), {windows}[list_position({lst}, filename)] AS {SEQ} "
             f"FROM read_parquet({lst}, union_by_name = true, filename = true))"
         )
         return rel
+
+    def window(self, f: dict[str, Any]) -> int:
+        """The number of a file's sync window in the cohort (1 = the first), the load_seq shipped."""
+        return self.uppers.index(datetime.fromisoformat(f["upper"])) + 1
 
     def table(
         self, table: omop.Table, files: list[dict[str, Any]], parent_files: list[dict[str, Any]]
@@ -667,7 +676,7 @@ class _Job:
         has_load = omop.LOAD_DT in landed_cols
         person_expr = "person_id" if "person_id" in landed_cols else None
         parent_join = ""
-        repeated = superseded = null_keys = 0
+        repeated = superseded = 0
         if rel is not None:
             link = table.via_parent
             if link is not None and person_expr is None:
@@ -681,7 +690,9 @@ class _Job:
                     person_expr = PERSON
             base = f"SELECT t.*{f', __p.{PERSON}' if parent_join else ''} FROM {rel} t{parent_join}"
             if key is not None:
-                query, repeated, superseded, null_keys = self._newest(rel, base, key, has_load)
+                clean = self.clean_windows(name, files)
+                first = min(self.window(f) for f in files)
+                query, repeated, superseded = self._newest(rel, base, key, has_load, clean, first)
             else:
                 query = base
             reader = self.con.sql(query).to_arrow_reader(self.settings.export.batch_rows)
@@ -689,8 +700,6 @@ class _Job:
             reader = None
         schema = pa.schema([pa.field(c.name, arrow_type(c.ddl)) for c in cols])
         stats = _TableStats(nulls={c.name: 0 for c in cols if c.required})
-        # __seq is the file's position in this table's list; load_seq the window's number in the cohort.
-        seq_map = np.array([0] + [self.uppers.index(datetime.fromisoformat(f["upper"])) + 1 for f in files], np.int32)
 
         def batches() -> Iterator[pa.RecordBatch]:
             if reader is None:
@@ -698,7 +707,9 @@ class _Job:
             for b in reader:
                 if b.num_rows == 0:
                     continue
-                out = self._transform(name, b, cols, person_expr, seq_map)
+                out = self._transform(name, b, cols, person_expr)
+                if key is not None:
+                    stats.null_keys += b.column(key).null_count
                 stats.rows += out.num_rows
                 for c in stats.nulls:
                     stats.nulls[c] += out.column(c).null_count
@@ -730,46 +741,58 @@ class _Job:
             "required_null_rate": {c: (n / stats.rows if stats.rows else 0.0) for c, n in stats.nulls.items()},
             "repeated_key_rows_kept": repeated,
             "superseded_versions_dropped": superseded,
-            "rows_without_key": null_keys,
+            "rows_without_key": stats.null_keys,
             "key": key,
         }
         return manifest, quality
 
-    def _newest(self, rel: str, base: str, key: str, has_load: bool) -> tuple[str, int, int, int]:
-        """The query of the newest version of each row, and (repeated key rows kept, superseded rows, rows without key).
+    def clean_windows(self, table: str, files: list[dict[str, Any]]) -> bool:
+        """Whether the sync found no repeated primary key inside any of these files' windows (it counts
+        them per window into the run log): then only keys seen in more than one window can have versions."""
+        notes = self.state.window_notes(self.cohort, table)
+        for f in files:
+            n = notes.get(f["upper"], "missing")
+            if n == "missing" or (n and json.loads(n).get("repeated_primary_key_rows")):
+                return False
+        return True
 
-        A row's version is (file position, load_dt), one BIGINT; load_dt is compared only within one
-        file and one key, i.e. within one person's rows. One aggregate over the narrow (key, version)
+    def _newest(self, rel: str, base: str, key: str, has_load: bool, clean: bool, first: int) -> tuple[str, int, int]:
+        """The query of the newest version of each row, and (repeated key rows kept, superseded rows).
+
+        A row's version is (window number, load_dt) as one BIGINT; load_dt is compared only within one
+        window and one key, i.e. within one person's rows. An aggregate over the narrow (key, version)
         pairs finds the keys with more than one version; only those (few: re-loaded rows) are joined
         back, every other row streams through untouched. Rows sharing a key and a version are all kept.
+        When every window's keys were unique (``clean``), the aggregate only covers the keys that
+        later windows hold, found by a semi-join: no hash table over the whole backfill.
         """
         load = f"least(greatest(coalesce(epoch_ms({omop.LOAD_DT}), 0), 0), {MAX_MS})" if has_load else "0"
         ver = f"(({SEQ}::BIGINT << 42) + {load})"
+        pairs = f"SELECT {key}, {ver} AS v FROM {rel} WHERE {key} IS NOT NULL"
+        if clean:
+            pairs += f" AND {key} IN (SELECT {key} FROM {rel} WHERE {SEQ} > {first})"
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE __w AS SELECT {key} AS k, max(v) AS v, min(v) AS lo, count(*) AS n "
-            f"FROM (SELECT {key}, {ver} AS v FROM {rel}) GROUP BY 1"
+            f"FROM ({pairs}) GROUP BY 1"
         )
-        ((null_keys, rep_single, multi_rows, multi),) = self.con.execute(
-            "SELECT coalesce(sum(n) FILTER (WHERE k IS NULL), 0), "
-            "coalesce(sum(n - 1) FILTER (WHERE k IS NOT NULL AND lo = v), 0), "
-            "coalesce(sum(n) FILTER (WHERE k IS NOT NULL AND lo < v), 0), "
-            "count(*) FILTER (WHERE k IS NOT NULL AND lo < v) FROM __w"
+        ((rep_single, multi_rows, multi),) = self.con.execute(
+            "SELECT coalesce(sum(n - 1) FILTER (WHERE lo = v), 0), coalesce(sum(n) FILTER (WHERE lo < v), 0), "
+            "count(*) FILTER (WHERE lo < v) FROM __w"
         ).fetchall()
         if not multi:
-            return base, int(rep_single), 0, int(null_keys)
-        self.con.execute("CREATE OR REPLACE TEMP TABLE __m AS SELECT k, v FROM __w WHERE k IS NOT NULL AND lo < v")
+            return base, int(rep_single), 0
+        self.con.execute("CREATE OR REPLACE TEMP TABLE __m AS SELECT k, v FROM __w WHERE lo < v")
         ((kept, distinct),) = self.con.execute(
-            f"SELECT count(*), count(DISTINCT t.{key}) FROM (SELECT {key}, {ver} AS v FROM {rel}) t "
-            f"JOIN __m ON t.{key} = __m.k AND t.v = __m.v"
+            f"SELECT count(*), count(DISTINCT t.{key}) FROM ({pairs}) t JOIN __m ON t.{key} = __m.k AND t.v = __m.v"
         ).fetchall()
         query = (
             f"SELECT t.* EXCLUDE (__v) FROM (SELECT *, {ver} AS __v FROM ({base})) t "
             f"LEFT JOIN __m ON t.{key} = __m.k WHERE __m.k IS NULL OR t.__v = __m.v"
         )
-        return query, int(rep_single) + int(kept) - int(distinct), int(multi_rows) - int(kept), int(null_keys)
+        return query, int(rep_single) + int(kept) - int(distinct), int(multi_rows) - int(kept)
 
     def _transform(
-        self, table: str, b: pa.RecordBatch, cols: list[Shipped], person_col: str | None, seq_map: np.ndarray
+        self, table: str, b: pa.RecordBatch, cols: list[Shipped], person_col: str | None
     ) -> pa.RecordBatch:
         days: np.ndarray | None = None
         days_valid: pa.Array | None = None
@@ -781,7 +804,7 @@ class _Job:
         for c in cols:
             typ = arrow_type(c.ddl)
             if c.kind == "seq":
-                arrays.append(pa.array(seq_map[b.column(SEQ).to_numpy()], type=pa.int32()))
+                arrays.append(b.column(SEQ).cast(pa.int32()))
                 continue
             col = b.column(c.name)
             if isinstance(col, pa.ChunkedArray):

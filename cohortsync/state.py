@@ -338,6 +338,15 @@ class StateStore:
         except sqlite3.Error as e:
             raise StateError(f"state store {self.folder}: {e}") from None
 
+    def window_notes(self, cohort: str, table: str) -> dict[str, str | None]:
+        """Per landed window (its upper bound): the notes (JSON) of the latest run that landed it."""
+        rows = self.db.execute(
+            "SELECT rt.upper, rt.notes FROM run_table rt JOIN run r USING (run_id) WHERE rt.cohort=? AND rt.tbl=? "
+            "AND rt.status='landed' ORDER BY r.started",
+            (cohort, table),
+        ).fetchall()
+        return {u: n for u, n in rows}
+
     def cohort_names(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT name FROM cohort").fetchall()}
 
