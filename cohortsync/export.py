@@ -625,7 +625,6 @@ class _Job:
         if settings.export.threads:
             cfg["threads"] = settings.export.threads
         self.con = duckdb.connect(config=cfg)
-        self.writer = self.con.cursor()
 
     def _source(self, table: str, files: list[dict[str, Any]]) -> str:
         """A checked list of the table's committed files as one relation, with each row's window number."""
@@ -716,18 +715,7 @@ class _Job:
                 fault_point("export_mid_table")
                 yield out
 
-        if os.environ.get("XW") == "duckdb":
-            stream = pa.RecordBatchReader.from_batches(schema, batches())
-            self.writer.register("__stream", stream)
-            try:
-                opts = "FORMAT parquet, COMPRESSION zstd" if self.fmt == "parquet" else "FORMAT csv, HEADER true"
-                self.writer.execute(f"COPY (SELECT * FROM __stream) TO {_sql_str(str(target))} ({opts})")
-            except duckdb.Error as e:
-                raise LandingError(f"cannot write the extract of {name}: {str(e).splitlines()[0]}") from None
-            finally:
-                self.writer.unregister("__stream")
-        else:
-            _write(target, schema, self.fmt, batches())
+        _write(target, schema, self.fmt, batches())
         digest, size = _sha256(target)
         fault_point("export_table_done")
         manifest = {
@@ -837,6 +825,7 @@ class _Job:
             return f"read_parquet({f})" if self.fmt == "parquet" else f"read_csv({f}, header = true)"
 
         have_op = "observation_period" in self.shipped
+        keyed: set[str] = set()
         for t, cols in self.shipped.items():
             q = quality[t]
             names = {c.name for c in cols}
@@ -850,19 +839,29 @@ class _Job:
                     f"o.observation_period_start_date AND o.observation_period_end_date)"
                 ).fetchall()
                 q["rows_outside_observation"] = {"date_column": d, "rows": int(outside)}
-            orphans: dict[str, int] = {}
+            links = []
             for c in cols:
                 if c.kind != "id" or c.domain is None or c.name == table.primary_key:
                     continue
                 parent = omop.registry().get(c.domain)
                 if parent is None or parent.primary_key is None or c.domain not in self.shipped:
                     continue
-                ((n,),) = self.con.execute(
-                    f"SELECT count(*) FROM {rel(t)} x WHERE x.{c.name} IS NOT NULL AND x.{c.name} NOT IN "
-                    f"(SELECT {parent.primary_key} FROM {rel(c.domain)} WHERE {parent.primary_key} IS NOT NULL)"
-                ).fetchall()
-                orphans[f"{c.name} -> {c.domain}"] = int(n)
-            q["orphan_foreign_keys"] = orphans
+                if c.domain not in keyed:  # each parent's keys once, shared by every child
+                    self.con.execute(
+                        f"CREATE TEMP TABLE __k_{c.domain} AS SELECT DISTINCT {parent.primary_key} AS k "
+                        f"FROM {rel(c.domain)} WHERE {parent.primary_key} IS NOT NULL"
+                    )
+                    keyed.add(c.domain)
+                links.append(c)
+            if links:  # one scan of the child for all its foreign keys
+                counts = ", ".join(
+                    f"count(*) FILTER (WHERE x.{c.name} IS NOT NULL AND j{i}.k IS NULL)" for i, c in enumerate(links)
+                )
+                joins = " ".join(f"LEFT JOIN __k_{c.domain} j{i} ON j{i}.k = x.{c.name}" for i, c in enumerate(links))
+                (row,) = self.con.execute(f"SELECT {counts} FROM {rel(t)} x {joins}").fetchall()
+                q["orphan_foreign_keys"] = {f"{c.name} -> {c.domain}": int(n) for c, n in zip(links, row, strict=True)}
+            else:
+                q["orphan_foreign_keys"] = {}
 
     def ddl(self, tables: Sequence[str]) -> str:
         head = (
