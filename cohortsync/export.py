@@ -468,6 +468,7 @@ def export(
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         spill = out.parent / f".{out.name}.spill-{os.getpid()}"
         _clean_leftovers(out)
+        job: _Job | None = None
         try:
             tmp.mkdir(parents=True)
             spill.mkdir()
@@ -514,6 +515,8 @@ def export(
             state.end_export(export_id, "failed", None, None)
             raise
         finally:
+            if job is not None:
+                job.con.close()
             shutil.rmtree(spill, ignore_errors=True)
         rows = sum(int(m["rows"]) for m in manifest_tables.values())
         state.end_export(export_id, "done", rows, digest)
