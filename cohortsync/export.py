@@ -48,7 +48,6 @@ from cohortsync import __version__, omop
 from cohortsync.config import Settings
 from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, Policy, id_domain, load_policy
-from cohortsync.deid.recognizers import DATE_RULES, shift_date_text
 from cohortsync.errors import CohortError, DeidError, InputError, LandingError
 from cohortsync.faults import fault_point
 from cohortsync.landing import dictionary_columns
@@ -232,6 +231,8 @@ def _shift_dmony_full(m: re.Match[str], days: int) -> str | None:
 def date_spans(text: str) -> list[tuple[int, int]]:
     """Where the landing's date rules (recognizers.DATE_RULES, the same regexes and checks) find dates;
     overlaps resolved longest-first, as Presidio resolves them."""
+    from cohortsync.deid.recognizers import DATE_RULES  # imports Presidio (1.5 s): only when text is shipped
+
     found: list[tuple[int, int]] = [m.span() for m in _DMONY_FULL.finditer(text)]
     for rule in DATE_RULES:
         for m in rule.pattern.finditer(text):
@@ -248,6 +249,8 @@ def date_spans(text: str) -> list[tuple[int, int]]:
 
 def shift_text(text: str, days: int) -> str:
     """Every date the landing wrote into ``text`` moved by ``days`` more, in its own format."""
+    from cohortsync.deid.recognizers import shift_date_text
+
     out: list[str] = []
     pos = 0
     for s, e in date_spans(text):
@@ -836,10 +839,11 @@ class _Job:
             date_cols = [c.name for c in cols if c.kind == "date" and c.ddl == "DATE"]
             if have_op and t != "observation_period" and "person_id" in names and date_cols:
                 d = date_cols[0]
+                # dated rows minus those inside a period (a SEMI JOIN: 5x faster here than NOT EXISTS)
                 ((outside,),) = self.con.execute(
-                    f"SELECT count(*) FROM {rel(t)} x WHERE x.{d} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
-                    f"{rel('observation_period')} o WHERE o.person_id = x.person_id AND x.{d} BETWEEN "
-                    f"o.observation_period_start_date AND o.observation_period_end_date)"
+                    f"SELECT count({d}) - (SELECT count(*) FROM {rel(t)} x SEMI JOIN {rel('observation_period')} o "
+                    f"ON o.person_id = x.person_id AND x.{d} BETWEEN o.observation_period_start_date "
+                    f"AND o.observation_period_end_date) FROM {rel(t)}"
                 ).fetchall()
                 q["rows_outside_observation"] = {"date_column": d, "rows": int(outside)}
             links = []

@@ -106,6 +106,14 @@ def test_two_buyers_share_no_ids_and_no_dates_while_joins_stay_complete(two_buye
         assert orphans == landed_orphans  # the extract loses no join the landing has
         q = json.loads((out / "quality.json").read_text())
         assert q["tables"]["condition_occurrence"]["orphan_foreign_keys"]["visit_occurrence_id -> visit_occurrence"] == orphans
+        # Rows dated outside the person's observation periods: as in the landing (one offset per person).
+        for t, d in (("condition_occurrence", "condition_start_date"), ("visit_occurrence", "visit_start_date")):
+            lt, lo = (f"read_parquet('{project.landing}/c/{x}/*.parquet')" for x in (t, "observation_period"))
+            expected = con.execute(
+                f"SELECT count(*) FROM {lt} x WHERE x.{d} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {lo} o WHERE "
+                f"o.person_id = x.person_id AND x.{d} BETWEEN o.observation_period_start_date AND o.observation_period_end_date)"
+            ).fetchall()[0][0]
+            assert q["tables"][t]["rows_outside_observation"] == {"date_column": d, "rows": expected}
         # Intervals within a person survive (one offset per person and buyer).
         cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rel(out, 'person')}").fetchall()]
         assert "load_dt" not in cols
