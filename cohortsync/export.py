@@ -700,6 +700,11 @@ class _Job:
                 query, repeated, superseded = self._newest(rel, base, key, has_load, clean, first)
             else:
                 query = base
+            # Only what is shipped or needed (load_dt, dropped columns and the window number stay unread).
+            need = [c.name for c in cols if c.kind != "seq"]
+            need += [x for x in (person_expr, key) if x is not None and x not in need]
+            need += [SEQ] if self.load_seq else []
+            query = f"SELECT {', '.join(need)} FROM ({query})"
             reader = self.con.sql(query).to_arrow_reader(self.settings.export.batch_rows)
         else:
             reader = None
