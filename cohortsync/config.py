@@ -103,6 +103,7 @@ class ExportSettings(_Section):
     memory_limit: str = Field("256MB", description="DuckDB memory_limit; beyond it DuckDB spills beside DIR")
     threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")
     batch_rows: int = Field(122_880, ge=1024, le=4_194_304, description="rows per Arrow batch through the transforms")
+    writer_threads: int = Field(2, ge=1, le=32, description="encoder threads per table, each writing its own part file")
 
 
 class StateSettings(_Section):

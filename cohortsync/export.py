@@ -623,6 +623,7 @@ class _Job:
         self.uppers = uppers
         self.progress = progress
         self.shipped: dict[str, list[Shipped]] = {}
+        self.parts: dict[str, list[Path]] = {}
         cfg: dict[str, Any] = {
             "memory_limit": settings.export.memory_limit,
             "temp_directory": str(spill),
@@ -668,7 +669,6 @@ class _Job:
             self.progress(f"{name}: {len(files)} landed file(s)")
         folder = self.tmp / name
         folder.mkdir()
-        target = folder / f"{name}.{'parquet' if self.fmt == 'parquet' else 'csv'}"
         if not files:
             landed_cols: list[str] = [c.name for c in table.columns]
             rel = None
@@ -726,14 +726,14 @@ class _Job:
                 fault_point("export_mid_table")
                 yield out
 
-        _write(target, schema, self.fmt, batches())
-        digest, size = _sha256(target)
+        parts = _write(folder, name, schema, self.fmt, batches(), self.settings.export.writer_threads)
+        self.parts[name] = [p for p, _ in parts]
+        entries = []
+        for path, rows in parts:
+            digest, size = _sha256(path)
+            entries.append({"name": f"{name}/{path.name}", "bytes": size, "sha256": digest, "rows": rows})
         fault_point("export_table_done")
-        manifest = {
-            "rows": stats.rows,
-            "columns": [{"name": c.name, "type": c.ddl} for c in cols],
-            "files": [{"name": f"{name}/{target.name}", "bytes": size, "sha256": digest, "rows": stats.rows}],
-        }
+        manifest = {"rows": stats.rows, "columns": [{"name": c.name, "type": c.ddl} for c in cols], "files": entries}
         quality: dict[str, Any] = {
             "rows": stats.rows,
             "landed_files": len(files),
@@ -829,10 +829,8 @@ class _Job:
     def cross_checks(self, quality: dict[str, Any]) -> None:
         """Rows dated outside the person's observation periods, and orphan foreign keys, read back
         from the written extract (narrow columns only)."""
-        files = {t: self.tmp / t / f"{t}.{self.fmt}" for t in self.shipped}
-
         def rel(t: str) -> str:
-            f = _sql_str(str(files[t]))
+            f = "[" + ", ".join(_sql_str(str(p)) for p in self.parts[t]) + "]"
             return f"read_parquet({f})" if self.fmt == "parquet" else f"read_csv({f}, header = true)"
 
         have_op = "observation_period" in self.shipped
@@ -879,48 +877,69 @@ class _Job:
         head = (
             "-- OMOP CDM v5.3 tables of this extract (only the shipped columns). PostgreSQL and DuckDB.\n"
             "-- Ids are BIGINT: they are 63-bit pseudonyms. Load, e.g. in DuckDB:\n"
-            "--   INSERT INTO person SELECT * FROM read_parquet('person/person.parquet');\n\n"
+            "--   INSERT INTO person SELECT * FROM read_parquet('person/*.parquet');\n\n"
         )
         return head + "\n".join(create_table_sql(t, self.shipped[t]) for t in tables)
 
 
 _DONE = object()
+_OPEN = object()  # lane 0 opens its file before the first batch
 
 
-def _write(target: Path, schema: pa.Schema, fmt: Format, batches: Iterator[pa.RecordBatch]) -> None:
-    """Encode on a thread of its own while the main thread reads and transforms the next batches
-    (pyarrow releases the GIL while it encodes); two batches in flight bound the memory."""
-    q: queue.Queue[object] = queue.Queue(maxsize=2)
+def _write(
+    folder: Path, name: str, schema: pa.Schema, fmt: Format, batches: Iterator[pa.RecordBatch], lanes: int
+) -> list[tuple[Path, int]]:
+    """Encode on ``lanes`` threads, each writing its own part file (batch i goes to lane i % lanes),
+    while the main thread reads and transforms the next batches: pyarrow encodes a file on one core
+    and releases the GIL while it does. Two batches queued per lane bound the memory. Returns each
+    part with its rows; lane 0 always writes one, so an empty table still has a file with its schema."""
+    queues: list[queue.Queue[object]] = [queue.Queue(maxsize=2) for _ in range(lanes)]
+    written: list[tuple[Path, int] | None] = [None] * lanes
     failure: list[BaseException] = []
 
-    def run() -> None:
+    def run(k: int) -> None:
+        path = folder / f"{name}-{k}.{fmt}"
+        w: Any = None
+        rows = 0
         try:
-            if fmt == "parquet":
-                w: Any = pq.ParquetWriter(target, schema, compression="zstd", use_dictionary=dictionary_columns(schema))
-            else:
-                w = pacsv.CSVWriter(target, schema)
-            with w:
-                while (item := q.get()) is not _DONE:
-                    if not failure:
-                        assert isinstance(item, pa.RecordBatch)
-                        w.write_batch(item)
+            while True:
+                item = queues[k].get() if k or w is not None else _OPEN
+                if item is _DONE:
+                    break
+                if failure:
+                    continue
+                if w is None:
+                    if fmt == "parquet":
+                        w = pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=dictionary_columns(schema))
+                    else:
+                        w = pacsv.CSVWriter(path, schema)
+                if isinstance(item, pa.RecordBatch):
+                    w.write_batch(item)
+                    rows += item.num_rows
+            if w is not None:
+                w.close()
+                written[k] = (path, rows)
         except BaseException as e:  # reported by the producer below
             failure.append(e)
-            while q.get() is not _DONE:
+            while queues[k].get() is not _DONE:
                 pass
 
-    thread = threading.Thread(target=run, name="cohortsync-export-writer", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=run, args=(k,), name="cohortsync-export-writer", daemon=True) for k in range(lanes)]
+    for t in threads:
+        t.start()
     try:
-        for b in batches:
+        for i, b in enumerate(batches):
             if failure:
                 break
-            q.put(b)
+            queues[i % lanes].put(b)
     finally:
-        q.put(_DONE)
-        thread.join()
+        for q in queues:
+            q.put(_DONE)
+        for t in threads:
+            t.join()
     if failure:
-        raise LandingError(f"cannot write {target.name}: {failure[0]}")
+        raise LandingError(f"cannot write the extract of {name}: {failure[0]}")
+    return [w for w in written if w is not None]
 
 
 def readme(manifest: dict[str, Any], quality: dict[str, Any], shipped: dict[str, list[Shipped]]) -> str:

@@ -145,7 +145,7 @@ def test_the_demo_export_verifies_and_a_notes_date_equals_its_rows_date_per_buye
     checked = 0
     per_buyer = {}
     for out, buyer in ((first, "demo-buyer"), (other, "other-buyer")):
-        t = pq.read_table(out / "note" / "note.parquet", columns=["note_id", "note_date", "note_text"])
+        t = pq.read_table(out / "note", columns=["note_id", "note_date", "note_text"])
         notes = {i: (d, x) for i, d, x in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True)}
         ids = ex.buyer_ids(key, buyer, "note", landed).to_pylist()
         dates = {}

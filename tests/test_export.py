@@ -315,8 +315,8 @@ def test_the_same_buyer_gets_the_same_ids_every_time(project: Project) -> None:
     a = exported(project, "acme")
     a2 = project.root / "again"
     assert project.cli("export", "c", "--consumer", "acme", "--out", str(a2)).exit_code == 0
-    t1 = pq.read_table(a / "person" / "person.parquet").sort_by("person_id")
-    t2 = pq.read_table(a2 / "person" / "person.parquet").sort_by("person_id")
+    t1 = pq.read_table(a / "person").sort_by("person_id")
+    t2 = pq.read_table(a2 / "person").sort_by("person_id")
     assert t1.equals(t2)
 
 
