@@ -1017,7 +1017,7 @@ def verify_export(folder: Path) -> VerifyResult:
     sums = folder / MANIFEST_SUM
     if not sums.is_file():
         return VerifyResult(False, checked, f"{MANIFEST_SUM} is missing")
-    checked += 1
+    checked += 2  # manifest.sha256 and manifest.json
     if sums.read_bytes() != f"{_sha256(mpath)[0]}  {MANIFEST}\n".encode():
         return VerifyResult(False, checked, f"{MANIFEST} differs from its SHA-256 in {MANIFEST_SUM}")
     try:

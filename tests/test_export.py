@@ -231,6 +231,13 @@ def test_status_shows_the_last_exports(two_buyers: tuple[Project, Path, Path]) -
     assert e["status"] == "done" and e["cohort"] == "c" and e["rows"] > 0 and e["os_user"]
     assert e["manifest_sha256"] == (a / "manifest.sha256").read_text().split()[0]
     assert "export " in project.cli("status").output and "c for acme done" in project.cli("status").output
+    r = project.cli("export", "c", "--consumer", "acme", "--out", str(a), "--overwrite", "--json")
+    m = json.loads(r.output)
+    assert m["manifest_sha256"] == (a / "manifest.sha256").read_text().split()[0] and m["consumer"] == "acme"
+    assert set(m["watermarks"]) == set(m["tables"]) and m["deid_policy_sha256"] and m["tool_version"]
+    assert json.loads(project.cli("verify-export", str(a), "--json").output) == {
+        "ok": True, "files_checked": len(list(a.rglob("*.*"))), "problem": None,
+    }
 
 
 # -- dates inside note text -------------------------------------------------------------------------------
