@@ -469,7 +469,8 @@ def export(
         if stored is not None and stored != fp:
             raise DeidError("COHORTSYNC_DEID_KEY is not the key this landing was written with; export refused")
         files = {t: state.files(cohort, t) for t in set(chosen) | _parents(chosen)}
-        uppers = sorted({datetime.fromisoformat(f["upper"]) for fs in files.values() for f in fs})
+        # Windows are numbered over every landed table, so load_seq does not depend on --tables.
+        uppers = sorted({datetime.fromisoformat(f["upper"]) for t in landed for f in state.files(cohort, t)})
         if when is not None:
             if not uppers or when < uppers[0]:
                 first = uppers[0].isoformat(sep=" ") if uppers else "none"
