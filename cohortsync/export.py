@@ -379,7 +379,7 @@ def shipped_columns(table: omop.Table, landed: list[str], policy: Policy, load_s
 def create_table_sql(table: str, cols: list[Shipped]) -> str:
     """No NOT NULL constraints: real extracts leave required columns empty (quality.json counts them),
     and a buyer's load must not fail on the data it was sold."""
-    body = ",\n".join(f"    {c.name} {c.ddl}" for c in cols)
+    body = ",\n".join(f"    {_q(c.name)} {c.ddl}" for c in cols)  # quoted: note_nlp has a column named offset
     return f"CREATE TABLE {table} (\n{body}\n);\n"
 
 
@@ -399,6 +399,10 @@ def _secret(settings: Settings) -> str:
     if settings.deid_key is None or not settings.deid_key.get_secret_value():
         raise DeidError("COHORTSYNC_DEID_KEY is not set: export derives each buyer's keys from it")
     return settings.deid_key.get_secret_value()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_str(s: str) -> str:
@@ -717,7 +721,7 @@ class _Job:
             need = [c.name for c in cols if c.kind != "seq"]
             need += [x for x in (person_expr, key) if x is not None and x not in need]
             need += [SEQ] if self.load_seq else []
-            query = f"SELECT {', '.join(need)} FROM ({query})"
+            query = f"SELECT {', '.join(_q(n) for n in need)} FROM ({query})"
             reader = self.con.sql(query).to_arrow_reader(self.settings.export.batch_rows)
         else:
             reader = None

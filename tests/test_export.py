@@ -376,3 +376,44 @@ def test_lookback_repeats_appear_once_and_repeats_split_over_part_files_are_all_
     q = f"SELECT count(*), count(DISTINCT drug_exposure_id) FROM {rel(out, 'drug_exposure')}"
     rows, distinct_drugs = d.execute(q).fetchall()[0]
     assert rows - distinct_drugs == dupes > 0
+
+
+def test_note_nlp_gets_its_persons_offset_through_the_note_and_loads_through_the_ddl(tmp_path: Path) -> None:
+    """note_nlp has no person_id (and a column named offset): its dates move with its note's person."""
+    from click.testing import CliRunner
+
+    from cohortsync import synth
+    from conftest import CONFIG
+
+    synth.generate(tmp_path / "omop.duckdb", persons=60, seed=3, weeks=2)
+    con = duckdb.connect(str(tmp_path / "omop.duckdb"))
+    con.execute(
+        "INSERT INTO omop.omop.note_nlp (note_nlp_id, note_id, note_nlp_concept_id, nlp_system, nlp_date, \"offset\", load_dt) "
+        "SELECT note_id * 10 + k, note_id, 0, 'test', note_date + k::INT, 'o' || k, load_dt FROM omop.omop.note, range(2) t(k)"
+    )
+    con.close()
+    tables = ["person", "note", "note_nlp"]
+    (tmp_path / "cohortsync.toml").write_text(
+        CONFIG.replace('policy = "keep_everything.toml"', 'policy = "structured_only.toml"')
+        + f"\n[sync]\ntables = {tables!r}\n".replace("'", '"')
+    )
+    p = Project(tmp_path, CliRunner())
+    structured_only(p)
+    assert p.cli("add-cohort", "c", "--patients", str(p.write_ids("n.csv", list(range(1, 61))))).exit_code == 0
+    assert p.cli("sync", "-q").exit_code == 0
+    full, alone = exported(p, "acme"), tmp_path / "alone"
+    assert p.cli("export", "c", "--consumer", "acme", "--out", str(alone), "--tables", "note_nlp").exit_code == 0
+    d = duckdb.connect()
+    n, same, later = d.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE x.nlp_date - n.note_date IN (0, 1)), "
+        f"count(*) FILTER (WHERE x.nlp_date - n.note_date = 1) FROM {rel(full, 'note_nlp')} x "
+        f"JOIN {rel(full, 'note')} n USING (note_id)"
+    ).fetchall()[0]
+    assert n > 0 and same == n and later * 2 == n  # the note's date and its NLP row's date moved alike
+    assert d.execute(f"SELECT count(*) FROM {rel(alone, 'note_nlp')} WHERE nlp_date IS NULL").fetchall()[0][0] == 0
+    q = f"SELECT note_nlp_id, nlp_date FROM {rel(full, 'note_nlp')} EXCEPT "
+    q += f"SELECT note_nlp_id, nlp_date FROM {rel(alone, 'note_nlp')}"
+    assert d.execute(q).fetchall() == []  # without note in the extract, note_nlp still finds its person
+    d.execute((full / "ddl.sql").read_text())
+    d.execute(f"INSERT INTO note_nlp SELECT * FROM {rel(full, 'note_nlp')}")
+    assert d.execute('SELECT count(DISTINCT "offset") FROM note_nlp').fetchall()[0][0] == 2
