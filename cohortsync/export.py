@@ -458,6 +458,8 @@ def export(
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise InputError(f"{out} is not a cohortsync extract (no {MANIFEST}); --overwrite replaces extracts only")
     policy = load_policy(settings.policy_path)
     with StateStore(settings.state_path) as state:
         known = state.cohort_names()

@@ -274,6 +274,16 @@ def _(p: Project) -> None:
     assert [x.name for x in d.iterdir()] == ["keep.txt"]
 
 
+@case("export-overwrite-foreign")
+def _(p: Project) -> None:
+    d = p.root / "extract"
+    d.mkdir()
+    (d / "thesis.tex").write_text("theirs")
+    refused_export(p, ["c", "--consumer", "acme", "--out", str(d), "--overwrite"],
+                   "is not a cohortsync extract (no manifest.json); --overwrite replaces extracts only")  # fmt: skip
+    assert [x.name for x in d.iterdir()] == ["thesis.tex"]
+
+
 @case("export-as-of-early")
 def _(p: Project) -> None:
     refused_export(p, ["c", "--consumer", "acme", "--out", out_dir(p), "--as-of", "2000-01-01"],
