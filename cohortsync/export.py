@@ -3,7 +3,7 @@
 Export reads only the landing and the state store, never the source. Per table it takes exactly the
 files the state lists (never a folder glob), checks each file's SHA-256 against the state, keeps the
 newest version of every row in DuckDB (bounded by ``export.memory_limit``, spilling beyond it) and
-streams the result as Arrow batches through the per-buyer transforms into DuckDB's own writer:
+streams the result as Arrow batches through the per-buyer transforms to pyarrow encoder threads:
 
 * ids: every pseudonymous surrogate key is keyed again with a key derived from the de-identification
   key and the consumer's name (:func:`buyer_keys`), so two buyers share no id value while every join
