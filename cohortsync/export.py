@@ -419,8 +419,22 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def _fsync_and_hash(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb+") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    return h.hexdigest(), size
+
+
 def _fsync_tree(root: Path) -> None:
+    """The folders and the small files written last (the parts were fsynced by their lanes)."""
     for p in sorted(root.rglob("*"), reverse=True):
+        if p.is_file() and p.suffix in (".parquet", ".csv"):
+            continue
         fd = os.open(p, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -746,11 +760,10 @@ class _Job:
                 yield out
 
         parts = _write(folder, name, schema, self.fmt, batches(), self.settings.export.writer_threads)
-        self.parts[name] = [p for p, _ in parts]
-        entries = []
-        for path, rows in parts:
-            digest, size = _sha256(path)
-            entries.append({"name": f"{name}/{path.name}", "bytes": size, "sha256": digest, "rows": rows})
+        self.parts[name] = [p for p, *_ in parts]
+        entries = [
+            {"name": f"{name}/{path.name}", "bytes": size, "sha256": digest, "rows": rows} for path, rows, digest, size in parts
+        ]
         fault_point("export_table_done")
         manifest = {"rows": stats.rows, "columns": [{"name": c.name, "type": c.ddl} for c in cols], "files": entries}
         quality: dict[str, Any] = {
@@ -907,13 +920,14 @@ _OPEN = object()  # lane 0 opens its file before the first batch
 
 def _write(
     folder: Path, name: str, schema: pa.Schema, fmt: Format, batches: Iterator[pa.RecordBatch], lanes: int
-) -> list[tuple[Path, int]]:
+) -> list[tuple[Path, int, str, int]]:
     """Encode on ``lanes`` threads, each writing its own part file (batch i goes to lane i % lanes),
     while the main thread reads and transforms the next batches: pyarrow encodes a file on one core
     and releases the GIL while it does. Two batches queued per lane bound the memory. Returns each
-    part with its rows; lane 0 always writes one, so an empty table still has a file with its schema."""
+    part with its rows, SHA-256 and bytes (fsynced); lane 0 always writes one, so an empty table still
+    has a file with its schema."""
     queues: list[queue.Queue[object]] = [queue.Queue(maxsize=2) for _ in range(lanes)]
-    written: list[tuple[Path, int] | None] = [None] * lanes
+    written: list[tuple[Path, int, str, int] | None] = [None] * lanes
     failure: list[BaseException] = []
 
     def run(k: int) -> None:
@@ -937,7 +951,7 @@ def _write(
                     rows += item.num_rows
             if w is not None:
                 w.close()
-                written[k] = (path, rows)
+                written[k] = (path, rows, *_fsync_and_hash(path))  # on this lane's thread, beside the others
         except BaseException as e:  # reported by the producer below
             failure.append(e)
             while queues[k].get() is not _DONE:
