@@ -46,7 +46,7 @@ from cohortsync import api
 from cohortsync.config import load_settings
 s = load_settings(Path(sys.argv[1]))
 t = time.perf_counter()
-r = api.export(s, "bench", "buyer", Path(sys.argv[2]), sys.argv[3], overwrite=True)
+r = api.export(s, "bench", "buyer", Path(sys.argv[2]), sys.argv[3])
 dt = time.perf_counter() - t
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"seconds": dt, "rows": r.rows, "max_rss_mb": hwm / 1024}))
@@ -129,13 +129,15 @@ def main() -> int:
         api.sync(settings)
         synth.append_load(db, seed=11)
         api.sync(settings)
+    shutil.rmtree(root / "extract", ignore_errors=True)
     copies, exports, rss = [], [], []
     rows = 0
     for _ in range(args.repeat):
         copy_dir = Path(tempfile.mkdtemp(prefix="copy-", dir=root))
         copies.append(copy_time(cfg, copy_dir, args.format))
         shutil.rmtree(copy_dir)
-        r = run_export(cfg, root / "extract", args.format)
+        r = run_export(cfg, root / "extract", args.format)  # a fresh DIR, as COPY writes into a fresh folder
+        shutil.rmtree(root / "extract")
         exports.append(r["seconds"])
         rss.append(r["max_rss_mb"])
         rows = int(r["rows"])
