@@ -20,6 +20,7 @@ Everything is written into a temporary folder beside DIR and renamed into place 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime as dt
 import getpass
 import hashlib
@@ -536,6 +537,7 @@ def export(
                 m["watermark"] = iso(watermark)
                 manifest_tables[t] = m
                 quality_tables[t] = q
+            job.finish()
             job.cross_checks(quality_tables)
             quality = {"cohort": cohort, "consumer": consumer, "tables": quality_tables}
             _write_json(tmp / "quality.json", quality)
@@ -569,6 +571,7 @@ def export(
             raise
         finally:
             if job is not None:
+                job.abandon()
                 job.con.close()
             shutil.rmtree(spill, ignore_errors=True)
         rows = sum(int(m["rows"]) for m in manifest_tables.values())
@@ -674,6 +677,7 @@ class _Job:
         self.progress = progress
         self.shipped: dict[str, list[Shipped]] = {}
         self.parts: dict[str, list[Path]] = {}
+        self.pending: list[tuple[str, Callable[[], list[tuple[Path, int, str, int]]], dict[str, Any]]] = []
         cfg: dict[str, Any] = {
             "memory_limit": settings.export.memory_limit,
             "temp_directory": str(spill),
@@ -776,13 +780,10 @@ class _Job:
                 fault_point("export_mid_table")
                 yield out
 
-        parts = _write(folder, name, schema, self.fmt, batches(), self.settings.export.writer_threads)
-        self.parts[name] = [p for p, *_ in parts]
-        entries = [
-            {"name": f"{name}/{path.name}", "bytes": size, "sha256": digest, "rows": rows} for path, rows, digest, size in parts
-        ]
+        finish = _write(folder, name, schema, self.fmt, batches(), self.settings.export.writer_threads)
         fault_point("export_table_done")
-        manifest = {"rows": stats.rows, "columns": [{"name": c.name, "type": c.ddl} for c in cols], "files": entries}
+        manifest: dict[str, Any] = {"rows": stats.rows, "columns": [{"name": c.name, "type": c.ddl} for c in cols]}
+        self.pending.append((name, finish, manifest))  # the lanes drain while the next table starts
         quality: dict[str, Any] = {
             "rows": stats.rows,
             "landed_files": len(files),
@@ -793,6 +794,24 @@ class _Job:
             "key": key,
         }
         return manifest, quality
+
+    def finish(self) -> None:
+        """Wait for every table's encoder lanes; record each part file (fsynced and hashed by its lane)."""
+        while self.pending:
+            name, finish, manifest = self.pending.pop(0)
+            parts = finish()
+            self.parts[name] = [p for p, *_ in parts]
+            manifest["files"] = [
+                {"name": f"{name}/{path.name}", "bytes": size, "sha256": digest, "rows": rows}
+                for path, rows, digest, size in parts
+            ]
+
+    def abandon(self) -> None:
+        """Stop waiting for lanes of a failed export (their folder is about to be removed)."""
+        for _, finish, _ in self.pending:
+            with contextlib.suppress(LandingError):
+                finish()
+        self.pending = []
 
     def clean_windows(self, table: str, files: list[dict[str, Any]]) -> bool:
         """Whether the sync found no repeated primary key inside any of these files' windows (it counts
@@ -937,12 +956,12 @@ _OPEN = object()  # lane 0 opens its file before the first batch
 
 def _write(
     folder: Path, name: str, schema: pa.Schema, fmt: Format, batches: Iterator[pa.RecordBatch], lanes: int
-) -> list[tuple[Path, int, str, int]]:
+) -> Callable[[], list[tuple[Path, int, str, int]]]:
     """Encode on ``lanes`` threads, each writing its own part file (batch i goes to lane i % lanes),
     while the main thread reads and transforms the next batches: pyarrow encodes a file on one core
-    and releases the GIL while it does. Two batches queued per lane bound the memory. Returns each
-    part with its rows, SHA-256 and bytes (fsynced); lane 0 always writes one, so an empty table still
-    has a file with its schema."""
+    and releases the GIL while it does. Two batches queued per lane bound the memory. Returns once
+    every batch is queued, with a function that waits for the lanes and gives each part with its rows,
+    SHA-256 and bytes (fsynced); lane 0 always writes one, so an empty table still has a file."""
     queues: list[queue.Queue[object]] = [queue.Queue(maxsize=2) for _ in range(lanes)]
     written: list[tuple[Path, int, str, int] | None] = [None] * lanes
     failure: list[BaseException] = []
@@ -982,14 +1001,23 @@ def _write(
             if failure:
                 break
             queues[i % lanes].put(b)
-    finally:
+    except BaseException:
         for q in queues:
             q.put(_DONE)
         for t in threads:
             t.join()
-    if failure:
-        raise LandingError(f"cannot write the extract of {name}: {failure[0]}")
-    return [w for w in written if w is not None]
+        raise
+    for q in queues:
+        q.put(_DONE)
+
+    def finish() -> list[tuple[Path, int, str, int]]:
+        for t in threads:
+            t.join()
+        if failure:
+            raise LandingError(f"cannot write the extract of {name}: {failure[0]}")
+        return [w for w in written if w is not None]
+
+    return finish
 
 
 def readme(manifest: dict[str, Any], quality: dict[str, Any], shipped: dict[str, list[Shipped]]) -> str:
