@@ -19,6 +19,7 @@ from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import FREE_TEXT, Action, carries_source_time, load_policy
 from cohortsync.errors import CohortError, CohortsyncError, PolicyError
+from cohortsync.export import ExportResult, VerifyResult, export, verify_export
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
@@ -28,15 +29,19 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AmendResult",
+    "ExportResult",
     "RemovalPlan",
+    "VerifyResult",
     "add_cohort",
     "amend_cohort",
+    "export",
     "plan_next",
     "policy_check",
     "policy_rows",
     "remove_cohort",
     "status",
     "sync",
+    "verify_export",
 ]
 
 
@@ -150,6 +155,7 @@ def status(settings: Settings) -> dict[str, Any]:
         rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
         checks = state.verify_results()
         runs = state.runs(1)
+        exports = state.exports(5)
     tables = []
     for c in registered:
         for t in settings.sync.tables:
@@ -174,6 +180,7 @@ def status(settings: Settings) -> dict[str, Any]:
         "cohorts": [{"name": c.name, "members": c.members, "registered_at": c.registered_at} for c in registered],
         "tables": tables,
         "last_run": runs[0] if runs else None,
+        "exports": exports,
     }
 
 

@@ -97,6 +97,15 @@ class LandingSettings(_Section):
     writer_threads: int = Field(2, ge=1, le=32, description="Parquet encoder threads per cohort and table")
 
 
+class ExportSettings(_Section):
+    """``cohortsync export``: DuckDB's limits while it keeps the newest version of each row."""
+
+    memory_limit: str = Field("256MB", description="DuckDB memory_limit; beyond it DuckDB spills beside DIR")
+    threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")
+    batch_rows: int = Field(122_880, ge=1024, le=4_194_304, description="rows per Arrow batch through the transforms")
+    writer_threads: int = Field(2, ge=1, le=32, description="encoder threads per table, each writing its own part file")
+
+
 class StateSettings(_Section):
     path: Path = Path("state")
 
@@ -116,6 +125,7 @@ class Settings(BaseSettings):
     state: StateSettings = StateSettings()
     cohorts: CohortsSettings = CohortsSettings()
     deid: DeidSettings = DeidSettings()
+    export: ExportSettings = ExportSettings()
     deid_key: SecretStr | None = None  # only from COHORTSYNC_DEID_KEY
 
     base_dir: Path = Field(Path("."), exclude=True)

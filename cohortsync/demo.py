@@ -93,7 +93,15 @@ def run(
     second = api.sync(settings, progress=progress)
     _summary(second, echo)
     echo(f"\nlanding: {settings.landing_path}   state: {settings.state_path}   cohorts: {settings.cohorts_path}")
+
+    buyer, cohort = "demo-buyer", "cardio-2026"
+    out = directory / "exports" / f"{cohort}-{buyer}"
+    echo(f"\nexport of {cohort} for {buyer} (its own ids and dates; only the landing and the state are read)")
+    ex = api.export(settings, cohort, buyer, out)
+    echo("  " + ", ".join(f"{t} {m['rows']:,}" for t, m in ex.manifest["tables"].items()))
+    echo(f"extract: {ex.out}  (manifest.json, README.md, ddl.sql, quality.json)")
     echo(f"try: cohortsync --config {directory / CONFIG_NAME} status")
+    echo(f"     cohortsync verify-export {ex.out}")
     return first, second
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -407,3 +408,79 @@ class StateStore:
         cur = self.db.execute("SELECT * FROM run_table WHERE run_id=? ORDER BY cohort, tbl", (run_id,))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    # -- exports (cohortsync export) -------------------------------------------------------------
+    # Created on first use rather than in SCHEMA, so existing stores need no schema version bump.
+    EXPORT_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS export_consumer (name TEXT PRIMARY KEY, slot INTEGER NOT NULL UNIQUE, first_export TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS export_log (
+        export_id TEXT PRIMARY KEY, started TEXT NOT NULL, ended TEXT, cohort TEXT NOT NULL, consumer TEXT NOT NULL,
+        tables TEXT NOT NULL, rows INTEGER, manifest_sha256 TEXT, os_user TEXT NOT NULL, out_dir TEXT NOT NULL,
+        status TEXT NOT NULL
+    );
+    """
+
+    def _export_tables(self) -> None:
+        try:
+            self.db.executescript(self.EXPORT_SCHEMA)
+        except sqlite3.Error as e:
+            raise StateError(f"state store {self.folder}: {e}") from None
+
+    def window_notes(self, cohort: str, table: str) -> dict[str, str | None]:
+        """Per landed window (its upper bound): the notes (JSON) of the latest run that landed it."""
+        rows = self.db.execute(
+            "SELECT rt.upper, rt.notes FROM run_table rt JOIN run r USING (run_id) WHERE rt.cohort=? AND rt.tbl=? "
+            "AND rt.status='landed' ORDER BY r.started",
+            (cohort, table),
+        ).fetchall()
+        return {u: n for u, n in rows}
+
+    def cohort_names(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT name FROM cohort").fetchall()}
+
+    def key_fingerprint(self) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'deid_key_fingerprint'").fetchone()
+        return None if row is None else str(row[0])
+
+    def consumer_slot(self, consumer: str, slots: int) -> int:
+        """The consumer's fixed slot among ``slots``: the first free one from a hash of its name, so it
+        is the same after a state restore whenever no other consumer took it first."""
+        self._export_tables()
+        with self.transaction() as db:
+            row = db.execute("SELECT slot FROM export_consumer WHERE name=?", (consumer,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            taken = {r[0] for r in db.execute("SELECT slot FROM export_consumer").fetchall()}
+            if len(taken) >= slots:
+                raise StateError(f"every one of the {slots} buyer date-offset slots is taken; see docs/export.md")
+            slot = int.from_bytes(uuid.uuid5(uuid.NAMESPACE_URL, f"cohortsync-consumer:{consumer}").bytes[:8]) % slots
+            while slot in taken:
+                slot = (slot + 1) % slots
+            db.execute("INSERT INTO export_consumer VALUES (?, ?, ?)", (consumer, slot, iso(now_utc())))
+            return slot
+
+    def start_export(self, cohort: str, consumer: str, tables: list[str], out_dir: str, os_user: str) -> str:
+        self._export_tables()
+        export_id = now_utc().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO export_log VALUES (?, ?, NULL, ?, ?, ?, NULL, NULL, ?, ?, 'running')",
+                (export_id, iso(now_utc()), cohort, consumer, json.dumps(tables), os_user, out_dir),
+            )
+        return export_id
+
+    def end_export(self, export_id: str, status: str, rows: int | None, manifest_sha256: str | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE export_log SET ended=?, status=?, rows=?, manifest_sha256=? WHERE export_id=?",
+                (iso(now_utc()), status, rows, manifest_sha256, export_id),
+            )
+
+    def exports(self, limit: int = 10) -> list[dict[str, Any]]:
+        self._export_tables()
+        cur = self.db.execute("SELECT * FROM export_log ORDER BY started DESC LIMIT ?", (limit,))
+        cols = [d[0] for d in cur.description]
+        out = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+        for r in out:
+            r["tables"] = json.loads(r["tables"])
+        return out

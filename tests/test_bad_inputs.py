@@ -316,6 +316,103 @@ def _(p: Project) -> None:
     from test_damage import restored_landing_scenario
 
     restored_landing_scenario(p)
+def refused_export(p: Project, args: list[str], needle: str, exit_code: int = 2, sync: bool = True) -> None:
+    """An export refused: one line, nothing written (no DIR, no temporary folder, state unchanged)."""
+    registered(p)
+    if sync:
+        assert p.cli("sync", "-q").exit_code == 0
+    before_root = sorted(x.name for x in p.root.iterdir())
+    before_state = snapshot(p.root / "state")
+    r = p.cli("export", *args)
+    assert r.exit_code == exit_code, r.output
+    one_line(r.output, needle)
+    assert sorted(x.name for x in p.root.iterdir()) == before_root
+    if exit_code == 2:  # refused before it started: not even an audit row
+        assert {k: v for k, v in snapshot(p.root / "state").items() if "sqlite3" not in k} == {
+            k: v for k, v in before_state.items() if "sqlite3" not in k
+        }
+        from cohortsync.state import StateStore
+
+        with StateStore(p.root / "state") as st:
+            assert st.exports() == []
+
+
+def out_dir(p: Project) -> str:
+    return str(p.root / "extract")
+
+
+@case("export-unknown-cohort")
+def _(p: Project) -> None:
+    refused_export(p, ["nope", "--consumer", "acme", "--out", out_dir(p)], "unknown cohort 'nope' (registered: c)")
+
+
+@case("export-never-synced")
+def _(p: Project) -> None:
+    refused_export(p, ["c", "--consumer", "acme", "--out", out_dir(p)], "cohort c has never been synced", sync=False)
+
+
+@case("export-bad-consumer")
+def _(p: Project) -> None:
+    refused_export(p, ["c", "--consumer", "Acme Corp", "--out", out_dir(p)], "invalid consumer name 'Acme Corp'")
+
+
+@case("export-dir-exists")
+def _(p: Project) -> None:
+    d = p.root / "extract"
+    d.mkdir()
+    (d / "keep.txt").write_text("theirs")
+    refused_export(p, ["c", "--consumer", "acme", "--out", str(d)], "already exists; pass --overwrite to replace it")
+    assert [x.name for x in d.iterdir()] == ["keep.txt"]
+
+
+@case("export-overwrite-foreign")
+def _(p: Project) -> None:
+    d = p.root / "extract"
+    d.mkdir()
+    (d / "thesis.tex").write_text("theirs")
+    refused_export(p, ["c", "--consumer", "acme", "--out", str(d), "--overwrite"],
+                   "is not a cohortsync extract (no manifest.json); --overwrite replaces extracts only")  # fmt: skip
+    assert [x.name for x in d.iterdir()] == ["thesis.tex"]
+
+
+@case("export-as-of-early")
+def _(p: Project) -> None:
+    refused_export(p, ["c", "--consumer", "acme", "--out", out_dir(p), "--as-of", "2000-01-01"],
+                   "--as-of 2000-01-01 00:00:00 is before the first sync of cohort c")  # fmt: skip
+
+
+@case("export-as-of-junk")
+def _(p: Project) -> None:
+    refused_export(p, ["c", "--consumer", "acme", "--out", out_dir(p), "--as-of", "yesterday"],
+                   "--as-of 'yesterday' is not a timestamp")  # fmt: skip
+
+
+@case("export-unknown-table")
+def _(p: Project) -> None:
+    refused_export(p, ["c", "--consumer", "acme", "--out", out_dir(p), "--tables", "person,nope"],
+                   "unknown table 'nope' for cohort c (landed: ")  # fmt: skip
+
+
+@case("export-tampered-landing")
+def _(p: Project) -> None:
+    registered(p)
+    assert p.cli("sync", "-q").exit_code == 0
+    f = next((p.landing / "c" / "visit_occurrence").glob("*.parquet"))
+    data = f.read_bytes()
+    f.write_bytes(data[:-20] + bytes([data[-20] ^ 0x10]) + data[-19:])
+    before = sorted(x.name for x in p.root.iterdir())
+    r = p.cli("export", "c", "--consumer", "acme", "--out", out_dir(p))
+    assert r.exit_code == 1
+    one_line(r.output, "does not match its SHA-256 in the state store (changed after it was landed: tampering or bit rot)")
+    assert sorted(x.name for x in p.root.iterdir()) == before
+
+
+@case("verify-no-manifest")
+def _(p: Project) -> None:
+    (p.root / "empty").mkdir()
+    r = p.cli("verify-export", str(p.root / "empty"))
+    assert r.exit_code == 2
+    one_line(r.output, "holds no manifest.json: not a cohortsync extract")
 
 
 def test_every_row_has_a_test_and_every_test_a_row() -> None:

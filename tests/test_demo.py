@@ -35,6 +35,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "created a local demo de-identification key" in r.stdout
     assert "sync 2 (existing cohorts: only rows past the watermark)" in r.stdout
     assert "FAILED" not in r.stdout
+    assert f"extract: {d / 'exports' / 'cardio-2026-demo-buyer'}" in r.stdout
     return d
 
 
@@ -117,3 +118,46 @@ def test_landed_tables_join_on_pseudonymous_ids(demo: Path) -> None:
     assert n == total > 0
     notes = con.execute(f"SELECT count(*) FROM {g('note')} n JOIN {g('person')} p USING (person_id)").fetchall()[0][0]
     assert notes > 0
+
+
+def test_the_demo_export_verifies_and_a_notes_date_equals_its_rows_date_per_buyer(demo: Path) -> None:
+    """Inside one extract, a date written in a note equals the note's note_date; across two buyers it differs."""
+    from cohortsync import api
+    from cohortsync import export as ex
+    from cohortsync.config import load_settings
+
+    key = (demo / "demo-deid-key.txt").read_text().strip()
+    first = demo / "exports" / "cardio-2026-demo-buyer"
+    assert api.verify_export(first).ok
+    os.environ["COHORTSYNC_DEID_KEY"] = key
+    try:
+        other = api.export(load_settings(demo / "cohortsync.toml"), "cardio-2026", "other-buyer", demo / "exports" / "other").out
+    finally:
+        del os.environ["COHORTSYNC_DEID_KEY"]
+    keys = Keys.from_secret(key)
+    con = duckdb.connect(str(demo / "omop.duckdb"), read_only=True)
+    truth = con.execute(
+        "SELECT d.note_id, d.format FROM omop.demo_truth.note_dates d JOIN omop.omop.note n USING (note_id) "
+        "WHERE d.date_value = n.note_date AND d.format LIKE '%Y%' ORDER BY 1"
+    ).fetchall()
+    con.close()
+    landed = pseudonymize(keys, "note", pa.array([n for n, _ in truth], pa.int64()))
+    checked = 0
+    per_buyer = {}
+    for out, buyer in ((first, "demo-buyer"), (other, "other-buyer")):
+        t = pq.read_table(out / "note", columns=["note_id", "note_date", "note_text"])
+        notes = {i: (d, x) for i, d, x in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True)}
+        ids = ex.buyer_ids(key, buyer, "note", landed).to_pylist()
+        dates = {}
+        for (_, fmt), nid in zip(truth, ids, strict=True):
+            if nid not in notes:
+                continue  # the note's person is not in the cohort
+            note_date, text = notes[nid]
+            # A written "May" reads as a full month name, so the landing writes its shift in full ("June").
+            ok = acceptable(note_date, fmt, 0) | acceptable(note_date, fmt.replace("%b", "%B"), 0)
+            assert any(v in text for v in ok), (fmt, note_date)
+            dates[nid] = note_date
+            checked += 1
+        per_buyer[buyer] = list(dates.values())
+    assert checked > 20
+    assert all(a != b for a, b in zip(per_buyer["demo-buyer"], per_buyer["other-buyer"], strict=True))
