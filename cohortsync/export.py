@@ -62,7 +62,6 @@ CONSUMER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 PERSON = "__person"  # the person of a row linked through a parent (note_nlp -> note)
 SEQ = "__seq"  # 1-based position of the landed file, in the order of its window's upper bound
 LOAD_SEQ = "load_seq"
-MAX_MS = (1 << 42) - 1  # load_dt in milliseconds since 1970 fits 42 bits until 2109
 # A cheap, vectorised pre-filter: text without any of these cannot hold a date the landing wrote.
 _MAYBE_DATE = r"(?i)\d\s*/\s*\d|\d[-.]\d{1,2}[-.]\d|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 
@@ -728,11 +727,15 @@ class _Job:
             rel = None
         else:
             rel = self._source(name, files)
-            landed_cols = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()]
+            described = self.con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()
+            landed_cols = [r[0] for r in described]
+            load_type = next((str(r[1]) for r in described if r[0] == omop.LOAD_DT), "")
         cols = shipped_columns(table, landed_cols, self.policy, self.load_seq)
         self.shipped[name] = cols
         key = table.primary_key or ("person_id" if "person_id" in landed_cols else None)
         has_load = omop.LOAD_DT in landed_cols
+        if rel is None:
+            load_type = ""
         person_expr = "person_id" if "person_id" in landed_cols else None
         parent_join = ""
         repeated = superseded = 0
@@ -751,7 +754,7 @@ class _Job:
             if key is not None:
                 clean = self.clean_windows(name, files)
                 first = min(self.window(f) for f in files)
-                query, repeated, superseded = self._newest(rel, base, key, has_load, clean, first)
+                query, repeated, superseded = self._newest(rel, base, key, load_type if has_load else None, clean, first)
             else:
                 query = base
             # Only what is shipped or needed (load_dt, dropped columns and the window number stay unread).
@@ -823,18 +826,25 @@ class _Job:
                 return False
         return True
 
-    def _newest(self, rel: str, base: str, key: str, has_load: bool, clean: bool, first: int) -> tuple[str, int, int]:
+    def _newest(self, rel: str, base: str, key: str, load_type: str | None, clean: bool, first: int) -> tuple[str, int, int]:
         """The query of the newest version of each row, and (repeated key rows kept, superseded rows).
 
-        A row's version is (window number, load_dt) as one BIGINT; load_dt is compared only within one
-        window and one key, i.e. within one person's rows. An aggregate over the narrow (key, version)
-        pairs finds the keys with more than one version; only those (few: re-loaded rows) are joined
+        A row's version is (window number, load_dt) as one HUGEINT; load_dt is compared only within one
+        window and one key, i.e. within one row's versions. The landed load_dt is an order-only BIGINT
+        (monotone per key, docs/deidentification.md), or a raw TIMESTAMP in landings made before that.
+        An aggregate over the narrow (key, version) pairs finds the keys with more than one version; only those (few: re-loaded rows) are joined
         back, every other row streams through untouched. Rows sharing a key and a version are all kept.
         When every window's keys were unique (``clean``), the aggregate only covers the keys that
         later windows hold, found by a semi-join: no hash table over the whole backfill.
         """
-        load = f"least(greatest(coalesce(epoch_ms({omop.LOAD_DT}), 0), 0), {MAX_MS})" if has_load else "0"
-        ver = f"(({SEQ}::BIGINT << 42) + {load})"
+        if load_type is None:
+            load = "0"
+        elif load_type.startswith("TIMESTAMP"):
+            load = f"coalesce(epoch_us({omop.LOAD_DT}), 0)::HUGEINT"
+        else:
+            load = f"coalesce({omop.LOAD_DT}, 0)::HUGEINT"
+        # 64 bits of window number above 64 bits of load order (shifted to be non-negative)
+        ver = f"(({SEQ}::HUGEINT << 64) + {load} + {1 << 63}::HUGEINT)"
         pairs = f"SELECT {key}, {ver} AS v FROM {rel} WHERE {key} IS NOT NULL"
         if clean:
             pairs += f" AND {key} IN (SELECT {key} FROM {rel} WHERE {SEQ} > {first})"
@@ -970,10 +980,12 @@ def _write(
         path = folder / f"{name}-{k}.{fmt}"
         w: Any = None
         rows = 0
+        done = False
         try:
             while True:
                 item = queues[k].get() if k or w is not None else _OPEN
                 if item is _DONE:
+                    done = True
                     break
                 if failure:
                     continue
@@ -990,7 +1002,7 @@ def _write(
                 written[k] = (path, rows, *_fsync_and_hash(path))  # on this lane's thread, beside the others
         except BaseException as e:  # reported by the producer below
             failure.append(e)
-            while queues[k].get() is not _DONE:
+            while not done and queues[k].get() is not _DONE:  # unblock the producer; never wait for a second _DONE
                 pass
 
     threads = [threading.Thread(target=run, args=(k,), name="cohortsync-export-writer", daemon=True) for k in range(lanes)]
