@@ -833,7 +833,8 @@ class _Job:
         window and one key, i.e. within one row's versions. The landed load_dt is an order-only BIGINT
         (monotone per key, docs/deidentification.md), or a raw TIMESTAMP in landings made before that.
         An aggregate over the narrow (key, version) pairs finds the keys with more than one version;
-        only those (few: re-loaded rows) are joined back, every other row streams through untouched. Rows sharing a key and a version are all kept.
+        only those (few: re-loaded rows) are joined back, every other row streams through untouched.
+        Rows sharing a key and a version are all kept.
         When every window's keys were unique (``clean``), the aggregate only covers the keys that
         later windows hold, found by a semi-join: no hash table over the whole backfill.
         """
