@@ -611,16 +611,14 @@ def export_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def verify_export_cmd(directory: Path, as_json: bool) -> None:
-    """Recompute the checksums of an extract against its manifest; exit 1 naming the first file that differs."""
+    """Recompute the checksums of an extract against its manifest; exit 5 naming the first file that differs."""
     r = api.verify_export(directory)
     if as_json:
         click.echo(json.dumps({"ok": r.ok, "files_checked": r.files_checked, "problem": r.problem}))
     elif r.ok:
         click.echo(f"ok: {r.files_checked} files match {directory / 'manifest.json'}")
-    else:
-        click.echo(f"error: {r.problem}", err=True)
     if not r.ok:
-        sys.exit(1)
+        raise CommandFailed(str(r.problem), ExitCode.NEEDS_PERSON)
 
 
 @cli.group("policy")

@@ -50,7 +50,7 @@ from cohortsync import __version__, omop
 from cohortsync.config import Settings
 from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, Policy, id_domain, load_policy
-from cohortsync.errors import CohortError, DeidError, InputError, LandingError
+from cohortsync.errors import CohortError, DeidError, InputError, LandingError, TamperedError
 from cohortsync.faults import fault_point
 from cohortsync.landing import dictionary_columns
 from cohortsync.state import StateStore, iso, now_utc
@@ -696,7 +696,7 @@ class _Job:
                 raise LandingError(f"landing file {self.cohort}/{table}/{f['name']} is listed in the state store but missing")
             digest, _ = _sha256(p)
             if digest != f["sha256"]:
-                raise LandingError(
+                raise TamperedError(
                     f"landing file {self.cohort}/{table}/{f['name']} does not match its SHA-256 in the state store "
                     "(changed after it was landed: tampering or bit rot); export stopped"
                 )

@@ -130,13 +130,13 @@ def test_verify_export_passes_then_fails_after_any_byte_changes(two_buyers: tupl
         for pos in (0, len(data) // 2, len(data) - 1):
             p.write_bytes(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1 :])
             r = project.cli("verify-export", str(a))
-            assert r.exit_code == 1, (p, pos)
+            assert r.exit_code == 5, (p, pos)
             assert str(p.relative_to(a)) in r.output or p.name in r.output, r.output
             p.write_bytes(data)
     assert project.cli("verify-export", str(a)).exit_code == 0
     (a / "person" / "extra.parquet").write_bytes(b"x")
     r = project.cli("verify-export", str(a))
-    assert r.exit_code == 1 and "person/extra.parquet is not in the manifest" in r.output
+    assert r.exit_code == 5 and "person/extra.parquet is not in the manifest" in r.output
 
 
 def test_the_extract_loads_into_duckdb_through_its_ddl(project: Project) -> None:
@@ -216,7 +216,7 @@ def test_a_changed_landing_file_stops_the_export(project: Project) -> None:
     data = f.read_bytes()
     f.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
     r = project.cli("export", "c", "--consumer", "acme", "--out", str(project.root / "x"))
-    assert r.exit_code == 1
+    assert r.exit_code == 5
     assert "does not match its SHA-256 in the state store" in r.output and r.output.count("\n") == 1
     assert not (project.root / "x").exists()
     assert [p for p in project.root.iterdir() if p.name.startswith(".x.")] == []
