@@ -155,8 +155,22 @@ def is_allowed(span_text: str) -> bool:
         core = w.strip(".-'\"")
         if not core or core in ALLOW_LIST or core in _STOP or any(c.isdigit() for c in core):
             continue
+        if _name_kind(core) in ("stop", "word"):  # English or clinical, and no census name: not PHI by itself
+            continue
         return False
     return True
+
+
+def case_for_ner(line: str) -> str:
+    """A line the NER model can read: an ALL-CAPS line (no lower-case letter) in title case, same length.
+
+    The model was trained on mixed-case text and finds almost nothing in ``SON BILL CALLED``; offsets stay
+    valid because title-casing ASCII letters keeps the length (other lines are returned unchanged).
+    """
+    if any(c.islower() for c in line) or not any(c.isupper() for c in line):
+        return line
+    out = re.sub(r"[A-Z][A-Z'’]*", lambda m: m.group()[0] + m.group()[1:].lower(), line)
+    return out if len(out) == len(line) else line
 
 
 _TITLE_WORDS = frozenset({"dr", "doctor", "mr", "mrs", "ms", "miss", "mx", "prof"})
@@ -300,6 +314,8 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
                 or core in _RELATIONS
                 or any(c.isdigit() for c in core)
                 or (entity == PERSON and tok[:1].islower())
+                or _name_kind(core) == "stop"
+                or (entity == PERSON and _name_kind(core) == "word")
             )
 
         while words and junk(words[0]):
@@ -318,6 +334,11 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue
         if is_allowed(piece):
             continue
+        kinds = [_name_kind(w) for w in _LEX_TOKEN.findall(piece)]
+        if piece.isupper() and not any(k in ("strong", "unknown") for k in kinds):
+            continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
+        if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2:
+            continue  # one census name that is also a word ("Alert", "Swan"): the model alone is not enough
         if entity == PERSON:
             s, e = _widen_name(text, s, e)
         out.append((s, e))
@@ -332,10 +353,10 @@ def _widen_name(text: str, s: int, e: int) -> tuple[int, int]:
     """Take in a capitalised non-vocabulary word right before or after a model PERSON (``Ivy`` of ``Ivy Thomas``
     when the model saw only ``Thomas``): the model often drops a first name that is also a common word."""
     left = _LEFT_NAME.search(text, max(0, s - 40), s)
-    if left and left.group(1).casefold() not in VOCABULARY:
+    if left and _name_kind(left.group(1)) in ("strong", "maybe", "unknown"):
         s = left.start(1)
     right = _RIGHT_NAME.match(text, e)
-    if right and right.group(1).casefold() not in VOCABULARY:
+    if right and _name_kind(right.group(1)) in ("strong", "maybe", "unknown"):
         e = right.end(1)
     return s, e
 
@@ -576,6 +597,13 @@ def _flags(ci: bool = True) -> int:
 
 
 # --- identifiers -------------------------------------------------------------------------------------
+def _not_time_range(m: re.Match[str]) -> bool:
+    """``1900-0700`` is a shift (two 24-hour times), not an identifier."""
+    t = re.fullmatch(r"([0-2]\d)([0-5]\d)-([0-2]\d)([0-5]\d)", m.group("v"))
+    return not (t and int(t.group(1)) <= 24 and int(t.group(3)) <= 24)
+
+
+
 _PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
 _SEP = r"\s*(?:number|num|no\.?|nbr|#|id)?\s*(?:is|:|#|=|-|\.)?\s*#?\s*"
 _IDV = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z]{0,4}-?\d[A-Z0-9-]{2,}(?<!-))"
@@ -603,7 +631,7 @@ IDENTIFIER_RULES = [
                              re.IGNORECASE), 0.9),
     # Pagers and extensions: 4-6 digits after a pager word ("Pager #54321", "PG 33445", "beeper number 55037").
     Rule("PHONE", re.compile(r"\b(?:pager|pgr|pg|beeper|beep|page|paged|ext|extension|x(?=\d))\.?[ \t]*"
-                             r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})(?![\d/.:-]|[ \t]*(?:mg|ml|cc|units?)\b)",
+                             r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})(?![\d/:-]|\.\d|[ \t]*(?:mg|ml|cc|units?)\b)",
                              re.IGNORECASE), 0.85),
     Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}[ .]\d{2}[ .]\d{4})(?![\d-])"), 0.7),
     Rule("ACCOUNT", re.compile(r"\b(?:plan|reference|ref|confirmation|authorization|auth|tracking|ticket|requisition|"
@@ -619,7 +647,7 @@ IDENTIFIER_RULES = [
     Rule("IP_ADDRESS", re.compile(r"(?<![\d.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d))"
                                   r"(?![\d.])"), 0.6),
     # Any run of 7+ digits (dashes allowed) is an identifier of some kind in a note.
-    Rule("ID", re.compile(r"(?<![\w.,/-])(?P<v>\d(?:-?\d){6,}[A-Z]?)(?![\w/]|[.,]\d)"), 0.6),
+    Rule("ID", re.compile(r"(?<![\w.,/-])(?P<v>\d(?:-?\d){6,}[A-Z]?)(?![\w/]|[.,]\d)"), 0.6, _not_time_range),
     Rule("ID", re.compile(r"(?<![\w-])(?P<v>[A-Z]{1,3}\d{6,}|\d{6,}[A-Z]{1,3})(?![\w-])"), 0.6),
 ]  # fmt: skip
 
@@ -640,6 +668,14 @@ AGE_RULES = [
 ]
 
 # --- addresses ---------------------------------------------------------------------------------------
+def _street_words_ok(m: re.Match[str]) -> bool:
+    """``3 WAY FOLEY IN PLACE`` is no street: a street name holds no function or clinical word."""
+    head = re.match(r"\d+\s+((?:\S+\s+){1,4})", m.group("v"))
+    words = _LEX_TOKEN.findall(head.group(1)) if head else []
+    return not any(lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words[:-1])
+
+
+
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
     "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|"
@@ -664,7 +700,8 @@ _CITY_ST_ZIP = (
     r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
 )
 ADDRESS_RULES = [
-    Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9),
+    Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9,
+         _street_words_ok),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
     Rule("ADDRESS", re.compile(r"\b(?P<v>[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},\s+(?:" + _STATES
                                + r")\s+\d{5}(?:-\d{4})?)(?!\d)"), 0.9),
@@ -788,7 +825,7 @@ _NAME_PREFIX = re.compile(
     r"radiologist|interpreted\s+by|to|from)[ \t]*:[ \t]*"
     r"|\b(?:signed|e-?signed|dictated|transcribed|seen|referred|evaluated|examined|reviewed|accompanied|"
     r"cosigned|co-signed|authenticated|interpreted|read|performed|verified|approved|consented)[ \t]+by[ \t]+"
-    r"|\b(?:discussed[ \t]+with|spoke[ \t]+(?:with|to)|d/w|seen[ \t]+with|care[ \t]+of|c/o[ \t]+)[ \t]*"
+    r"|\b(?:discussed[ \t]+with|spoke[ \t]+(?:with|to)|d/w|seen[ \t]+with|care[ \t]+of)[ \t]*"
     r"(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
     r"|\b(?:dear)[ \t]+(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
     r"|\b(?:sincerely|regards|respectfully|thank\s+you|best)[ \t]*,[ \t]*\n?[ \t]*)",
@@ -885,6 +922,25 @@ def scan_name_backward(text: str, end: int, require_cap: bool, max_tokens: int =
     return start
 
 
+def _could_be_name(span: str) -> bool:
+    """A span found by context holds a census name or a word on no list (``c/o pain`` does not: complains of)."""
+    return any(_name_kind(w) in ("strong", "maybe", "unknown") for w in _LEX_TOKEN.findall(span))
+
+
+def _name_prefix_end(text: str, start: int, end: int) -> int:
+    """End of the leading run of name-like words (census names, unknown words, initials) in ``text[start:end]``."""
+    last = start
+    for m in _LEX_TOKEN.finditer(text, start, end):
+        if text[last:m.start()].strip(" \t.,'’-"):
+            break
+        if not (_name_kind(m.group()) in ("strong", "maybe", "unknown") or len(m.group()) == 1):
+            break
+        last = m.end()
+    while last > start and text[last - 1] in " \t":
+        last -= 1
+    return last
+
+
 class ContextNameRecognizer(LocalRecognizer):
     """Names after a title or a label (``Dr. x``, ``Patient: x``, ``signed by x``) and before a credential.
 
@@ -905,12 +961,17 @@ class ContextNameRecognizer(LocalRecognizer):
         for rx, cap in ((_NAME_PREFIX, False), (_RELATION, True)):
             for m in rx.finditer(text):
                 end = scan_name_forward(text, m.end(), require_cap=cap, labelled=":" in m.group())
+                titled = re.match(r"\s*(?:dr|doctor|mr|mrs|ms|miss|mx|prof)\b", m.group(), re.IGNORECASE) is not None
+                if end > m.end() and not titled:
+                    end = _name_prefix_end(text, m.end(), end)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
             for m in rx.finditer(text):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
-                if start < m.start():
+                if start < m.start() and _could_be_name(text[start : m.start()]) and _name_prefix_end(
+                    text, start, m.start()
+                ) == len(text[: m.start()].rstrip()):
                     spans.append((start, m.start(), 0.9))
         return [
             RecognizerResult(
@@ -932,23 +993,29 @@ class ContextNameRecognizer(LocalRecognizer):
 # ---------------------------------------------------------------------------------------------------
 
 _LEX_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
-#: Words after which the next non-vocabulary word is a person (lower case allowed): relations and roles.
+#: Words after which the next census-name or unknown word is a person, in any case: relations and roles.
 _LEX_CUE = re.compile(
-    r"(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|pa|rrt|crt|sw|lcsw|licsw|cm|rncm|nurse|caseworker|chaplain|"
-    r"attending|resident|fellow|intern|pcp|hcp|proxy|staff|wife|husband|son|sons|daughter|daughters|dtr|mother|mom|"
+    r"(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|rrt|crt|sw|lcsw|licsw|rncm|nurse|caseworker|chaplain|"
+    r"attending|resident|fellow|intern|pcp|hcp|wife|husband|son|sons|daughter|daughters|dtr|mother|mom|"
     r"father|dad|sister|sisters|brother|brothers|bro|sis|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
     r"nephew|grandson|granddaughter|grandaughter|grand\s+daughter|grand\s+son|grandmother|grandfather|aunt|uncle|"
-    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named|contacts?|paged|notified|per)\b\.?"
+    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named)\b\.?"
     r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
+    re.IGNORECASE,
+)
+#: Weaker cues: only a word on no list (not a census name that is also a word) becomes a name after them.
+_LEX_WEAK_CUE = re.compile(
+    r"(?:\b(?:per|contacts?|contacted|paged|notified|proxy|staff|called|with|w/|by|and|&)\b\.?[ \t]*(?:[,:-]+[ \t]*)?$)",
     re.IGNORECASE,
 )
 #: Words that name a kind of facility: the words before one are its name (``CALVERT HOSPITAL``).
 _FACILITY_NOUN = re.compile(
     r"\b(?:hosp(?:ital|itals|iatal)?|rehab(?:ilitation)?|medical\s+(?:center|ctr)|med\.?\s+(?:center|ctr)|"
     r"regional|memorial|nursing\s+(?:home|facility|center)|house|shelter|clinic|infirmary|hospice|"
-    r"health\s+(?:center|system)|care\s+center|medical|er|ew|ed|adventist|va|vamc|general|manor|home)\b\.?",
+    r"health\s+(?:center|system)|care\s+center|er|ew|adventist|vamc|manor)\b\.?",
     re.IGNORECASE,
 )
+_PROPER_NOUN = re.compile(r"regional|memorial|adventist|manor|vamc", re.IGNORECASE)
 _PLACE_CUE = re.compile(
     r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
     r"xfer(?:red)?|admitted|arrived|sent|taken|went|brought|presented|returned|visiting)\s+(?:in\s+|at\s+|to\s+|from\s+)?$",
@@ -956,12 +1023,16 @@ _PLACE_CUE = re.compile(
 )
 #: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
 _WARD = re.compile(
-    r"\b(?:to|from|on|at|in)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE
+    r"\b(?:to|from|on|at|in|per)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE
 )
-_SAINT = re.compile(r"\b(?:to|from|at|in)\s+(?P<v>(?:st|saint)\.?\s+[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
+_SAINT = re.compile(r"\b(?:to|from|at|in)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
 _UNIVERSITY = re.compile(r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:" + "|".join(
     sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True)) + r"))\b", re.IGNORECASE)
 _PLACE_INDEX: dict[str, list[tuple[str, ...]]] = {}
+#: Never a name by themselves: function words, template words, clinical abbreviations, titles, relations.
+_NEVER_NAME = (VOCABULARY - frozenset(w.casefold() for w in calendar.month_name[1:] + list(calendar.day_name))) | frozenset(
+    "hosp hospital rehab clinic unit ward floor icu micu sicu ccu csru ew er ed or pacu".split()
+)
 for _p in lexicon.PLACES_CASED:
     _ws = tuple(w.casefold() for w in _LEX_TOKEN.findall(_p))
     if _ws:
@@ -976,19 +1047,28 @@ def _vocab(word: str) -> bool:
     return w in VOCABULARY or lexicon.is_safe(w)
 
 
+_KIND_RANK = {"stop": 0, "word": 1, "maybe": 2, "unknown": 3, "strong": 4}
+
+
 def _name_kind(word: str) -> str:
-    """``strong`` (census name, no word), ``maybe`` (census name and a word), ``unknown`` or ``word``."""
+    """``strong`` (census name, no word), ``maybe`` (census name and an English word), ``unknown`` (on no
+    list), ``word`` (English) or ``stop`` (function, template or clinical word: never a name). A hyphenated
+    word takes its most name-like part's kind (``Stord-Painter``)."""
     w = lexicon.fold(word)
-    if len(w) < 2 or any(c.isdigit() for c in w) or w in HARD_STOP or w in _TITLE_WORDS or w in _RELATIONS:
-        return "word"
-    vocab = w in VOCABULARY or w in lexicon.SAFE
-    if w in lexicon.NAMES or all(p in lexicon.NAMES for p in w.split("-")):
-        if vocab or len(w) < 3:
-            return "maybe"
-        return "strong"
-    if vocab or any(p in lexicon.SAFE or p in VOCABULARY for p in w.split("-")):
-        return "word"
-    return "unknown"
+    if "-" in w:
+        return max((_name_kind(p) for p in w.split("-") if p), key=_KIND_RANK.__getitem__, default="stop")
+    if len(w) < 3 or any(c.isdigit() for c in w) or w in _NEVER_NAME or w in lexicon.CLINICAL:
+        return "stop"
+    english = w in lexicon.SAFE
+    if w in lexicon.NAMES:
+        return "maybe" if english else "strong"
+    return "word" if english else "unknown"
+
+
+def _looks_named(text: str, m: re.Match[str]) -> bool:
+    """After a weak cue, an unknown word counts only before a verb of reporting or an end (``per Saeed.``)."""
+    return re.match(r"[ \t]*(?:[.,;:)]|$|\n|(?:aware|made|ordered|notified|paged|called|in|at|to|re|who|was|is|will)\b)",
+                    text[m.end() : m.end() + 12], re.IGNORECASE) is not None
 
 
 class LexiconRecognizer(LocalRecognizer):
@@ -1033,9 +1113,13 @@ class LexiconRecognizer(LocalRecognizer):
         kinds = [_name_kind(m.group()) for m in toks]
         is_name = [k == "strong" for k in kinds]
         for i, m in enumerate(toks):
-            if kinds[i] in ("maybe", "unknown") and not is_name[i]:
+            if kinds[i] in ("maybe", "unknown", "strong") and not is_name[i]:
                 before = text[max(0, m.start() - 40) : m.start()]
-                if _LEX_CUE.search(before) and "\n" not in before[-3:]:
+                if "\n" in before[-3:]:
+                    continue
+                if _LEX_CUE.search(before) or (kinds[i] == "unknown" and _LEX_WEAK_CUE.search(before)
+                                               and toks[i].group()[:1].isupper() and i > 0 and is_name[i - 1] is False
+                                               and _LEX_CUE.search(before) is None and _looks_named(text, m)):
                     is_name[i] = True
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name
@@ -1090,8 +1174,9 @@ class LexiconRecognizer(LocalRecognizer):
                     continue
                 cased = all(t.group()[0].isupper() for t in toks[i : i + n])
                 allwords = all(_vocab(w) for w in words)
-                if allwords:
+                if allwords:  # "Laurel", "Union": a place only written as one, in mixed-case text, after a place cue
                     before = text[max(0, toks[i].start() - 30) : toks[i].start()]
+                    cased = cased and not any(t.group().isupper() for t in toks[i : i + n])
                     if not (cased and (n > 1 or _PLACE_CUE.search(before))) or piece.casefold() in _US_STATES:
                         continue
                 elif n == 1 and folded[i] in lexicon.NAMES:
@@ -1111,10 +1196,12 @@ class LexiconRecognizer(LocalRecognizer):
                 j -= 1
             taken.reverse()
             while taken and (folded[taken[0]] in ALLOW_LIST or folded[taken[0]] in _COMMON or folded[taken[0]] in lexicon.CLINICAL
-                             or _FACILITY_NOUN.fullmatch(toks[taken[0]].group()) or folded[taken[0]] in _GENERIC_PLACE):
+                             or folded[taken[0]] in _GENERIC_PLACE):
                 taken.pop(0)
-            if taken:
-                out.append((toks[taken[0]].start(), toks[taken[-1]].end(), "FACILITY"))
+            if taken and sum(len(folded[k]) for k in taken) >= 3:
+                # A noun that is part of the name ("LAUREL REGIONAL", "Sacred Heart Memorial") goes with it.
+                end = m.end() if _PROPER_NOUN.fullmatch(m.group().rstrip(".")) else toks[taken[-1]].end()
+                out.append((toks[taken[0]].start(), end, "FACILITY"))
         for rx in (_WARD, _SAINT, _UNIVERSITY):
             for m in rx.finditer(text):
                 word = m.group("v")
