@@ -66,7 +66,31 @@ _CALENDAR = frozenset(
     for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
 )
 #: Words that cannot be a name by themselves (a name that is also a word needs context).
-SAFE: frozenset[str] = ENGLISH | CLINICAL | _CALENDAR
+_SAFE_BASE: frozenset[str] = ENGLISH | CLINICAL | _CALENDAR
+
+
+def _base_forms(w: str) -> list[str]:
+    """Dictionary forms of an inflected word (dictionaries list ``shoulder``, notes write ``shoulders``)."""
+    out = []
+    for suf, rep in (("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"),
+                     ("ly", ""), ("'s", ""), ("er", ""), ("est", "")):  # fmt: skip
+        if w.endswith(suf) and len(w) - len(suf) >= 3:
+            out.append(w[: len(w) - len(suf)] + rep)
+    if len(w) > 5 and w[-3] == w[-4] and w.endswith(("ing", "ed")):  # "stopped", "running"
+        out.append(w[: -4] if w.endswith("ing") else w[:-3])
+    return out
+
+
+class _Safe(frozenset[str]):
+    """The safe-list, with inflected forms of its words (``w in SAFE``)."""
+
+    def __contains__(self, w: object) -> bool:
+        if not isinstance(w, str):
+            return False
+        return frozenset.__contains__(self, w) or any(frozenset.__contains__(self, b) for b in _base_forms(w))
+
+
+SAFE: frozenset[str] = _Safe(_SAFE_BASE)
 
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
 

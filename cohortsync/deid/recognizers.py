@@ -17,6 +17,7 @@ os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
 
 import calendar
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -335,7 +336,7 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
         if is_allowed(piece):
             continue
         kinds = [_name_kind(w) for w in _LEX_TOKEN.findall(piece)]
-        if piece.isupper() and not any(k in ("strong", "unknown") for k in kinds):
+        if piece.isupper() and "strong" not in kinds:
             continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
         if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2:
             continue  # one census name that is also a word ("Alert", "Swan"): the model alone is not enough
@@ -380,7 +381,8 @@ _D = r"(?P<d>[0-3]?\d)"
 _SUF = r"(?P<suf>st|nd|rd|th)?"
 _B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
 _E = r"(?![\w/-]|\.\d)"  # right boundary
-_E_MD = r"(?![\w/]|-\d|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
+_B_MD = r"(?<![\w/.])(?<![^\d]-)"  # a short date may follow a date and a dash ("8/2-8/10")
+_E_MD = r"(?![\w/]|-\d(?![\d]*/)|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -401,7 +403,7 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
-    ("md", re.compile(_B + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
+    ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
     # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
     ("my2", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
     ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
@@ -670,9 +672,9 @@ AGE_RULES = [
 # --- addresses ---------------------------------------------------------------------------------------
 def _street_words_ok(m: re.Match[str]) -> bool:
     """``3 WAY FOLEY IN PLACE`` is no street: a street name holds no function or clinical word."""
-    head = re.match(r"\d+\s+((?:\S+\s+){1,4})", m.group("v"))
+    head = re.match(r"\d+\w*(?:-\d+)?\s+((?:\S+\s+){1,4})", m.group("v"))
     words = _LEX_TOKEN.findall(head.group(1)) if head else []
-    return not any(lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words[:-1])
+    return bool(words) and not any(lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words)
 
 
 
@@ -755,9 +757,9 @@ _DATE_FROM_TO = re.compile(
     r"\b(?:from|to|through|thru|before|after|started|stopped|drawn|done|visit|effective|starting)\s*[:,(]?\s*$",
     re.IGNORECASE,
 )
-_STRENGTH_WORDS = re.compile(r"strength|motor|mae|grips?|grasps?|extremit|moves|power|push|pull|\b(?:[rlb]?ue|[rlb]?le)\b",
+_STRENGTH_WORDS = re.compile(r"\b(?:strength|motor|mae|grips?|grasps?|extremit\w*|moves|power|push|pull|[rlb]?ue|[rlb]?le)\b",
                              re.IGNORECASE)
-_PAIN_WORDS = re.compile(r"pain|discomfort|ha\b|headache|scale|rates?|rating|level|sore|ache", re.IGNORECASE)
+_PAIN_WORDS = re.compile(r"\b(?:pain|discomfort|ha|headache|scale|rates?|rating|level|sore|ache|score)\b", re.IGNORECASE)
 _FRACTIONS = frozenset({(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (1, 8)})
 
 
@@ -815,7 +817,7 @@ DATE_RULES = [
 _NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’-]*\.?|[A-Z]\.")
 _CRED = (
     r"(?:M\.?D\.?|D\.?O\.|DO|R\.?N\.?|N\.?P\.?|PA-C|PA|Ph\.?D\.?|DDS|DMD|FNP-BC|FNP|APRN|MBBS|CNM|LPN|PharmD|"
-    r"DPM|LCSW|CRNA|FACC|FACS|FACP|MSN|BSN|RPh|CNA|MA|OD)"
+    r"DPM|LCSW|LICSW|CRNA|FACC|FACS|FACP|MSN|BSN|RPh|CNA|MA|OD|RRT|CRT|CCRN|RNC|RNCM|MSW|PT|OT|SLP|RD)"
 )
 _NAME_PREFIX = re.compile(
     r"(?:\b(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof)\.?[ \t]+"
@@ -849,7 +851,8 @@ _BEFORE_AGE = re.compile(
     re.IGNORECASE,
 )
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
-_CRED_AFTER_CI = re.compile(r",[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp)(?![\w])", re.IGNORECASE)
+_CRED_AFTER_CI = re.compile(r",?[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])",
+                            re.IGNORECASE)
 
 
 def _is_name_word(tok: str, require_cap: bool) -> bool:
@@ -962,7 +965,7 @@ class ContextNameRecognizer(LocalRecognizer):
             for m in rx.finditer(text):
                 end = scan_name_forward(text, m.end(), require_cap=cap, labelled=":" in m.group())
                 titled = re.match(r"\s*(?:dr|doctor|mr|mrs|ms|miss|mx|prof)\b", m.group(), re.IGNORECASE) is not None
-                if end > m.end() and not titled:
+                if end > m.end() and not (titled and _style(text[m.end() : end].split()[0]) == "T"):
                     end = _name_prefix_end(text, m.end(), end)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
@@ -1003,6 +1006,17 @@ _LEX_CUE = re.compile(
     r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
     re.IGNORECASE,
 )
+#: After a title, any capitalised word is a name (``Dr. Foley``).
+_TITLE_CUE = re.compile(r"\b(?:dr|drs|doctor|mr|mrs|ms|miss|mx|prof)\b\.?[ \t]*$", re.IGNORECASE)
+#: A relation written after the name: ``Hank Przybylo (son)``, ``Nancy Cetrone his neice``, ``bill, pt's son``.
+_RELATION_AFTER = re.compile(
+    r"(?:[ \t]*\((?:son|daughter|dtr|wife|husband|sister|brother|mother|father|niece|nephew|neice|friend|"
+    r"proxy|hcp|grandson|granddaughter|grandaughter|spouse|partner)\)|,?[ \t]+(?:his|her|pt'?s|patient'?s|the\s+pt'?s)"
+    r"[ \t]+(?:son|daughter|dtr|wife|husband|sister|brother|mother|father|niece|nephew|neice|friend|proxy|hcp|"
+    r"grandson|granddaughter|grandaughter|spouse|partner)\b)",
+    re.IGNORECASE,
+)
+_DETERMINER = re.compile(r"\b(?:the|a|an|this|that|his|her|your|my|our|their|per|of|no|any)\s+$", re.IGNORECASE)
 #: Weaker cues: only a word on no list (not a census name that is also a word) becomes a name after them.
 _LEX_WEAK_CUE = re.compile(
     r"(?:\b(?:per|contacts?|contacted|paged|notified|proxy|staff|called|with|w/|by|and|&)\b\.?[ \t]*(?:[,:-]+[ \t]*)?$)",
@@ -1012,8 +1026,18 @@ _LEX_WEAK_CUE = re.compile(
 _FACILITY_NOUN = re.compile(
     r"\b(?:hosp(?:ital|itals|iatal)?|rehab(?:ilitation)?|medical\s+(?:center|ctr)|med\.?\s+(?:center|ctr)|"
     r"regional|memorial|nursing\s+(?:home|facility|center)|house|shelter|clinic|infirmary|hospice|"
-    r"health\s+(?:center|system)|care\s+center|er|ew|adventist|vamc|manor)\b\.?",
+    r"health\s+(?:center|system)|care\s+center|center|ctr|institute|university|college|healthcare|facility|"
+    r"adventist|vamc|manor)\b\.?",
     re.IGNORECASE,
+)
+#: Units and wards: the word before one names a place only if it is a name or on no list ("kernan ew", "Lally MICU").
+_UNIT_NOUN = re.compile(r"\b(?:er|ew|ed|icu|micu|sicu|ccu|csru|nicu|picu|ctu|cvicu|tsicu|floor|unit|ward|wing|pavilion|"
+                        r"tower|building|bldg)\b", re.IGNORECASE)
+#: A capitalised word on no list after a movement word is a place ("transferred from Sinai", "went to Harbor").
+_PLACE_AFTER_MOVE = re.compile(
+    r"\b(?:transfer(?:red)?|xfer(?:red)?|tx'?d|admitted|arrived|sent|taken|went|brought|presented|returned|came|"
+    r"discharged|lives|living|resides|moved|born|visiting|transported|flown|medflight(?:ed)?)[ \t]+(?:back[ \t]+)?"
+    r"(?:to|from|at|in|into)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z][a-z][A-Za-z'’-]+(?:[ \t]+[A-Z][a-z][A-Za-z'’-]+){0,2})"
 )
 _PROPER_NOUN = re.compile(r"regional|memorial|adventist|manor|vamc", re.IGNORECASE)
 _PLACE_CUE = re.compile(
@@ -1032,7 +1056,7 @@ _PLACE_INDEX: dict[str, list[tuple[str, ...]]] = {}
 #: Never a name by themselves: function words, template words, clinical abbreviations, titles, relations.
 _NEVER_NAME = (VOCABULARY - frozenset(w.casefold() for w in calendar.month_name[1:] + list(calendar.day_name))) | frozenset(
     "hosp hospital rehab clinic unit ward floor icu micu sicu ccu csru ew er ed or pacu".split()
-)
+) | frozenset(r + "s" for r in _RELATIONS)
 for _p in lexicon.PLACES_CASED:
     _ws = tuple(w.casefold() for w in _LEX_TOKEN.findall(_p))
     if _ws:
@@ -1050,6 +1074,7 @@ def _vocab(word: str) -> bool:
 _KIND_RANK = {"stop": 0, "word": 1, "maybe": 2, "unknown": 3, "strong": 4}
 
 
+@functools.lru_cache(maxsize=200_000)
 def _name_kind(word: str) -> str:
     """``strong`` (census name, no word), ``maybe`` (census name and an English word), ``unknown`` (on no
     list), ``word`` (English) or ``stop`` (function, template or clinical word: never a name). A hyphenated
@@ -1062,7 +1087,21 @@ def _name_kind(word: str) -> str:
     english = w in lexicon.SAFE
     if w in lexicon.NAMES:
         return "maybe" if english else "strong"
-    return "word" if english else "unknown"
+    return "word" if english or _DRUG_ENDING.search(w) else "unknown"
+
+
+def _style(word: str) -> str:
+    """How a word is written: ``I`` initial, ``U`` upper, ``L`` lower, ``T`` title or mixed."""
+    if len(word) == 1:
+        return "I"
+    return "U" if word.isupper() else "L" if word.islower() else "T"
+
+
+#: Drug-name endings: a word on no list that ends so is a drug, not a name ("Lobetalol", "OFLOXACIN").
+_DRUG_ENDING = re.compile(
+    r"(?:cillin|mycin|micin|floxacin|cycline|azole|pril|sartan|olol|alol|statin|azepam|zolam|pam|xone|tidine|"
+    r"prazole|dipine|parin|afil|mab|nib|vir|amide|azide|mide|pine|idine|amine|oxin|pressin|statin|ltol|lol|rol|ril)$"
+)
 
 
 def _looks_named(text: str, m: re.Match[str]) -> bool:
@@ -1113,20 +1152,34 @@ class LexiconRecognizer(LocalRecognizer):
         kinds = [_name_kind(m.group()) for m in toks]
         is_name = [k == "strong" for k in kinds]
         for i, m in enumerate(toks):
-            if kinds[i] in ("maybe", "unknown", "strong") and not is_name[i]:
+            if not is_name[i]:
                 before = text[max(0, m.start() - 40) : m.start()]
                 if "\n" in before[-3:]:
                     continue
-                if _LEX_CUE.search(before) or (kinds[i] == "unknown" and _LEX_WEAK_CUE.search(before)
+                if (kinds[i] == "stop" and _style(m.group()) == "T" and _TITLE_CUE.search(before)
+                        and lexicon.fold(m.group()) not in HARD_STOP | _STOP):
+                    is_name[i] = True  # "Dr. Foley": after a title a capitalised word is a name, whatever it means
+                    continue
+                if kinds[i] in ("stop", "word"):
+                    continue
+                after = text[m.end() : m.end() + 40]
+                if _LEX_CUE.search(before) or _RELATION_AFTER.match(after) or (kinds[i] == "unknown" and _LEX_WEAK_CUE.search(before)
                                                and toks[i].group()[:1].isupper() and i > 0 and is_name[i - 1] is False
                                                and _LEX_CUE.search(before) is None and _looks_named(text, m)):
                     is_name[i] = True
 
-        def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name
+        def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
             gap = text[toks[a].end() : toks[b].start()]
+            sa, sb = _style(toks[a].group()), _style(toks[b].group())
+            if sa != sb and "I" not in (sa, sb):
+                return False
             if len(toks[a].group()) == 1:
                 return gap in (". ", ".", " ")
-            return gap in (" ", "-") or (gap == ", " and len(toks[b].group()) > 1)
+            if gap.casefold() in (" and ", " & ", ", "):  # a list of names: "Smokey, Morris and Roger"
+                return len(toks[b].group()) > 2 and (
+                    kinds[b] in ("strong", "unknown") or (kinds[b] == "maybe" and sb != "L")
+                )
+            return gap in (" ", "-")
 
         changed = True
         while changed:
@@ -1137,7 +1190,8 @@ class LexiconRecognizer(LocalRecognizer):
                 single = len(toks[i].group()) == 1 and toks[i].group().isalpha()
                 if kinds[i] not in ("maybe", "unknown") and not single:
                     continue
-                if (i > 0 and is_name[i - 1] and joined(i - 1, i)) or (
+                prev = i - 2 if i > 1 and toks[i - 1].group().casefold() == "and" else i - 1
+                if (prev >= 0 and is_name[prev] and joined(prev, i)) or (
                     i + 1 < len(toks) and is_name[i + 1] and joined(i, i + 1) and (not single or text[toks[i].end() : toks[i].end() + 1] == ".")
                 ):
                     if single and not (toks[i].group().isupper()):
@@ -1151,9 +1205,14 @@ class LexiconRecognizer(LocalRecognizer):
                 out.append((m.start(), m.end(), PERSON))
                 if kinds[i] in ("strong", "unknown") and len(m.group()) >= 3:
                     found.add(lexicon.fold(m.group()))
-        if found:  # other mentions of a found name word, in any case ("Souza" ... "SOUZA")
+        cued = {m.group() for i, m in enumerate(toks) if is_name[i] and kinds[i] == "maybe" and len(m.group()) >= 3}
+        if found or cued:  # other mentions of a found name word ("Souza" ... "SOUZA"; "son bill" ... "bill called")
             for i, m in enumerate(toks):
-                if not is_name[i] and lexicon.fold(m.group()) in found:
+                if is_name[i]:
+                    continue
+                if lexicon.fold(m.group()) in found or (
+                    m.group() in cued and not _DETERMINER.search(text[max(0, m.start() - 8) : m.start()])
+                ):
                     out.append((m.start(), m.end(), PERSON))
         return out
 
@@ -1202,6 +1261,23 @@ class LexiconRecognizer(LocalRecognizer):
                 # A noun that is part of the name ("LAUREL REGIONAL", "Sacred Heart Memorial") goes with it.
                 end = m.end() if _PROPER_NOUN.fullmatch(m.group().rstrip(".")) else toks[taken[-1]].end()
                 out.append((toks[taken[0]].start(), end, "FACILITY"))
+        for m in _UNIT_NOUN.finditer(text):
+            j = next((k for k in range(len(toks) - 1, -1, -1) if toks[k].end() <= m.start()), None)
+            if j is not None and not text[toks[j].end() : m.start()].strip(" \t-") and _name_kind(toks[j].group()) in (
+                "strong", "unknown"
+            ) and not toks[j].group().isupper():
+                out.append((toks[j].start(), toks[j].end(), "FACILITY"))
+        for m in _PLACE_AFTER_MOVE.finditer(text):
+            words = m.group("v").split()
+            keep = 0
+            for k, w in enumerate(words):
+                if _name_kind(w) in ("strong", "unknown") or (k and _name_kind(w) in ("maybe", "word")):
+                    keep = k + 1
+                elif not k:
+                    break
+            if keep and _name_kind(words[0]) in ("strong", "unknown"):
+                piece = " ".join(words[:keep])
+                out.append((m.start("v"), m.start("v") + len(piece), "LOCATION"))
         for rx in (_WARD, _SAINT, _UNIVERSITY):
             for m in rx.finditer(text):
                 word = m.group("v")
