@@ -410,7 +410,7 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
     # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
     ("mon", re.compile(r"\b(?P<mon>(?i:January|February|March|April|June|July|August|September|October|November"
-                       r"|December|Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?(?![\w/-]|\.\w)")),
+                       r"|December)|(?:(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?)(?![\w/-]|\.\w)")),
 ]  # fmt: skip
 _FORMAT_RE = dict(_DATE_FORMATS)
 
@@ -672,9 +672,13 @@ AGE_RULES = [
 # --- addresses ---------------------------------------------------------------------------------------
 def _street_words_ok(m: re.Match[str]) -> bool:
     """``3 WAY FOLEY IN PLACE`` is no street: a street name holds no function or clinical word."""
-    head = re.match(r"\d+\w*(?:-\d+)?\s+((?:\S+\s+){1,4})", m.group("v"))
-    words = _LEX_TOKEN.findall(head.group(1)) if head else []
-    return bool(words) and not any(lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words)
+    words = []
+    for w in _LEX_TOKEN.findall(re.sub(r"^\d+\w*(?:-\d+)?\s+", "", m.group("v"))):
+        if _SUFFIX_WORD.fullmatch(w):
+            break
+        words.append(w)
+    return bool(words) and not any(lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words
+                                   if lexicon.fold(w) not in _US_STATES)
 
 
 
@@ -690,6 +694,7 @@ _SUFFIXES = (
     r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Circle|Cir|"
     r"Parkway|Pkwy|Highway|Hwy|Trail|Trl|Square|Sq|Loop|Pike|Row|Run|Path|Alley|Plaza|Crescent|Cres"
 )
+_SUFFIX_WORD = re.compile(_SUFFIXES, re.IGNORECASE)
 _CAPWORD = r"(?:[A-Z][a-zA-Z'.-]*|\d+(?:st|nd|rd|th))"
 _STREET = (
     r"\d{1,6}[A-Z]?(?:-\d+)?[ \t]+(?:[NSEW]\.?[ \t]+|North[ \t]+|South[ \t]+|East[ \t]+|West[ \t]+)?(?:"
@@ -851,7 +856,7 @@ _BEFORE_AGE = re.compile(
     re.IGNORECASE,
 )
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
-_CRED_AFTER_CI = re.compile(r",?[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])",
+_CRED_AFTER_CI = re.compile(r",?[ \t]*(?<![\w.])(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])",
                             re.IGNORECASE)
 
 
@@ -1007,7 +1012,7 @@ _LEX_CUE = re.compile(
     re.IGNORECASE,
 )
 #: After a title, any capitalised word is a name (``Dr. Foley``).
-_TITLE_CUE = re.compile(r"\b(?:dr|drs|doctor|mr|mrs|ms|miss|mx|prof)\b\.?[ \t]*$", re.IGNORECASE)
+_TITLE_CUE = re.compile(r"\b(?:Dr|Drs|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof|dr|drs|mr|mrs|ms)\b\.?[ \t]*$")  # not "mild MR."
 #: A relation written after the name: ``Hank Przybylo (son)``, ``Nancy Cetrone his neice``, ``bill, pt's son``.
 _RELATION_AFTER = re.compile(
     r"(?:[ \t]*\((?:son|daughter|dtr|wife|husband|sister|brother|mother|father|niece|nephew|neice|friend|"
@@ -1081,7 +1086,10 @@ def _name_kind(word: str) -> str:
     word takes its most name-like part's kind (``Stord-Painter``)."""
     w = lexicon.fold(word)
     if "-" in w:
-        return max((_name_kind(p) for p in w.split("-") if p), key=_KIND_RANK.__getitem__, default="stop")
+        parts = [p for p in w.split("-") if p]
+        if any(len(p) < 3 for p in parts):
+            return "stop"  # "e-mail", "x-ray", "b-blocker"
+        return max((_name_kind(p) for p in parts), key=_KIND_RANK.__getitem__, default="stop")
     if len(w) < 3 or any(c.isdigit() for c in w) or w in _NEVER_NAME or w in lexicon.CLINICAL:
         return "stop"
     english = w in lexicon.SAFE
@@ -1188,6 +1196,8 @@ class LexiconRecognizer(LocalRecognizer):
                 if is_name[i]:
                     continue
                 single = len(toks[i].group()) == 1 and toks[i].group().isalpha()
+                if single and text[toks[i].end() : toks[i].end() + 1] != ".":
+                    continue  # an initial has its period ("Q. LANDER"); "Smith   M" is a sex column
                 if kinds[i] not in ("maybe", "unknown") and not single:
                     continue
                 prev = i - 2 if i > 1 and toks[i - 1].group().casefold() == "and" else i - 1
