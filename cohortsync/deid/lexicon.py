@@ -62,8 +62,7 @@ CLINICAL: frozenset[str] = frozenset(w.casefold() for w in _read_lines("clinical
 PLACES_CASED: tuple[str, ...] = tuple(_read_lines("us_places.txt"))
 PLACES: frozenset[str] = frozenset(p.casefold() for p in PLACES_CASED)
 _CALENDAR = frozenset(
-    w.casefold()
-    for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
+    w.casefold() for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
 )
 #: Words that cannot be a name by themselves (a name that is also a word needs context).
 _SAFE_BASE: frozenset[str] = ENGLISH | CLINICAL | _CALENDAR
@@ -77,7 +76,7 @@ def _base_forms(w: str) -> list[str]:
         if w.endswith(suf) and len(w) - len(suf) >= 3:
             out.append(w[: len(w) - len(suf)] + rep)
     if len(w) > 5 and w[-3] == w[-4] and w.endswith(("ing", "ed")):  # "stopped", "running"
-        out.append(w[: -4] if w.endswith("ing") else w[:-3])
+        out.append(w[:-4] if w.endswith("ing") else w[:-3])
     return out
 
 

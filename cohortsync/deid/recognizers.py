@@ -339,7 +339,9 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
         if piece.isupper() and "strong" not in kinds:
             continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
         if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2:
-            continue  # one census name that is also a word ("Alert", "Swan"): the model alone is not enough
+            lead = text[text.rfind("\n", 0, s) + 1 : s].rstrip()
+            if not lead or lead.endswith((":", "-", ".", ";", ",", ">", ")")):
+                continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
         if entity == PERSON:
             s, e = _widen_name(text, s, e)
         out.append((s, e))
@@ -492,10 +494,10 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     nums = [g[k] for k in ("m", "d") if g.get(k)]
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
-    numeric = parsed.fmt in ("iso", "mdy", "md", "md_dash", "md_dot", "my", "my2") or (parsed.fmt == "dmony" and g.get("s1") == "-")
-    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (
-        numeric and bool(nums) and all(len(n) == 2 for n in nums)
+    numeric = parsed.fmt in ("iso", "mdy", "md", "md_dash", "md_dot", "my", "my2") or (
+        parsed.fmt == "dmony" and g.get("s1") == "-"
     )
+    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
     out: list[str] = []
     pos = m.start()
     spans = sorted((m.start(k), m.end(k), k) for k in ("y", "m", "d", "mon", "suf") if g.get(k) is not None)
@@ -605,7 +607,6 @@ def _not_time_range(m: re.Match[str]) -> bool:
     return not (t and int(t.group(1)) <= 24 and int(t.group(3)) <= 24)
 
 
-
 _PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
 _SEP = r"\s*(?:number|num|no\.?|nbr|#|id)?\s*(?:is|:|#|=|-|\.)?\s*#?\s*"
 _IDV = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z]{0,4}-?\d[A-Z0-9-]{2,}(?<!-))"
@@ -633,7 +634,8 @@ IDENTIFIER_RULES = [
                              re.IGNORECASE), 0.9),
     # Pagers and extensions: 4-6 digits after a pager word ("Pager #54321", "PG 33445", "beeper number 55037").
     Rule("PHONE", re.compile(r"\b(?:pager|pgr|pg|beeper|beep|page|paged|ext|extension|x(?=\d))\.?[ \t]*"
-                             r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})(?![\d/:-]|\.\d|[ \t]*(?:mg|ml|cc|units?)\b)",
+                             r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})"
+                             r"(?![\d/:-]|\.\d|[ \t]*(?:mg|ml|cc|units?)\b)",
                              re.IGNORECASE), 0.85),
     Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}[ .]\d{2}[ .]\d{4})(?![\d-])"), 0.7),
     Rule("ACCOUNT", re.compile(r"\b(?:plan|reference|ref|confirmation|authorization|auth|tracking|ticket|requisition|"
@@ -669,6 +671,7 @@ AGE_RULES = [
     Rule("AGE", re.compile(r"\b(?:in\s+(?:his|her|their)\s+)(?P<v>90s|nineties)\b", re.IGNORECASE), 0.7),
 ]
 
+
 # --- addresses ---------------------------------------------------------------------------------------
 def _street_words_ok(m: re.Match[str]) -> bool:
     """``3 WAY FOLEY IN PLACE`` is no street: a street name holds no function or clinical word."""
@@ -677,9 +680,9 @@ def _street_words_ok(m: re.Match[str]) -> bool:
         if _SUFFIX_WORD.fullmatch(w):
             break
         words.append(w)
-    return bool(words) and not any(lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words
-                                   if lexicon.fold(w) not in _US_STATES)
-
+    return bool(words) and not any(
+        lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words if lexicon.fold(w) not in _US_STATES
+    )
 
 
 _STATES = (
@@ -703,9 +706,7 @@ _STREET = (
     r"(?:" + _SUFFIXES + r"|" + _SUFFIXES.upper() + r")\b\.?"
     r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?[ \t]*#?[ \t]*[\w-]+)?"
 )
-_CITY_ST_ZIP = (
-    r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
-)
+_CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
 ADDRESS_RULES = [
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9,
          _street_words_ok),
@@ -762,8 +763,9 @@ _DATE_FROM_TO = re.compile(
     r"\b(?:from|to|through|thru|before|after|started|stopped|drawn|done|visit|effective|starting)\s*[:,(]?\s*$",
     re.IGNORECASE,
 )
-_STRENGTH_WORDS = re.compile(r"\b(?:strength|motor|mae|grips?|grasps?|extremit\w*|moves|power|push|pull|[rlb]?ue|[rlb]?le)\b",
-                             re.IGNORECASE)
+_STRENGTH_WORDS = re.compile(
+    r"\b(?:strength|motor|mae|grips?|grasps?|extremit\w*|moves|power|push|pull|[rlb]?ue|[rlb]?le)\b", re.IGNORECASE
+)
 _PAIN_WORDS = re.compile(r"\b(?:pain|discomfort|ha|headache|scale|rates?|rating|level|sore|ache|score)\b", re.IGNORECASE)
 _FRACTIONS = frozenset({(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (1, 8)})
 
@@ -856,8 +858,9 @@ _BEFORE_AGE = re.compile(
     re.IGNORECASE,
 )
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
-_CRED_AFTER_CI = re.compile(r",?[ \t]*(?<![\w.])(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])",
-                            re.IGNORECASE)
+_CRED_AFTER_CI = re.compile(
+    r",?[ \t]*(?<![\w.])(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])", re.IGNORECASE
+)
 
 
 def _is_name_word(tok: str, require_cap: bool) -> bool:
@@ -935,11 +938,17 @@ def _could_be_name(span: str) -> bool:
     return any(_name_kind(w) in ("strong", "maybe", "unknown") for w in _LEX_TOKEN.findall(span))
 
 
+def _mixed_case(text: str, pos: int) -> bool:
+    """The word at ``pos`` is capitalised and its line has lower-case letters (so capitals carry meaning)."""
+    line = text[text.rfind("\n", 0, pos) + 1 : (text.find("\n", pos) + 1 or len(text) + 1) - 1]
+    return text[pos : pos + 1].isupper() and any(c.islower() for c in line) and not text[pos : pos + 2].isupper()
+
+
 def _name_prefix_end(text: str, start: int, end: int) -> int:
     """End of the leading run of name-like words (census names, unknown words, initials) in ``text[start:end]``."""
     last = start
     for m in _LEX_TOKEN.finditer(text, start, end):
-        if text[last:m.start()].strip(" \t.,'’-"):
+        if text[last : m.start()].strip(" \t.,'’-"):
             break
         if not (_name_kind(m.group()) in ("strong", "maybe", "unknown") or len(m.group()) == 1):
             break
@@ -969,17 +978,19 @@ class ContextNameRecognizer(LocalRecognizer):
         for rx, cap in ((_NAME_PREFIX, False), (_RELATION, True)):
             for m in rx.finditer(text):
                 end = scan_name_forward(text, m.end(), require_cap=cap, labelled=":" in m.group())
-                titled = re.match(r"\s*(?:dr|doctor|mr|mrs|ms|miss|mx|prof)\b", m.group(), re.IGNORECASE) is not None
-                if end > m.end() and not (titled and _style(text[m.end() : end].split()[0]) == "T"):
+                if end > m.end() and not _mixed_case(text, m.end()):
+                    # lower-case or ALL-CAPS text ("c/o pain", "D/W FAMILY REGARDING"): only name-like words
                     end = _name_prefix_end(text, m.end(), end)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
             for m in rx.finditer(text):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
-                if start < m.start() and _could_be_name(text[start : m.start()]) and _name_prefix_end(
-                    text, start, m.start()
-                ) == len(text[: m.start()].rstrip()):
+                if (
+                    start < m.start()
+                    and _could_be_name(text[start : m.start()])
+                    and _name_prefix_end(text, start, m.start()) == len(text[: m.start()].rstrip())
+                ):
                     spans.append((start, m.start(), 0.9))
         return [
             RecognizerResult(
@@ -1036,8 +1047,11 @@ _FACILITY_NOUN = re.compile(
     re.IGNORECASE,
 )
 #: Units and wards: the word before one names a place only if it is a name or on no list ("kernan ew", "Lally MICU").
-_UNIT_NOUN = re.compile(r"\b(?:er|ew|ed|icu|micu|sicu|ccu|csru|nicu|picu|ctu|cvicu|tsicu|floor|unit|ward|wing|pavilion|"
-                        r"tower|building|bldg)\b", re.IGNORECASE)
+_UNIT_NOUN = re.compile(
+    r"\b(?:er|ew|ed|icu|micu|sicu|ccu|csru|nicu|picu|ctu|cvicu|tsicu|floor|unit|ward|wing|pavilion|"
+    r"tower|building|bldg)\b",
+    re.IGNORECASE,
+)
 #: A capitalised word on no list after a movement word is a place ("transferred from Sinai", "went to Harbor").
 _PLACE_AFTER_MOVE = re.compile(
     r"\b(?:transfer(?:red)?|xfer(?:red)?|tx'?d|admitted|arrived|sent|taken|went|brought|presented|returned|came|"
@@ -1051,17 +1065,21 @@ _PLACE_CUE = re.compile(
     re.IGNORECASE,
 )
 #: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
-_WARD = re.compile(
-    r"\b(?:to|from|on|at|in|per)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE
-)
+_WARD = re.compile(r"\b(?:to|from|on|at|in|per)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE)
 _SAINT = re.compile(r"\b(?:to|from|at|in)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
-_UNIVERSITY = re.compile(r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:" + "|".join(
-    sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True)) + r"))\b", re.IGNORECASE)
+_UNIVERSITY = re.compile(
+    r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:"
+    + "|".join(sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True))
+    + r"))\b",
+    re.IGNORECASE,
+)
 _PLACE_INDEX: dict[str, list[tuple[str, ...]]] = {}
 #: Never a name by themselves: function words, template words, clinical abbreviations, titles, relations.
-_NEVER_NAME = (VOCABULARY - frozenset(w.casefold() for w in calendar.month_name[1:] + list(calendar.day_name))) | frozenset(
-    "hosp hospital rehab clinic unit ward floor icu micu sicu ccu csru ew er ed or pacu".split()
-) | frozenset(r + "s" for r in _RELATIONS)
+_NEVER_NAME = (
+    (VOCABULARY - frozenset(w.casefold() for w in calendar.month_name[1:] + list(calendar.day_name)))
+    | frozenset("hosp hospital rehab clinic unit ward floor icu micu sicu ccu csru ew er ed or pacu".split())  # noqa: SIM905
+    | frozenset(r + "s" for r in _RELATIONS)
+)
 for _p in lexicon.PLACES_CASED:
     _ws = tuple(w.casefold() for w in _LEX_TOKEN.findall(_p))
     if _ws:
@@ -1112,10 +1130,24 @@ _DRUG_ENDING = re.compile(
 )
 
 
+def is_not_name(word: str) -> bool:
+    """True if ``word`` cannot be a name by itself: a function, clinical or English word that is on no census
+    name list, or a number. Census names that are also words (``bill``, ``Hope``) and words on no list
+    (``milovan``) may be names. For gates that skip the model on values that cannot hold a name."""
+    w = lexicon.fold(word)
+    return not w or any(c.isdigit() for c in w) or _name_kind(w) in ("stop", "word")
+
+
 def _looks_named(text: str, m: re.Match[str]) -> bool:
     """After a weak cue, an unknown word counts only before a verb of reporting or an end (``per Saeed.``)."""
-    return re.match(r"[ \t]*(?:[.,;:)]|$|\n|(?:aware|made|ordered|notified|paged|called|in|at|to|re|who|was|is|will)\b)",
-                    text[m.end() : m.end() + 12], re.IGNORECASE) is not None
+    return (
+        re.match(
+            r"[ \t]*(?:[.,;:)]|$|\n|(?:aware|made|ordered|notified|paged|called|in|at|to|re|who|was|is|will)\b)",
+            text[m.end() : m.end() + 12],
+            re.IGNORECASE,
+        )
+        is not None
+    )
 
 
 class LexiconRecognizer(LocalRecognizer):
@@ -1160,21 +1192,17 @@ class LexiconRecognizer(LocalRecognizer):
         kinds = [_name_kind(m.group()) for m in toks]
         is_name = [k == "strong" for k in kinds]
         for i, m in enumerate(toks):
-            if not is_name[i]:
-                before = text[max(0, m.start() - 40) : m.start()]
-                if "\n" in before[-3:]:
-                    continue
-                if (kinds[i] == "stop" and _style(m.group()) == "T" and _TITLE_CUE.search(before)
-                        and lexicon.fold(m.group()) not in HARD_STOP | _STOP):
-                    is_name[i] = True  # "Dr. Foley": after a title a capitalised word is a name, whatever it means
-                    continue
-                if kinds[i] in ("stop", "word"):
-                    continue
-                after = text[m.end() : m.end() + 40]
-                if _LEX_CUE.search(before) or _RELATION_AFTER.match(after) or (kinds[i] == "unknown" and _LEX_WEAK_CUE.search(before)
-                                               and toks[i].group()[:1].isupper() and i > 0 and is_name[i - 1] is False
-                                               and _LEX_CUE.search(before) is None and _looks_named(text, m)):
-                    is_name[i] = True
+            before = text[max(0, m.start() - 40) : m.start()]
+            if is_name[i] or "\n" in before[-3:]:
+                continue
+            word = m.group()
+            if kinds[i] == "stop":  # "Dr. Foley": after a title a capitalised word is a name, whatever it means
+                is_name[i] = _style(word) == "T" and bool(_TITLE_CUE.search(before)) and lexicon.fold(word) not in _STOP
+            elif kinds[i] != "word":
+                weak = (
+                    kinds[i] == "unknown" and word[:1].isupper() and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
+                )
+                is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak)
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
             gap = text[toks[a].end() : toks[b].start()]
@@ -1184,30 +1212,22 @@ class LexiconRecognizer(LocalRecognizer):
             if len(toks[a].group()) == 1:
                 return gap in (". ", ".", " ")
             if gap.casefold() in (" and ", " & ", ", "):  # a list of names: "Smokey, Morris and Roger"
-                return len(toks[b].group()) > 2 and (
-                    kinds[b] in ("strong", "unknown") or (kinds[b] == "maybe" and sb != "L")
-                )
+                return len(toks[b].group()) > 2 and (kinds[b] in ("strong", "unknown") or (kinds[b] == "maybe" and sb != "L"))
             return gap in (" ", "-")
 
         changed = True
-        while changed:
+        while changed:  # grow names over adjacent words: "mary souza", "Q. LANDER", "Smokey, Morris and Roger"
             changed = False
             for i in range(len(toks)):
-                if is_name[i]:
-                    continue
-                single = len(toks[i].group()) == 1 and toks[i].group().isalpha()
-                if single and text[toks[i].end() : toks[i].end() + 1] != ".":
-                    continue  # an initial has its period ("Q. LANDER"); "Smith   M" is a sex column
+                single = len(toks[i].group()) == 1
+                if is_name[i] or (single and not (toks[i].group().isupper() and text.startswith(".", toks[i].end()))):
+                    continue  # an initial is a capital with its period; "Smith   M" is a sex column
                 if kinds[i] not in ("maybe", "unknown") and not single:
                     continue
                 prev = i - 2 if i > 1 and toks[i - 1].group().casefold() == "and" else i - 1
-                if (prev >= 0 and is_name[prev] and joined(prev, i)) or (
-                    i + 1 < len(toks) and is_name[i + 1] and joined(i, i + 1) and (not single or text[toks[i].end() : toks[i].end() + 1] == ".")
-                ):
-                    if single and not (toks[i].group().isupper()):
-                        continue
-                    is_name[i] = True
-                    changed = True
+                nxt = i + 1 < len(toks) and is_name[i + 1] and joined(i, i + 1)
+                if (prev >= 0 and is_name[prev] and joined(prev, i)) or nxt:
+                    is_name[i] = changed = True
         out: list[tuple[int, int, str]] = []
         found: set[str] = set()
         for i, m in enumerate(toks):
@@ -1264,8 +1284,12 @@ class LexiconRecognizer(LocalRecognizer):
                 taken.append(j)
                 j -= 1
             taken.reverse()
-            while taken and (folded[taken[0]] in ALLOW_LIST or folded[taken[0]] in _COMMON or folded[taken[0]] in lexicon.CLINICAL
-                             or folded[taken[0]] in _GENERIC_PLACE):
+            while taken and (
+                folded[taken[0]] in ALLOW_LIST
+                or folded[taken[0]] in _COMMON
+                or folded[taken[0]] in lexicon.CLINICAL
+                or folded[taken[0]] in _GENERIC_PLACE
+            ):
                 taken.pop(0)
             if taken and sum(len(folded[k]) for k in taken) >= 3:
                 # A noun that is part of the name ("LAUREL REGIONAL", "Sacred Heart Memorial") goes with it.
@@ -1273,9 +1297,12 @@ class LexiconRecognizer(LocalRecognizer):
                 out.append((toks[taken[0]].start(), end, "FACILITY"))
         for m in _UNIT_NOUN.finditer(text):
             j = next((k for k in range(len(toks) - 1, -1, -1) if toks[k].end() <= m.start()), None)
-            if j is not None and not text[toks[j].end() : m.start()].strip(" \t-") and _name_kind(toks[j].group()) in (
-                "strong", "unknown"
-            ) and not toks[j].group().isupper():
+            if (
+                j is not None
+                and not text[toks[j].end() : m.start()].strip(" \t-")
+                and _name_kind(toks[j].group()) in ("strong", "unknown")
+                and not toks[j].group().isupper()
+            ):
                 out.append((toks[j].start(), toks[j].end(), "FACILITY"))
         for m in _PLACE_AFTER_MOVE.finditer(text):
             words = m.group("v").split()
