@@ -15,6 +15,7 @@ import os
 # Must precede any presidio import: tldextract reads it when its module-level extractor is built.
 os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
 
+import bisect
 import calendar
 import datetime as dt
 import functools
@@ -1252,6 +1253,7 @@ class LexiconRecognizer(LocalRecognizer):
         out: list[tuple[int, int, str]] = []
         toks = list(_LEX_TOKEN.finditer(text))
         folded = [lexicon.fold(m.group()) for m in toks]
+        ends = [m.end() for m in toks]
         i = 0
         while i < len(toks):
             for words in _PLACE_INDEX.get(folded[i], ()):
@@ -1275,7 +1277,7 @@ class LexiconRecognizer(LocalRecognizer):
                 break
             i += 1
         for m in _FACILITY_NOUN.finditer(text):
-            j = next((k for k in range(len(toks) - 1, -1, -1) if toks[k].end() <= m.start()), None)
+            j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
             taken: list[int] = []
             while j is not None and j >= 0 and len(taken) < 3:
                 gap = text[toks[j].end() : (toks[taken[-1]].start() if taken else m.start())]
@@ -1296,7 +1298,7 @@ class LexiconRecognizer(LocalRecognizer):
                 end = m.end() if _PROPER_NOUN.fullmatch(m.group().rstrip(".")) else toks[taken[-1]].end()
                 out.append((toks[taken[0]].start(), end, "FACILITY"))
         for m in _UNIT_NOUN.finditer(text):
-            j = next((k for k in range(len(toks) - 1, -1, -1) if toks[k].end() <= m.start()), None)
+            j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
             if (
                 j is not None
                 and not text[toks[j].end() : m.start()].strip(" \t-")
@@ -1305,15 +1307,15 @@ class LexiconRecognizer(LocalRecognizer):
             ):
                 out.append((toks[j].start(), toks[j].end(), "FACILITY"))
         for m in _PLACE_AFTER_MOVE.finditer(text):
-            words = m.group("v").split()
+            moved = m.group("v").split()
             keep = 0
-            for k, w in enumerate(words):
+            for k, w in enumerate(moved):
                 if _name_kind(w) in ("strong", "unknown") or (k and _name_kind(w) in ("maybe", "word")):
                     keep = k + 1
                 elif not k:
                     break
-            if keep and _name_kind(words[0]) in ("strong", "unknown"):
-                piece = " ".join(words[:keep])
+            if keep and _name_kind(moved[0]) in ("strong", "unknown"):
+                piece = " ".join(moved[:keep])
                 out.append((m.start("v"), m.start("v") + len(piece), "LOCATION"))
         for rx in (_WARD, _SAINT, _UNIVERSITY):
             for m in rx.finditer(text):
