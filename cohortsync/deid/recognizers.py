@@ -775,8 +775,9 @@ def _check_md(m: re.Match[str]) -> bool:
     """``a/b`` without a year is a date anywhere, unless it is a clinical score or ratio.
 
     Exceptions, each explicit: motor strength ``0-5/5``, pain ``0-10/10``, fractions (``1/2 tab``),
-    murmur grades and doses by the word after, blood pressure and ventilator settings by the word
-    before (``BP 120/80`` is no date anyway: 120 is no month). A date word before (``on 4/10``) wins.
+    murmur grades and doses by the word after, ventilator settings by the word before (``PS 10/5``;
+    ``BP 120/80`` is no date anyway: 120 is no month). Only a pair whose second part is at most 10 can
+    be such a score, so ``7/22 pain`` stays a date. A date word before (``on 4/10``) wins.
     """
     if _to_date_from_match(m) is None:
         return False
@@ -784,7 +785,9 @@ def _check_md(m: re.Match[str]) -> bool:
     if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
     mm, dd = int(m.group("m")), int(m.group("d"))
-    if _NOT_DATE_AFTER.match(m.string, m.end()) or _NOT_DATE_BEFORE.search(before):
+    # Scores, grades, fractions and settings have a small second part (/2 ... /10): only those can be one.
+    score_like = dd <= 10 and mm <= max(dd, 6)
+    if (score_like and _NOT_DATE_AFTER.match(m.string, m.end())) or (dd <= 10 and _NOT_DATE_BEFORE.search(before)):
         return False
     if (mm, dd) in _FRACTIONS or (mm, dd) == (5, 5):
         return False
@@ -1033,6 +1036,19 @@ _RELATION_AFTER = re.compile(
     r"grandson|granddaughter|grandaughter|spouse|partner)\b)",
     re.IGNORECASE,
 )
+#: A credential right after a word makes it a name, in any case ("noone md", "LANDER RRT").
+_CRED_NEXT = re.compile(r",?[ \t]+(?:md|m\.d\.|rn|np|rrt|crt|pa-c|licsw|lcsw|msw|rncm|ccrn|do|phd|pharmd)\b\.?(?![\w/-])",
+                        re.IGNORECASE)
+#: After "dr" any word but a verb or a place word is a name ("dr noone", "dr small").
+_DR_CUE = re.compile(r"\b(?:dr|drs|doctor)\b\.?[ \t]*$", re.IGNORECASE)
+_NOT_AFTER_DR = re.compile(r"\w+(?:ed|ing)|aware|here|there|notified|note|notes|order|orders|office|team|service|on|off|"
+                           r"said|says|states|wants|will|would|to|at|in|re|and|or|who|also|now|today|tonight|called|paged")
+#: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
+_REPORTS = re.compile(
+    r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|is\s+on\s+vac|"
+    r"was\s+(?:in|here|updated|called|notified)|in\s+to\s+visit|at\s+bedside|notified|paged)\b",
+    re.IGNORECASE,
+)
 _DETERMINER = re.compile(r"\b(?:the|a|an|this|that|his|her|your|my|our|their|per|of|no|any)\s+$", re.IGNORECASE)
 #: Weaker cues: only a word on no list (not a census name that is also a word) becomes a name after them.
 _LEX_WEAK_CUE = re.compile(
@@ -1199,11 +1215,16 @@ class LexiconRecognizer(LocalRecognizer):
             word = m.group()
             if kinds[i] == "stop":  # "Dr. Foley": after a title a capitalised word is a name, whatever it means
                 is_name[i] = _style(word) == "T" and bool(_TITLE_CUE.search(before)) and lexicon.fold(word) not in _STOP
-            elif kinds[i] != "word":
+            elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
+                is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
+            elif kinds[i] == "word":
+                is_name[i] = bool(_DR_CUE.search(before)) and not _NOT_AFTER_DR.fullmatch(lexicon.fold(word))
+            else:
                 weak = (
                     kinds[i] == "unknown" and word[:1].isupper() and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
                 )
-                is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak)
+                reports = (kinds[i] == "unknown" or lexicon.fold(word) in lexicon.FIRST) and _REPORTS.match(text, m.end())
+                is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports)
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
             gap = text[toks[a].end() : toks[b].start()]
