@@ -384,8 +384,9 @@ _D = r"(?P<d>[0-3]?\d)"
 _SUF = r"(?P<suf>st|nd|rd|th)?"
 _B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
 _E = r"(?![\w/-]|\.\d)"  # right boundary
-_B_MD = r"(?<![\w/.])(?<![^\d]-)"  # a short date may follow a date and a dash ("8/2-8/10")
-_E_MD = r"(?![\w/]|-\d(?![\d]*/)|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
+# A date may follow a word or another date and a dash ("TOXICITY-9/2/92", "8/2-8/10"), not a number ("10-5/5").
+_B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-))"
+_E_MD = r"(?![\w/]|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -397,7 +398,7 @@ _DATE_CONTEXT = re.compile(
 
 _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("iso", re.compile(_B + r"(?P<y>(?:19|20)\d\d)(?P<s1>[-/.])(?P<m>[01]?\d)(?P=s1)" + _D + r"(?!\d)(?![/-]\d)")),
-    ("mdy", re.compile(_B + r"(?P<m>[01]?\d)(?P<s1>[/.-])" + _D + r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E)),
+    ("mdy", re.compile(_B_MD + r"(?P<m>[01]?\d)(?P<s1>[/.-])" + _D + r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E_MD)),
     ("dmony", re.compile(_B + _D + r"(?P<s1>[- ]?)(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)"
                          r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E, re.IGNORECASE)),
     ("mdy_name", re.compile(r"\b" + _MON + r"(?P<s1>\s+|-)" + _D + _SUF + r"(?:(?P<s2>,\s*|\s+|,)(?P<y>(?:19|20)\d\d))?"
@@ -408,7 +409,7 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
     ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
     # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
-    ("my2", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
+    ("my2", re.compile(_B_MD + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
     ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
     ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
     # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
@@ -1083,7 +1084,16 @@ _PLACE_CUE = re.compile(
 )
 #: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
 _WARD = re.compile(r"\b(?:to|from|on|at|in|per)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE)
-_SAINT = re.compile(r"\b(?:to|from|at|in)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
+_SAINT = re.compile(r"\b(?:to|from|at|in|by)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
+#: "St. Agnes" anywhere: a saint's name after "St." (a street suffix is never followed by a census name).
+_SAINT_NAME = re.compile(r"(?<![\w.])(?P<v>(?:St\.|ST\.|Saint|SAINT)[ \t]*(?P<n>[A-Za-z]{3,})(?:['’]s)?)\b")
+#: A ward named by a word on no list and its number, anywhere ("plan: QUARTERMAIN 2"), not a dose.
+_WARD_ANY = re.compile(
+    r"(?<![\w/.-])(?P<v>[A-Za-z]{5,})[ \t]?\d{1,2}(?![\w%/:-]|\.\d|[ \t]*(?:mg|mcg|ml|cc|l|units?|u|mm|cm|hr|hrs|min|x)\b)",
+    re.IGNORECASE,
+)
+#: An acronym on no list after a place preposition, in mixed-case text ("from CBS", "at GBMC").
+_ACRONYM_PLACE = re.compile(r"\b(?:from|at|to|by|of)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b")
 _UNIVERSITY = re.compile(
     r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:"
     + "|".join(sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True))
@@ -1338,6 +1348,16 @@ class LexiconRecognizer(LocalRecognizer):
             if keep and _name_kind(moved[0]) in ("strong", "unknown"):
                 piece = " ".join(moved[:keep])
                 out.append((m.start("v"), m.start("v") + len(piece), "LOCATION"))
+        for m in _SAINT_NAME.finditer(text):
+            if _name_kind(m.group("n")) in ("strong", "maybe", "unknown"):
+                out.append((m.start("v"), m.end("v"), "FACILITY"))
+        for m in _WARD_ANY.finditer(text):
+            if _name_kind(m.group("v")) == "unknown":
+                out.append((m.start("v"), m.end("v"), "LOCATION"))
+        for m in _ACRONYM_PLACE.finditer(text):
+            line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+            if any(c.islower() for c in line) and _name_kind(m.group("v")) in ("unknown", "strong"):
+                out.append((m.start("v"), m.end("v"), "FACILITY"))
         for rx in (_WARD, _SAINT, _UNIVERSITY):
             for m in rx.finditer(text):
                 word = m.group("v")
