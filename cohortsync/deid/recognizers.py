@@ -336,13 +336,18 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue
         if is_allowed(piece):
             continue
-        kinds = [_name_kind(w) for w in _LEX_TOKEN.findall(piece)]
+        piece_words = _LEX_TOKEN.findall(piece)
+        kinds = [_name_kind(w) for w in piece_words]
+        lead = text[text.rfind("\n", 0, s) + 1 : s].rstrip()
+        opens = not lead or lead.endswith((":", "-", ".", ";", ",", ">", ")"))
+        if entity != PERSON and len(piece_words) == 1 and "strong" not in kinds and lexicon.fold(piece) not in lexicon.PLACES:
+            continue  # the model's one-word place that is no town and no name ("Levo", "Conitinue")
+        if entity == PERSON and len(piece_words) == 1 and kinds != ["strong"] and opens:
+            continue  # one word opening a line or field ("Lungsounds:", "Alert"): a label, not a name
         if piece.isupper() and "strong" not in kinds:
             continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
-        if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2:
-            lead = text[text.rfind("\n", 0, s) + 1 : s].rstrip()
-            if not lead or lead.endswith((":", "-", ".", ";", ",", ">", ")")):
-                continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
+        if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2 and opens:
+            continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
         if entity == PERSON:
             s, e = _widen_name(text, s, e)
         out.append((s, e))
@@ -604,9 +609,9 @@ def _flags(ci: bool = True) -> int:
 
 # --- identifiers -------------------------------------------------------------------------------------
 def _not_time_range(m: re.Match[str]) -> bool:
-    """``1900-0700`` is a shift (two 24-hour times), not an identifier."""
-    t = re.fullmatch(r"([0-2]\d)([0-5]\d)-([0-2]\d)([0-5]\d)", m.group("v"))
-    return not (t and int(t.group(1)) <= 24 and int(t.group(3)) <= 24)
+    """``1900-0700`` (a shift) and ``100-1112`` (a range) are not identifiers; ``954-1183`` (a phone) is."""
+    v = m.group("v")
+    return not (re.fullmatch(r"\d{1,5}-\d{1,5}", v) and not re.fullmatch(r"\d{3}-\d{4}", v))
 
 
 _PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
@@ -1076,6 +1081,19 @@ _PLACE_AFTER_MOVE = re.compile(
     r"discharged|lives|living|resides|moved|born|visiting|transported|flown|medflight(?:ed)?)[ \t]+(?:back[ \t]+)?"
     r"(?:to|from|at|in|into)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z][a-z][A-Za-z'’-]+(?:[ \t]+[A-Z][a-z][A-Za-z'’-]+){0,2})"
 )
+_STRONG_FACILITY = re.compile(r"hosp|medical|med\b|regional|memorial|adventist|vamc|rehab|nursing|infirmary", re.IGNORECASE)
+
+
+def _facility_word(text: str, tok: re.Match[str], strong_noun: bool) -> bool:
+    """A word that can be part of a facility's name: a name or a word on no list, a capitalised word in
+    mixed-case text, or any word before an unambiguous noun (``holy cross hospital``)."""
+    kind = _name_kind(tok.group())
+    if kind in ("strong", "maybe", "unknown"):
+        return True
+    line = text[text.rfind("\n", 0, tok.start()) + 1 : tok.start()]
+    return strong_noun or (_style(tok.group()) == "T" and any(c.islower() for c in line + tok.group()[1:]))
+
+
 _PROPER_NOUN = re.compile(r"regional|memorial|adventist|manor|vamc", re.IGNORECASE)
 _PLACE_CUE = re.compile(
     r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
@@ -1310,9 +1328,12 @@ class LexiconRecognizer(LocalRecognizer):
         for m in _FACILITY_NOUN.finditer(text):
             j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
             taken: list[int] = []
+            strong_noun = _STRONG_FACILITY.match(m.group()) is not None
             while j is not None and j >= 0 and len(taken) < 3:
                 gap = text[toks[j].end() : (toks[taken[-1]].start() if taken else m.start())]
-                if gap.strip(" \t-.'’") or folded[j] in _STOP or folded[j] in HARD_STOP:
+                if gap.strip(" \t-'’") and not (folded[j] in ("st", "mt") and gap.strip() == "."):
+                    break
+                if folded[j] in _STOP or folded[j] in HARD_STOP or not _facility_word(text, toks[j], strong_noun):
                     break
                 taken.append(j)
                 j -= 1
