@@ -1043,12 +1043,15 @@ _RELATION_AFTER = re.compile(
     re.IGNORECASE,
 )
 #: A credential right after a word makes it a name, in any case ("noone md", "LANDER RRT").
-_CRED_NEXT = re.compile(r",?[ \t]+(?:md|m\.d\.|rn|np|rrt|crt|pa-c|licsw|lcsw|msw|rncm|ccrn|do|phd|pharmd)\b\.?(?![\w/-])",
-                        re.IGNORECASE)
+_CRED_NEXT = re.compile(
+    r",?[ \t]+(?:md|m\.d\.|rn|np|rrt|crt|pa-c|licsw|lcsw|msw|rncm|ccrn|do|phd|pharmd)\b\.?(?![\w/-])", re.IGNORECASE
+)
 #: After "dr" any word but a verb or a place word is a name ("dr noone", "dr small").
 _DR_CUE = re.compile(r"\b(?:dr|drs|doctor)\b\.?[ \t]*$", re.IGNORECASE)
-_NOT_AFTER_DR = re.compile(r"\w+(?:ed|ing)|aware|here|there|notified|note|notes|order|orders|office|team|service|on|off|"
-                           r"said|says|states|wants|will|would|to|at|in|re|and|or|who|also|now|today|tonight|called|paged")
+_NOT_AFTER_DR = re.compile(
+    r"\w+(?:ed|ing)|aware|here|there|notified|note|notes|order|orders|office|team|service|on|off|"
+    r"said|says|states|wants|will|would|to|at|in|re|and|or|who|also|now|today|tonight|called|paged"
+)
 #: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
 _REPORTS = re.compile(
     r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|is\s+on\s+vac|"
@@ -1081,7 +1084,7 @@ _PLACE_AFTER_MOVE = re.compile(
     r"discharged|lives|living|resides|moved|born|visiting|transported|flown|medflight(?:ed)?)[ \t]+(?:back[ \t]+)?"
     r"(?:to|from|at|in|into)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z][a-z][A-Za-z'’-]+(?:[ \t]+[A-Z][a-z][A-Za-z'’-]+){0,2})"
 )
-_STRONG_FACILITY = re.compile(r"hosp|medical|med\b|regional|memorial|adventist|vamc|rehab|nursing|infirmary", re.IGNORECASE)
+_STRONG_FACILITY = re.compile(r"hosp|medical|med\b|regional|memorial|adventist|vamc|infirmary", re.IGNORECASE)
 
 
 def _facility_word(text: str, tok: re.Match[str], strong_noun: bool) -> bool:
@@ -1095,21 +1098,19 @@ def _facility_word(text: str, tok: re.Match[str], strong_noun: bool) -> bool:
 
 
 _PROPER_NOUN = re.compile(r"regional|memorial|adventist|manor|vamc", re.IGNORECASE)
+_PLACE_AFTER = re.compile(r"[ \t]*(?:,[ \t]*[A-Za-z]{2,}\b|area\b|county\b|rehab|hosp|general|medical)", re.IGNORECASE)
 _PLACE_CUE = re.compile(
     r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
     r"xfer(?:red)?|admitted|arrived|sent|taken|went|brought|presented|returned|visiting)\s+(?:in\s+|at\s+|to\s+|from\s+)?$",
     re.IGNORECASE,
 )
 #: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
-_WARD = re.compile(r"\b(?:to|from|on|at|in|per)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE)
+_WARD = re.compile(
+    r"\b(?:to|from|on|at|in|per|transfer|xfer|plan:)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE
+)
 _SAINT = re.compile(r"\b(?:to|from|at|in|by)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
 #: "St. Agnes" anywhere: a saint's name after "St." (a street suffix is never followed by a census name).
 _SAINT_NAME = re.compile(r"(?<![\w.])(?P<v>(?:St\.|ST\.|Saint|SAINT)[ \t]*(?P<n>[A-Za-z]{3,})(?:['’]s)?)\b")
-#: A ward named by a word on no list and its number, anywhere ("plan: QUARTERMAIN 2"), not a dose.
-_WARD_ANY = re.compile(
-    r"(?<![\w/.-])(?P<v>[A-Za-z]{5,})[ \t]?\d{1,2}(?![\w%/:-]|\.\d|[ \t]*(?:mg|mcg|ml|cc|l|units?|u|mm|cm|hr|hrs|min|x)\b)",
-    re.IGNORECASE,
-)
 #: An acronym on no list after a place preposition, in mixed-case text ("from CBS", "at GBMC").
 _ACRONYM_PLACE = re.compile(r"\b(?:from|at|to|by|of)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b")
 _UNIVERSITY = re.compile(
@@ -1249,9 +1250,11 @@ class LexiconRecognizer(LocalRecognizer):
                 is_name[i] = bool(_DR_CUE.search(before)) and not _NOT_AFTER_DR.fullmatch(lexicon.fold(word))
             else:
                 weak = (
-                    kinds[i] == "unknown" and word[:1].isupper() and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
+                    kinds[i] == "unknown" and _style(word) == "T" and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
                 )
-                reports = (kinds[i] == "unknown" or lexicon.fold(word) in lexicon.FIRST) and _REPORTS.match(text, m.end())
+                reports = (
+                    (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
+                ) and _REPORTS.match(text, m.end())
                 is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports)
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
@@ -1321,6 +1324,11 @@ class LexiconRecognizer(LocalRecognizer):
                         continue
                 elif n == 1 and folded[i] in lexicon.NAMES:
                     continue  # a surname that is also a town: the name rules decide
+                elif n == 1 and not (
+                    _PLACE_CUE.search(text[max(0, toks[i].start() - 30) : toks[i].start()])
+                    or _PLACE_AFTER.match(text, toks[i].end())
+                ):
+                    continue  # "Nitro", "Destin": a one-word town needs a place word around it
                 out.append((toks[i].start(), toks[i + n - 1].end(), "LOCATION"))
                 i += n - 1
                 break
@@ -1372,9 +1380,6 @@ class LexiconRecognizer(LocalRecognizer):
         for m in _SAINT_NAME.finditer(text):
             if _name_kind(m.group("n")) in ("strong", "maybe", "unknown"):
                 out.append((m.start("v"), m.end("v"), "FACILITY"))
-        for m in _WARD_ANY.finditer(text):
-            if _name_kind(m.group("v")) == "unknown":
-                out.append((m.start("v"), m.end("v"), "LOCATION"))
         for m in _ACRONYM_PLACE.finditer(text):
             line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
             if any(c.islower() for c in line) and _name_kind(m.group("v")) in ("unknown", "strong"):
