@@ -563,6 +563,8 @@ class Rule:
     pattern: re.Pattern[str]
     score: float = 0.9
     check: Callable[[re.Match[str]], bool] | None = None
+    #: A cheap pattern the text must contain for the rule to run at all (speed only, never recall).
+    needs: re.Pattern[str] | None = None
 
 
 class RegexRecognizer(LocalRecognizer):
@@ -581,6 +583,8 @@ class RegexRecognizer(LocalRecognizer):
         out: list[RecognizerResult] = []
         for rule in self.rules:
             if entities and rule.entity not in entities:
+                continue
+            if rule.needs is not None and rule.needs.search(text) is None:
                 continue
             group = "v" if "v" in rule.pattern.groupindex else 0
             for m in rule.pattern.finditer(text):
@@ -643,16 +647,17 @@ IDENTIFIER_RULES = [
     Rule("PHONE", re.compile(r"\b(?:pager|pgr|pg|beeper|beep|page|paged|ext|extension|x(?=\d))\.?[ \t]*"
                              r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})"
                              r"(?![\d/:-]|\.\d|[ \t]*(?:mg|ml|cc|units?)\b)",
-                             re.IGNORECASE), 0.85),
+                             re.IGNORECASE), 0.85, None, re.compile(r"(?i)p[a-z]*g|beep|ext|x\d")),
     Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}[ .]\d{2}[ .]\d{4})(?![\d-])"), 0.7),
     Rule("ACCOUNT", re.compile(r"\b(?:plan|reference|ref|confirmation|authorization|auth|tracking|ticket|requisition|"
                                r"specimen|accession|invoice|voucher|visit|booking)\s*(?:#|no\.?|number|num|id)\s*[:#]?\s*#?\s*"
                                + _IDV, re.IGNORECASE), 0.9),
     Rule("IP_ADDRESS", re.compile(r"(?<![\w:])(?P<v>(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|"
                                   r"(?=[0-9A-Fa-f:]*::)(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?)"
-                                  r"(?![\w:])"), 0.7),
+                                  r"(?![\w:])"), 0.7, None, re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:")),
     Rule("URL", re.compile(r"(?<![\w@.])(?P<v>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:com|org|net|edu|gov|us|io|info|health)"
-                           r"(?:/[^\s<>\"')\]]*)?)(?![\w@])", re.IGNORECASE), 0.7),
+                           r"(?:/[^\s<>\"')\]]*)?)(?![\w@])", re.IGNORECASE), 0.7, None,
+         re.compile(r"(?i)\.(?:com|org|net|edu|gov|us|io|info|health)\b")),
     Rule("EMAIL", re.compile(r"(?P<v>\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"), 1.0),
     Rule("URL", re.compile(r"(?P<v>\b(?:https?://|www\.)[^\s<>\"')\]]+)", re.IGNORECASE), 0.9),
     Rule("IP_ADDRESS", re.compile(r"(?<![\d.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d))"
@@ -1119,6 +1124,7 @@ _UNIVERSITY = re.compile(
     + r"))\b",
     re.IGNORECASE,
 )
+_UNIV_WORD = re.compile(r"\b(?:u|univ|university)\b", re.IGNORECASE)
 _PLACE_INDEX: dict[str, list[tuple[str, ...]]] = {}
 #: Never a name by themselves: function words, template words, clinical abbreviations, titles, relations.
 _NEVER_NAME = (
@@ -1385,6 +1391,8 @@ class LexiconRecognizer(LocalRecognizer):
             if any(c.islower() for c in line) and _name_kind(m.group("v")) in ("unknown", "strong"):
                 out.append((m.start("v"), m.end("v"), "FACILITY"))
         for rx in (_WARD, _SAINT, _UNIVERSITY):
+            if rx is _UNIVERSITY and not _UNIV_WORD.search(text):
+                continue  # the state alternation is slow; most notes name no university
             for m in rx.finditer(text):
                 word = m.group("v")
                 if rx is _WARD and (_vocab(word) or lexicon.fold(word) in _US_STATES):
