@@ -555,3 +555,13 @@ def test_all_caps_notes_are_scrubbed_end_to_end(scrubber: TextScrubber) -> None:
     for value in ("CALVERT", "7/22", "SOUZA", "54321"):
         assert value not in out, out
     assert "BP 120/80, 5/5" in out
+
+
+def test_eponyms_labels_and_leading_zeros() -> None:
+    # A surname before a medical noun is an eponym; "RE: LAST, FIRST" keeps both words even when one is a word.
+    assert not _found("follow-up CT in 12 months per Fleischner criteria.", R.PERSON)
+    assert "HUNTER, WILL" in _found("RE: HUNTER, WILL   MRN: 00748941", R.PERSON)
+    assert "Skip Johnson" in _found("Skip Johnson | DOB January 11, 1959", R.PERSON)
+    # A leading zero makes a date even where a fraction would be exempt; "of" alone names no town.
+    assert "02/03" in _found("compared with prior study of 03-Feb-2017 and 02/03.", R.DATE)
+    assert not _found("referred for evaluation of Major depressive disorder", "LOCATION")

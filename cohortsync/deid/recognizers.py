@@ -795,6 +795,8 @@ def _check_md(m: re.Match[str]) -> bool:
     before = m.string[max(0, m.start() - 25) : m.start()]
     if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
+    if m.group("m").startswith("0") or m.group("d").startswith("0"):
+        return True  # "02/03": no score or fraction is written with a leading zero
     mm, dd = int(m.group("m")), int(m.group("d"))
     # Scores, grades, fractions and settings have a small second part (/2 ... /10): only those can be one.
     score_like = dd <= 10 and mm <= max(dd, 6)
@@ -993,8 +995,10 @@ class ContextNameRecognizer(LocalRecognizer):
         for rx, cap in ((_NAME_PREFIX, False), (_RELATION, True)):
             for m in rx.finditer(text):
                 end = scan_name_forward(text, m.end(), require_cap=cap, labelled=":" in m.group())
-                if end > m.end() and not _mixed_case(text, m.end()):
-                    # lower-case or ALL-CAPS text ("c/o pain", "D/W FAMILY REGARDING"): only name-like words
+                labelled_pair = ":" in m.group() and "," in text[m.end() : end]  # "RE: HUNTER, WILL"
+                if end > m.end() and not labelled_pair and not _mixed_case(text, m.end()):
+                    # lower-case or ALL-CAPS text after a phrase ("d/w FAMILY REGARDING"): only name-like words;
+                    # after a label with a colon ("RE: HUNTER, WILL") the field is the name
                     end = _name_prefix_end(text, m.end(), end)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
@@ -1003,8 +1007,13 @@ class ContextNameRecognizer(LocalRecognizer):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
                 if (
                     start < m.start()
-                    and _could_be_name(text[start : m.start()])
-                    and _name_prefix_end(text, start, m.start()) == len(text[: m.start()].rstrip())
+                    and (
+                        (cap and _mixed_case(text, start))  # "Skip Johnson | DOB", "Skip Black is a 50-year-old"
+                        or (
+                            _could_be_name(text[start : m.start()])
+                            and _name_prefix_end(text, start, m.start()) == len(text[: m.start()].rstrip())
+                        )
+                    )
                 ):
                     spans.append((start, m.start(), 0.9))
         return [
@@ -1063,6 +1072,13 @@ _REPORTS = re.compile(
     r"was\s+(?:in|here|updated|called|notified)|in\s+to\s+visit|at\s+bedside|notified|paged)\b",
     re.IGNORECASE,
 )
+#: A surname before these nouns is an eponym, not a person ("Fleischner criteria", "Foley catheter").
+_EPONYM_NEXT = re.compile(
+    r"(?:['’]s)?[ \t]+(?:criteria|catheter|cath|sign|syndrome|disease|score|scale|test|maneuver|manoeuvre|procedure|"
+    r"classification|fracture|reflex|operation|repair|shunt|tube|valve|stocking|stockings|position|ulcer|filter|"
+    r"needle|drain|bag|mask|tree|formula|equation|rule|rules|protocol|method|type|stage|grade|phenomenon)\b",
+    re.IGNORECASE,
+)
 _DETERMINER = re.compile(r"\b(?:the|a|an|this|that|his|her|your|my|our|their|per|of|no|any)\s+$", re.IGNORECASE)
 #: Weaker cues: only a word on no list (not a census name that is also a word) becomes a name after them.
 _LEX_WEAK_CUE = re.compile(
@@ -1104,6 +1120,12 @@ def _facility_word(text: str, tok: re.Match[str], strong_noun: bool) -> bool:
 
 _PROPER_NOUN = re.compile(r"regional|memorial|adventist|manor|vamc", re.IGNORECASE)
 _PLACE_AFTER = re.compile(r"[ \t]*(?:,[ \t]*[A-Za-z]{2,}\b|area\b|county\b|rehab|hosp|general|medical)", re.IGNORECASE)
+#: For a town that is also a word ("Laurel"): a cue that names a place, not "of" ("evaluation of Major depression").
+_PLACE_CUE_WORD = re.compile(
+    r"\b(?:lives?|living|resides?|residing|moved|from|born|in|near|nearby|"
+    r"(?:went|go|going|sent|taken|brought|transfer(?:red)?|admitted|returned)\s+(?:to|at))\s+$",
+    re.IGNORECASE,
+)
 _PLACE_CUE = re.compile(
     r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
     r"xfer(?:red)?|admitted|arrived|sent|taken|went|brought|presented|returned|visiting)\s+(?:in\s+|at\s+|to\s+|from\s+)?$",
@@ -1160,8 +1182,10 @@ def _name_kind(word: str) -> str:
         if any(len(p) < 3 for p in parts):
             return "stop"  # "e-mail", "x-ray", "b-blocker"
         return max((_name_kind(p) for p in parts), key=_KIND_RANK.__getitem__, default="stop")
-    if len(w) < 3 or any(c.isdigit() for c in w) or w in _NEVER_NAME or w in lexicon.CLINICAL:
+    if len(w) < 3 or any(c.isdigit() for c in w) or w in _NEVER_NAME:
         return "stop"
+    if w in lexicon.CLINICAL:  # "Fields" is a surname, "lung fields" clinical: a name only written as one
+        return "maybe" if w in lexicon.NAMES and _style(word.strip(".,;:'’\"()[]")) == "T" else "stop"
     english = w in lexicon.SAFE
     if w in lexicon.NAMES:
         return "maybe" if english else "strong"
@@ -1242,7 +1266,7 @@ class LexiconRecognizer(LocalRecognizer):
         """Person spans by the census lists and cues."""
         toks = list(_LEX_TOKEN.finditer(text))
         kinds = [_name_kind(m.group()) for m in toks]
-        is_name = [k == "strong" for k in kinds]
+        is_name = [k == "strong" and not _EPONYM_NEXT.match(text, m.end()) for k, m in zip(kinds, toks, strict=True)]
         for i, m in enumerate(toks):
             before = text[max(0, m.start() - 40) : m.start()]
             if is_name[i] or "\n" in before[-3:]:
@@ -1326,7 +1350,7 @@ class LexiconRecognizer(LocalRecognizer):
                 if allwords:  # "Laurel", "Union": a place only written as one, in mixed-case text, after a place cue
                     before = text[max(0, toks[i].start() - 30) : toks[i].start()]
                     cased = cased and not any(t.group().isupper() for t in toks[i : i + n])
-                    if not (cased and (n > 1 or _PLACE_CUE.search(before))) or piece.casefold() in _US_STATES:
+                    if not (cased and (n > 1 or _PLACE_CUE_WORD.search(before))) or piece.casefold() in _US_STATES:
                         continue
                 elif n == 1 and folded[i] in lexicon.NAMES:
                     continue  # a surname that is also a town: the name rules decide
