@@ -1063,13 +1063,15 @@ _CRED_NEXT = re.compile(
 #: After "dr" any word but a verb or a place word is a name ("dr noone", "dr small").
 _DR_CUE = re.compile(r"\b(?:dr|drs|doctor)\b\.?[ \t]*$", re.IGNORECASE)
 _NOT_AFTER_DR = re.compile(
-    r"\w+(?:ed|ing)|aware|here|there|notified|note|notes|order|orders|office|team|service|on|off|"
-    r"said|says|states|wants|will|would|to|at|in|re|and|or|who|also|now|today|tonight|called|paged"
+    r"\w+(?:ed|ing|ly)|aware|here|there|notified|note|notes|order|orders|office|team|service|on|off|said|says|states|"
+    r"wants|will|would|to|at|in|re|and|or|who|also|now|today|tonight|called|paged|present|home|still|update|phone|"
+    r"bedside|upset|supportive|involved|concerned|asks|agrees|feels|requests|visits|calls|arrives|leaves|left|came|"
+    r"went|is|was|are|were|has|had|does|did|may|might|can|could|should|must|very|too|again|first|last|next|both"
 )
 #: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
 _REPORTS = re.compile(
-    r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|is\s+on\s+vac|"
-    r"was\s+(?:in|here|updated|called|notified)|in\s+to\s+visit|at\s+bedside|notified|paged)\b",
+    r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|"
+    r"was\s+(?:in|here|updated|called|notified)|in\s+to\s+visit|at\s+bedside|notified|paged|is\s+on\s+vac\w*)\b",
     re.IGNORECASE,
 )
 #: A surname before these nouns is an eponym, not a person ("Fleischner criteria", "Foley catheter").
@@ -1272,12 +1274,18 @@ class LexiconRecognizer(LocalRecognizer):
             if is_name[i] or "\n" in before[-3:]:
                 continue
             word = m.group()
-            if kinds[i] == "stop":  # "Dr. Foley": after a title a capitalised word is a name, whatever it means
-                is_name[i] = _style(word) == "T" and bool(_TITLE_CUE.search(before)) and lexicon.fold(word) not in _STOP
+            if kinds[i] == "stop":  # "Dr. Foley", "Bernard Foley CRT": a capitalised word in a name's place
+                after_name = i > 0 and is_name[i - 1] and text[toks[i - 1].end() : m.start()] == " "
+                is_name[i] = (
+                    _style(word) == "T"
+                    and lexicon.fold(word) not in _STOP
+                    and bool(_TITLE_CUE.search(before) or (after_name and _CRED_NEXT.match(text, m.end())))
+                )
             elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
                 is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
-            elif kinds[i] == "word":
-                is_name[i] = bool(_DR_CUE.search(before)) and not _NOT_AFTER_DR.fullmatch(lexicon.fold(word))
+            elif kinds[i] == "word":  # "dr small": a word in a name's place
+                cue = _DR_CUE.search(before)
+                is_name[i] = bool(cue) and not _NOT_AFTER_DR.fullmatch(lexicon.fold(word))
             else:
                 weak = (
                     kinds[i] == "unknown" and _style(word) == "T" and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
