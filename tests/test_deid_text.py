@@ -565,3 +565,9 @@ def test_eponyms_labels_and_leading_zeros() -> None:
     # A leading zero makes a date even where a fraction would be exempt; "of" alone names no town.
     assert "02/03" in _found("compared with prior study of 03-Feb-2017 and 02/03.", R.DATE)
     assert not _found("referred for evaluation of Major depressive disorder", "LOCATION")
+
+
+def test_names_by_reporting_verb_and_between_name_and_credential() -> None:
+    assert "LUCY" in _found("CASE MANAGEMENT ON MONDAY (LUCY IS ON VACATION) AND", R.PERSON)
+    assert "Foley" in _found("same settings.\nBernard Foley CRT\n", R.PERSON)
+    assert not _found("Foley catheter draining well, RN aware", R.PERSON)
