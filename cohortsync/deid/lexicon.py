@@ -54,18 +54,49 @@ def _english() -> frozenset[str]:
     return frozenset(w for w in words if w[:1].islower())
 
 
-FIRST, LAST = _census()
+#: The lists are read on first use (``lexicon.SAFE`` ...), not at import: a sync with no text to scrub
+#: imports the recognizers' module for its deny-list type only and must not pay ~0.5 s for word lists.
+_LAZY = ("FIRST", "LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE")
+FIRST: frozenset[str]
+LAST: frozenset[str]
 #: Census first names and surnames together.
-NAMES: frozenset[str] = FIRST | LAST
-ENGLISH: frozenset[str] = _english()
-CLINICAL: frozenset[str] = frozenset(w.casefold() for w in _read_lines("clinical_words.txt"))
-PLACES_CASED: tuple[str, ...] = tuple(_read_lines("us_places.txt"))
-PLACES: frozenset[str] = frozenset(p.casefold() for p in PLACES_CASED)
+NAMES: frozenset[str]
+ENGLISH: frozenset[str]
+CLINICAL: frozenset[str]
+PLACES_CASED: tuple[str, ...]
+PLACES: frozenset[str]
+#: Words that cannot be a name by themselves (a name that is also a word needs context).
+SAFE: frozenset[str]
+
 _CALENDAR = frozenset(
     w.casefold() for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
 )
-#: Words that cannot be a name by themselves (a name that is also a word needs context).
-_SAFE_BASE: frozenset[str] = ENGLISH | CLINICAL | _CALENDAR
+
+
+@functools.cache
+def _lists() -> dict[str, object]:
+    first, last = _census()
+    english = _english()
+    clinical = frozenset(w.casefold() for w in _read_lines("clinical_words.txt"))
+    places_cased = tuple(_read_lines("us_places.txt"))
+    return {
+        "FIRST": first,
+        "LAST": last,
+        "NAMES": first | last,
+        "ENGLISH": english,
+        "CLINICAL": clinical,
+        "PLACES_CASED": places_cased,
+        "PLACES": frozenset(p.casefold() for p in places_cased),
+        "SAFE": _Safe(english | clinical | _CALENDAR),
+    }
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = _lists()[name]
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _base_forms(w: str) -> list[str]:
@@ -89,8 +120,6 @@ class _Safe(frozenset[str]):
         return frozenset.__contains__(self, w) or any(frozenset.__contains__(self, b) for b in _base_forms(w))
 
 
-SAFE: frozenset[str] = _Safe(_SAFE_BASE)
-
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
 
 
@@ -102,27 +131,34 @@ def fold(word: str) -> str:
     return w
 
 
+def _set(name: str) -> frozenset[str]:
+    value = _lists()[name]
+    assert isinstance(value, frozenset)
+    return value
+
+
 def is_safe(word: str) -> bool:
     """A word (any case) that is English or clinical vocabulary, or a number."""
     w = fold(word)
-    return not w or w in SAFE or any(c.isdigit() for c in w)
+    return not w or w in _set("SAFE") or any(c.isdigit() for c in w)
 
 
 def is_census_name(word: str) -> bool:
     """On the census first-name or surname list (any case)."""
-    return fold(word) in NAMES
+    return fold(word) in _set("NAMES")
 
 
 def is_strong_name(word: str) -> bool:
     """A census name that is no English or clinical word: a name wherever it stands (``souza``)."""
     w = fold(word)
-    if len(w) < 3 or w in SAFE:
+    safe, names = _set("SAFE"), _set("NAMES")
+    if len(w) < 3 or w in safe:
         return False
     parts = w.split("-")
-    return w in NAMES or (len(parts) > 1 and all(p in NAMES or p not in SAFE for p in parts) and any(p in NAMES for p in parts))
+    return w in names or (len(parts) > 1 and all(p in names or p not in safe for p in parts) and any(p in names for p in parts))
 
 
 def is_unknown(word: str) -> bool:
     """On no list at all (not a word, not a census name): a misspelling, or a rare name."""
     w = fold(word)
-    return len(w) >= 2 and w not in SAFE and w not in NAMES and not any(c.isdigit() for c in w)
+    return len(w) >= 2 and w not in _set("SAFE") and w not in _set("NAMES") and not any(c.isdigit() for c in w)

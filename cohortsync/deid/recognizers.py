@@ -1149,19 +1149,25 @@ _UNIVERSITY = re.compile(
     re.IGNORECASE,
 )
 _UNIV_WORD = re.compile(r"\b(?:u|univ|university)\b", re.IGNORECASE)
-_PLACE_INDEX: dict[str, list[tuple[str, ...]]] = {}
 #: Never a name by themselves: function words, template words, clinical abbreviations, titles, relations.
 _NEVER_NAME = (
     (VOCABULARY - frozenset(w.casefold() for w in calendar.month_name[1:] + list(calendar.day_name)))
     | frozenset("hosp hospital rehab clinic unit ward floor icu micu sicu ccu csru ew er ed or pacu".split())  # noqa: SIM905
     | frozenset(r + "s" for r in _RELATIONS)
 )
-for _p in lexicon.PLACES_CASED:
-    _ws = tuple(w.casefold() for w in _LEX_TOKEN.findall(_p))
-    if _ws:
-        _PLACE_INDEX.setdefault(_ws[0], []).append(_ws)
-for _c in _PLACE_INDEX.values():
-    _c.sort(key=len, reverse=True)
+
+
+@functools.cache
+def _place_index() -> dict[str, list[tuple[str, ...]]]:
+    """Gazetteer places by first word, longest first (built on first use: importing stays cheap)."""
+    index: dict[str, list[tuple[str, ...]]] = {}
+    for place in lexicon.PLACES_CASED:
+        words = tuple(w.casefold() for w in _LEX_TOKEN.findall(place))
+        if words:
+            index.setdefault(words[0], []).append(words)
+    for cands in index.values():
+        cands.sort(key=len, reverse=True)
+    return index
 
 
 def _vocab(word: str) -> bool:
@@ -1344,9 +1350,10 @@ class LexiconRecognizer(LocalRecognizer):
         toks = list(_LEX_TOKEN.finditer(text))
         folded = [lexicon.fold(m.group()) for m in toks]
         ends = [m.end() for m in toks]
+        index = _place_index()
         i = 0
         while i < len(toks):
-            for words in _PLACE_INDEX.get(folded[i], ()):
+            for words in index.get(folded[i], ()):
                 n = len(words)
                 if tuple(folded[i : i + n]) != words:
                     continue
