@@ -1,6 +1,12 @@
 """Free-text de-identification: naive Presidio loop vs cohortsync's TextScrubber, on the same notes.
 
     python benchmarks/deid_notes.py [--notes 240] [--workers 2] [--spacy]
+    python benchmarks/deid_notes.py --physionet [DIR]      # held-out real notes: dev and test halves
+
+``--physionet`` scores the PhysioNet deid gold standard (real ICU nursing notes written outside this
+project; ``../shared/deid-corpora/physionet-deid`` by default) by the corpus README's rule, dev and test
+halves apart, per label (leaked / total) with character precision, beside the naive loop. Rules and
+lists are written from dev and the project's own sets only; test is run and reported, never read.
 
 The naive loop is what a first integration looks like: one default-configured ``AnalyzerEngine`` (all
 predefined recognizers, the same spaCy model, full pipeline) and ``AnonymizerEngine``, ``analyze`` +
@@ -13,9 +19,13 @@ as well to see the threading effect.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import time
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cohortsync.deid.recognizers  # noqa: F401  (pins tldextract offline before presidio loads)
@@ -124,9 +134,7 @@ def synth_notes(persons: int, seed: int) -> tuple[list[Note], list[DenyTerm]]:
         ).fetchall():
             truth.setdefault(nid, []).append(Span(s, e, kind))
         deny = [DenyTerm(r[0], "PERSON") for r in con.execute("SELECT provider_name FROM omop.provider").fetchall()]
-        deny += [
-            DenyTerm(r[0], "FACILITY") for r in con.execute("SELECT care_site_name FROM omop.care_site").fetchall()
-        ]
+        deny += [DenyTerm(r[0], "FACILITY") for r in con.execute("SELECT care_site_name FROM omop.care_site").fetchall()]
         deny += [DenyTerm(r[0], "ADDRESS") for r in con.execute("SELECT address_1 FROM omop.location").fetchall()]
         con.close()
     notes = [Note("synth", text, tuple(truth.get(nid, [])), ()) for nid, text in rows if text]
@@ -139,10 +147,7 @@ def spacy_speed(texts: Sequence[str]) -> None:
 
     words = sum(len(t.split()) for t in texts)
     full = spacy.load(MODEL)
-    print(
-        f"spaCy alone ({len(texts)} notes, {words} words, "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}):"
-    )
+    print(f"spaCy alone ({len(texts)} notes, {words} words, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}):")
     for label, nlp in (("full pipeline", full), ("NER only", spacy.load(MODEL))):
         if label == "NER only":
             nlp.select_pipes(enable=["ner"])
@@ -164,6 +169,107 @@ def line(name: str, n: int, mb: float, t: Timing, rep: Report) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------------
+# PhysioNet deid gold standard: leaked spans per label and character precision (corpus README's rule)
+# ---------------------------------------------------------------------------------------------------
+
+PHYSIONET = Path(__file__).resolve().parents[2] / "shared" / "deid-corpora" / "physionet-deid"
+_MONTHS = re.compile(r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b", re.IGNORECASE)
+#: Detected entity types to the corpus's label families, for per-family character precision.
+_FAMILY = {"PERSON": "NAME", "DATE": "DATE", "DATE_TIME": "DATE", "LOCATION": "LOCATION", "FACILITY": "LOCATION",
+           "ADDRESS": "LOCATION", "ZIP": "LOCATION", "KNOWN_PHI": "LOCATION", "ORGANIZATION": "LOCATION",
+           "NRP": "LOCATION", "AGE": "AGE"}  # fmt: skip
+
+
+def scored(span: dict[str, Any]) -> bool:
+    """The README's rule: spans under 3 characters, years alone, ages (under 90) and relative dates are not scored."""
+    v, lab = span["value"], span["label"]
+    if len(v.strip()) < 3 or span.get("orig_label") == "DateYear":
+        return False
+    if lab == "AGE":
+        return bool(re.fullmatch(r"\s*(?:9\d|1[0-2]\d)\s*", v))
+    return not (lab == "DATE" and not re.search(r"\d", v) and not _MONTHS.search(v))
+
+
+def physionet_report(
+    notes: Sequence[dict[str, Any]], outputs: Sequence[str], found: Sequence[Sequence[tuple[int, int, str]]]
+) -> tuple[Counter[str], Counter[str], dict[str, tuple[int, int]]]:
+    """(total, leaked) per label, and (PHI chars, scrubbed chars) per detected family plus ``ALL``.
+
+    A span leaks when its exact value still stands in the output as a whole word (case-sensitive).
+    """
+    total: Counter[str] = Counter()
+    leaked: Counter[str] = Counter()
+    chars: dict[str, list[int]] = {}
+    for note, out, spans in zip(notes, outputs, found, strict=True):
+        text = note["text"]
+        gold = bytearray(len(text))
+        for sp in note["spans"]:
+            gold[sp["start"] : sp["end"]] = b"\x01" * (sp["end"] - sp["start"])
+            if scored(sp):
+                total[sp["label"]] += 1
+                rx = r"(?<![A-Za-z0-9])" + re.escape(sp["value"]) + r"(?![A-Za-z0-9])"
+                leaked[sp["label"]] += re.search(rx, out) is not None
+        for s, e, entity in spans:
+            fam = _FAMILY.get(entity, "IDENTIFIER")
+            for key in (fam, "ALL"):
+                c = chars.setdefault(key, [0, 0])
+                for i in range(s, e):
+                    if not text[i].isspace():
+                        c[0] += gold[i]
+                        c[1] += 1
+    return total, leaked, {k: (v[0], v[1]) for k, v in chars.items()}
+
+
+def _naive_outputs(texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int, int, str]]], float]:
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+    from presidio_anonymizer import AnonymizerEngine
+
+    conf = {"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": MODEL}]}
+    analyzer = AnalyzerEngine(nlp_engine=NlpEngineProvider(nlp_configuration=conf).create_engine())
+    anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
+    outs, found = [], []
+    t0 = time.perf_counter()
+    for text in texts:
+        results = analyzer.analyze(text=text, language="en")
+        outs.append(anonymizer.anonymize(text=text, analyzer_results=results).text)  # type: ignore[arg-type]
+        found.append([(r.start, r.end, r.entity_type) for r in results])
+    return outs, found, time.perf_counter() - t0
+
+
+def physionet(directory: Path, workers: int, with_naive: bool) -> None:
+    """Print, per half (dev, test) and engine: leaked / total per label and character precision."""
+    import pyarrow as pa
+
+    for half in ("dev", "test"):
+        path = directory / f"gold.{half}.jsonl"
+        notes = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [n["text"] for n in notes]
+        rows: list[tuple[str, list[str], list[list[tuple[int, int, str]]], float]] = []
+        with TextScrubber(TextSettings(workers=workers), key=b"corpus-scoring-key-0123456789abcdef") as s:
+            t0 = time.perf_counter()
+            out, _ = s.scrub(pa.array(texts, pa.string()), pa.array([17] * len(texts), pa.int32()))
+            dt = time.perf_counter() - t0
+            det = [[(d.start, d.end, d.entity) for d in (ds or [])] for ds in s.detect(texts)]
+        rows.append((f"cohortsync ({workers} workers)", [o or "" for o in out.to_pylist()], det, dt))
+        if with_naive:
+            n_out, n_det, n_dt = _naive_outputs(texts)
+            rows.append(("naive Presidio loop", n_out, n_det, n_dt))
+        print(f"\nPhysioNet deid gold standard, {half} half: {len(notes)} notes ({path.name})")
+        for name, outs, found, secs in rows:
+            total, leaked, chars = physionet_report(notes, outs, found)
+            t, lk = sum(total.values()), sum(leaked.values())
+            prec = {k: v[0] / v[1] for k, v in chars.items() if v[1]}
+            print(
+                f"  {name:<24} leaked {lk}/{t} ({100 * lk / max(t, 1):.1f} %)  "
+                + "  ".join(f"{k} {leaked[k]}/{total[k]}" for k in sorted(total))
+                + f"   char precision {prec.get('ALL', 0):.3f} ("
+                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(prec.items()) if k != "ALL")
+                + f")   {len(notes) / secs:.0f} notes/s"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--notes", type=int, default=240)
@@ -172,7 +278,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2, help="timed runs per engine; the best is reported")
     ap.add_argument("--spacy", action="store_true", help="also time spaCy alone")
     ap.add_argument("--synth", type=int, default=0, metavar="PERSONS", help="use cohortsync.synth's notes instead")
+    ap.add_argument(
+        "--physionet",
+        nargs="?",
+        const=str(PHYSIONET),
+        default=None,
+        metavar="DIR",
+        help="score the PhysioNet deid gold standard's dev and test halves instead",
+    )
+    ap.add_argument("--no-naive", action="store_true", help="with --physionet: skip the naive Presidio loop")
     args = ap.parse_args()
+    if args.physionet:
+        physionet(Path(args.physionet), args.workers, not args.no_naive)
+        return
     es = make_evalset(args.notes, args.seed)
     if args.synth:
         notes, deny = synth_notes(args.synth, 7)
@@ -196,10 +314,7 @@ def main() -> None:
     with TextScrubber(TextSettings(workers=args.workers), key=b"benchmark-key") as plain:
         p_rep = evaluate(plain, es.notes)
 
-    print(
-        f"engine start-up: naive {n_load:.1f} s, cohortsync {o_load:.1f} s ({args.workers} workers); "
-        f"best of {args.runs}"
-    )
+    print(f"engine start-up: naive {n_load:.1f} s, cohortsync {o_load:.1f} s ({args.workers} workers); best of {args.runs}")
     print(line("naive Presidio loop", len(texts), mb, n_t, n_rep))
     print(line(f"cohortsync ({args.workers} workers)", len(texts), mb, o_t, o_rep))
     print(line("  NER on whole notes", len(texts), mb, w_t, w_rep))

@@ -15,8 +15,10 @@ import os
 # Must precede any presidio import: tldextract reads it when its module-level extractor is built.
 os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
 
+import bisect
 import calendar
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from typing import Any, NamedTuple
 
 import tldextract
 from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+from cohortsync.deid import lexicon
 
 # If presidio was imported before us (another engine in the process), cut the URLs it already read.
 tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls = ()
@@ -153,8 +157,22 @@ def is_allowed(span_text: str) -> bool:
         core = w.strip(".-'\"")
         if not core or core in ALLOW_LIST or core in _STOP or any(c.isdigit() for c in core):
             continue
+        if _name_kind(core) in ("stop", "word"):  # English or clinical, and no census name: not PHI by itself
+            continue
         return False
     return True
+
+
+def case_for_ner(line: str) -> str:
+    """A line the NER model can read: an ALL-CAPS line (no lower-case letter) in title case, same length.
+
+    The model was trained on mixed-case text and finds almost nothing in ``SON BILL CALLED``; offsets stay
+    valid because title-casing ASCII letters keeps the length (other lines are returned unchanged).
+    """
+    if any(c.islower() for c in line) or not any(c.isupper() for c in line):
+        return line
+    out = re.sub(r"[A-Z][A-Z'’]*", lambda m: m.group()[0] + m.group()[1:].lower(), line)
+    return out if len(out) == len(line) else line
 
 
 _TITLE_WORDS = frozenset({"dr", "doctor", "mr", "mrs", "ms", "miss", "mx", "prof"})
@@ -298,6 +316,8 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
                 or core in _RELATIONS
                 or any(c.isdigit() for c in core)
                 or (entity == PERSON and tok[:1].islower())
+                or _name_kind(core) == "stop"
+                or (entity == PERSON and _name_kind(core) == "word")
             )
 
         while words and junk(words[0]):
@@ -316,6 +336,18 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue
         if is_allowed(piece):
             continue
+        piece_words = _LEX_TOKEN.findall(piece)
+        kinds = [_name_kind(w) for w in piece_words]
+        lead = text[text.rfind("\n", 0, s) + 1 : s].rstrip()
+        opens = not lead or lead.endswith((":", "-", ".", ";", ",", ">", ")"))
+        if entity != PERSON and len(piece_words) == 1 and "strong" not in kinds and lexicon.fold(piece) not in lexicon.PLACES:
+            continue  # the model's one-word place that is no town and no name ("Levo", "Conitinue")
+        if entity == PERSON and len(piece_words) == 1 and kinds != ["strong"] and opens:
+            continue  # one word opening a line or field ("Lungsounds:", "Alert"): a label, not a name
+        if piece.isupper() and "strong" not in kinds:
+            continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
+        if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2 and opens:
+            continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
         if entity == PERSON:
             s, e = _widen_name(text, s, e)
         out.append((s, e))
@@ -330,10 +362,10 @@ def _widen_name(text: str, s: int, e: int) -> tuple[int, int]:
     """Take in a capitalised non-vocabulary word right before or after a model PERSON (``Ivy`` of ``Ivy Thomas``
     when the model saw only ``Thomas``): the model often drops a first name that is also a common word."""
     left = _LEFT_NAME.search(text, max(0, s - 40), s)
-    if left and left.group(1).casefold() not in VOCABULARY:
+    if left and _name_kind(left.group(1)) in ("strong", "maybe", "unknown"):
         s = left.start(1)
     right = _RIGHT_NAME.match(text, e)
-    if right and right.group(1).casefold() not in VOCABULARY:
+    if right and _name_kind(right.group(1)) in ("strong", "maybe", "unknown"):
         e = right.end(1)
     return s, e
 
@@ -350,13 +382,16 @@ _MONTH_NAMES = {name.casefold(): i for i, name in enumerate(calendar.month_name)
 _MONTH_ABBR = {name.casefold(): i for i, name in enumerate(calendar.month_abbr) if name}
 _MONTH_ABBR["sept"] = 9
 _MON = (
-    r"(?P<mon>(?:January|February|March|April|June|July|August|September|October|November|December"
-    r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)\.?|May|MAY)"
+    r"(?P<mon>(?:(?i:January|February|March|April|June|July|August|September|October|November|December"
+    r"|Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?|May|MAY)"
 )
 _D = r"(?P<d>[0-3]?\d)"
 _SUF = r"(?P<suf>st|nd|rd|th)?"
 _B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
 _E = r"(?![\w/-]|\.\d)"  # right boundary
+# A date may follow a word or another date and a dash ("TOXICITY-9/2/92", "8/2-8/10"), not a number ("10-5/5").
+_B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-))"
+_E_MD = r"(?![\w/]|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -368,7 +403,7 @@ _DATE_CONTEXT = re.compile(
 
 _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("iso", re.compile(_B + r"(?P<y>(?:19|20)\d\d)(?P<s1>[-/.])(?P<m>[01]?\d)(?P=s1)" + _D + r"(?!\d)(?![/-]\d)")),
-    ("mdy", re.compile(_B + r"(?P<m>[01]?\d)(?P<s1>[/.-])" + _D + r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E)),
+    ("mdy", re.compile(_B_MD + r"(?P<m>[01]?\d)(?P<s1>[/.-])" + _D + r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E_MD)),
     ("dmony", re.compile(_B + _D + r"(?P<s1>[- ]?)(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)"
                          r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E, re.IGNORECASE)),
     ("mdy_name", re.compile(r"\b" + _MON + r"(?P<s1>\s+|-)" + _D + _SUF + r"(?:(?P<s2>,\s*|\s+|,)(?P<y>(?:19|20)\d\d))?"
@@ -377,7 +412,14 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
-    ("md", re.compile(_B + r"(?P<m>[01]?\d)/" + _D + _E)),
+    ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
+    # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
+    ("my2", re.compile(_B_MD + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
+    ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
+    ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
+    # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
+    ("mon", re.compile(r"\b(?P<mon>(?i:January|February|March|April|June|July|August|September|October|November"
+                       r"|December)|(?:(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?)(?![\w/-]|\.\w)")),
 ]  # fmt: skip
 _FORMAT_RE = dict(_DATE_FORMATS)
 
@@ -459,10 +501,10 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     nums = [g[k] for k in ("m", "d") if g.get(k)]
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
-    numeric = parsed.fmt in ("iso", "mdy", "md", "my") or (parsed.fmt == "dmony" and g.get("s1") == "-")
-    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (
-        numeric and bool(nums) and all(len(n) == 2 for n in nums)
+    numeric = parsed.fmt in ("iso", "mdy", "md", "md_dash", "md_dot", "my", "my2") or (
+        parsed.fmt == "dmony" and g.get("s1") == "-"
     )
+    padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
     out: list[str] = []
     pos = m.start()
     spans = sorted((m.start(k), m.end(k), k) for k in ("y", "m", "d", "mon", "suf") if g.get(k) is not None)
@@ -521,6 +563,8 @@ class Rule:
     pattern: re.Pattern[str]
     score: float = 0.9
     check: Callable[[re.Match[str]], bool] | None = None
+    #: A cheap pattern the text must contain for the rule to run at all (speed only, never recall).
+    needs: re.Pattern[str] | None = None
 
 
 class RegexRecognizer(LocalRecognizer):
@@ -539,6 +583,8 @@ class RegexRecognizer(LocalRecognizer):
         out: list[RecognizerResult] = []
         for rule in self.rules:
             if entities and rule.entity not in entities:
+                continue
+            if rule.needs is not None and rule.needs.search(text) is None:
                 continue
             group = "v" if "v" in rule.pattern.groupindex else 0
             for m in rule.pattern.finditer(text):
@@ -566,6 +612,13 @@ def _flags(ci: bool = True) -> int:
 
 
 # --- identifiers -------------------------------------------------------------------------------------
+def _not_time_range(m: re.Match[str]) -> bool:
+    """``1900-0700`` (a shift) and ``100-1112`` (a range) are not identifiers; ``954-1183`` (a phone) is."""
+    v = m.group("v")
+    return not (re.fullmatch(r"\d{1,5}-\d{1,5}", v) and not re.fullmatch(r"\d{3}-\d{4}", v))
+
+
+_PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
 _SEP = r"\s*(?:number|num|no\.?|nbr|#|id)?\s*(?:is|:|#|=|-|\.)?\s*#?\s*"
 _IDV = r"(?P<v>(?=[A-Z0-9-]*\d)[A-Z]{0,4}-?\d[A-Z0-9-]{2,}(?<!-))"
 IDENTIFIER_RULES = [
@@ -584,17 +637,33 @@ IDENTIFIER_RULES = [
     Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}-\d{2}-\d{4})(?![\d-])"), 0.95),
     Rule("SSN", re.compile(r"\b(?:SSN|social\s+security(?:\s+(?:number|no\.?|#))?|SS#)\s*[:#]?\s*"
                            r"(?P<v>\d{3}[\s.-]?\d{2}[\s.-]?\d{4})(?!\d)", re.IGNORECASE), 0.95),
-    Rule("PHONE", re.compile(r"(?<![\w+])(?P<v>(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\b[2-9]\d{2})[\s.-]?\d{3}[\s.-]?\d{4}"
+    Rule("PHONE", re.compile(r"(?<![\w+])(?P<v>(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\b[2-9]\d{2})" + _PSEP + r"\d{3}" + _PSEP
+                             + r"\d{4,5}"
                              r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?)(?![\d-])", re.IGNORECASE), 0.9),
     Rule("PHONE", re.compile(r"\b(?:phone|tel|telephone|cell|mobile|fax|pager|pgr|call|contact)\s*(?:#|no\.?|number)?"
                              r"\s*[:#]?\s*(?P<v>\d{3}[\s.-]?\d{4}|\d{3}[\s.-]?\d{3}[\s.-]?\d{4})(?!\d)",
                              re.IGNORECASE), 0.9),
+    # Pagers and extensions: 4-6 digits after a pager word ("Pager #54321", "PG 33445", "beeper number 55037").
+    Rule("PHONE", re.compile(r"\b(?:pager|pgr|pg|beeper|beep|page|paged|ext|extension|x(?=\d))\.?[ \t]*"
+                             r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})"
+                             r"(?![\d/:-]|\.\d|[ \t]*(?:mg|ml|cc|units?)\b)",
+                             re.IGNORECASE), 0.85, None, re.compile(r"(?i)p[a-z]*g|beep|ext|x\d")),
+    Rule("SSN", re.compile(r"(?<![\d-])(?P<v>\d{3}[ .]\d{2}[ .]\d{4})(?![\d-])"), 0.7),
+    Rule("ACCOUNT", re.compile(r"\b(?:plan|reference|ref|confirmation|authorization|auth|tracking|ticket|requisition|"
+                               r"specimen|accession|invoice|voucher|visit|booking)\s*(?:#|no\.?|number|num|id)\s*[:#]?\s*#?\s*"
+                               + _IDV, re.IGNORECASE), 0.9),
+    Rule("IP_ADDRESS", re.compile(r"(?<![\w:])(?P<v>(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|"
+                                  r"(?=[0-9A-Fa-f:]*::)(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*)?)"
+                                  r"(?![\w:])"), 0.7, None, re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:")),
+    Rule("URL", re.compile(r"(?<![\w@.])(?P<v>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:com|org|net|edu|gov|us|io|info|health)"
+                           r"(?:/[^\s<>\"')\]]*)?)(?![\w@])", re.IGNORECASE), 0.7, None,
+         re.compile(r"(?i)\.(?:com|org|net|edu|gov|us|io|info|health)\b")),
     Rule("EMAIL", re.compile(r"(?P<v>\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b"), 1.0),
     Rule("URL", re.compile(r"(?P<v>\b(?:https?://|www\.)[^\s<>\"')\]]+)", re.IGNORECASE), 0.9),
     Rule("IP_ADDRESS", re.compile(r"(?<![\d.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d))"
                                   r"(?![\d.])"), 0.6),
     # Any run of 7+ digits (dashes allowed) is an identifier of some kind in a note.
-    Rule("ID", re.compile(r"(?<![\w.,/-])(?P<v>\d(?:-?\d){6,}[A-Z]?)(?![\w/]|[.,]\d)"), 0.6),
+    Rule("ID", re.compile(r"(?<![\w.,/-])(?P<v>\d(?:-?\d){6,}[A-Z]?)(?![\w/]|[.,]\d)"), 0.6, _not_time_range),
     Rule("ID", re.compile(r"(?<![\w-])(?P<v>[A-Z]{1,3}\d{6,}|\d{6,}[A-Z]{1,3})(?![\w-])"), 0.6),
 ]  # fmt: skip
 
@@ -614,7 +683,20 @@ AGE_RULES = [
     Rule("AGE", re.compile(r"\b(?:in\s+(?:his|her|their)\s+)(?P<v>90s|nineties)\b", re.IGNORECASE), 0.7),
 ]
 
+
 # --- addresses ---------------------------------------------------------------------------------------
+def _street_words_ok(m: re.Match[str]) -> bool:
+    """``3 WAY FOLEY IN PLACE`` is no street: a street name holds no function or clinical word."""
+    words = []
+    for w in _LEX_TOKEN.findall(re.sub(r"^\d+\w*(?:-\d+)?\s+", "", m.group("v"))):
+        if _SUFFIX_WORD.fullmatch(w):
+            break
+        words.append(w)
+    return bool(words) and not any(
+        lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words if lexicon.fold(w) not in _US_STATES
+    )
+
+
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|"
     "OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|"
@@ -627,6 +709,7 @@ _SUFFIXES = (
     r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Circle|Cir|"
     r"Parkway|Pkwy|Highway|Hwy|Trail|Trl|Square|Sq|Loop|Pike|Row|Run|Path|Alley|Plaza|Crescent|Cres"
 )
+_SUFFIX_WORD = re.compile(_SUFFIXES, re.IGNORECASE)
 _CAPWORD = r"(?:[A-Z][a-zA-Z'.-]*|\d+(?:st|nd|rd|th))"
 _STREET = (
     r"\d{1,6}[A-Z]?(?:-\d+)?[ \t]+(?:[NSEW]\.?[ \t]+|North[ \t]+|South[ \t]+|East[ \t]+|West[ \t]+)?(?:"
@@ -635,11 +718,10 @@ _STREET = (
     r"(?:" + _SUFFIXES + r"|" + _SUFFIXES.upper() + r")\b\.?"
     r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?[ \t]*#?[ \t]*[\w-]+)?"
 )
-_CITY_ST_ZIP = (
-    r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
-)
+_CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
 ADDRESS_RULES = [
-    Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9),
+    Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9,
+         _street_words_ok),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
     Rule("ADDRESS", re.compile(r"\b(?P<v>[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},\s+(?:" + _STATES
                                + r")\s+\d{5}(?:-\d{4})?)(?!\d)"), 0.9),
@@ -666,30 +748,100 @@ def _to_date_from_match(m: re.Match[str]) -> ParsedDate | None:
     return None
 
 
+#: Words right before ``a/b`` that make it a score, a ratio or a setting, not a month and day.
+_NOT_DATE_BEFORE = re.compile(
+    r"(?:\b(?:bp|b/p|sbp|dbp|abp|nbp|nibp|art|a-line|map|pap|pas|pa|cvp|wedge|cpap|bipap|peep|ps|psv|vent|simv|imv|"
+    r"i:e|ie|ratio|pressures?|settings?|strength|strengths|motor|power|pain|grade|murmur|score|gcs|apgar|rass|"
+    r"tab|tabs|ns|x|mae|ue|le|bue|ble|rue|lue|rle|lle|extremities|grips?|hand\s*grasps?|ratio|"
+    r"approx|approximately|about|abt|q|every|each)"
+    r"\s*[:=]?\s*(?:(?:is|was|now|at|to|from|of|on|@|~|>|<)\s*)?$)",
+    re.IGNORECASE,
+)
+#: Words right after ``a/b`` that make it a score, a fraction or a dose.
+_NOT_DATE_AFTER = re.compile(
+    r"\s*(?:pain|strength|murmur|sem|hsm|systolic|diastolic|holosystolic|tab|tabs|tablets?|pills?|caps?|"
+    r"capsules?|of|scale|score|power|reflex|x|ns|nss|normal|strength|mmhg|mm|cm|cmh2o|peep|ps|ratio|bilat|"
+    r"bilaterally|b/l|throughout|in\s+(?:all|both|upper|lower|ue|le|bue|ble|arms|legs)|ue|le|bue|ble|rue|lue|rle|"
+    r"lle|extremities|grips?|hand|amp|amps|units?|u|mg|mcg|ml|cc|l|liters?|strength|cup|dose|teaspoons?|tsp)\b",
+    re.IGNORECASE,
+)
+#: Strict date words for the shapes that are mostly ranges or decimals otherwise (``7-8``, ``7.22``).
+_DATE_STRICT = re.compile(
+    r"\b(?:on|since|dated?|dos|dob|born|admitted|admit|discharged?|until|till|returned|seen|last|next|"
+    r"f/u|appt|scheduled|surgery|date)\s*[:,(]?\s*$",
+    re.IGNORECASE,
+)
+_DATE_FROM_TO = re.compile(
+    r"\b(?:from|to|through|thru|before|after|started|stopped|drawn|done|visit|effective|starting)\s*[:,(]?\s*$",
+    re.IGNORECASE,
+)
+_STRENGTH_WORDS = re.compile(
+    r"\b(?:strength|motor|mae|grips?|grasps?|extremit\w*|moves|power|push|pull|[rlb]?ue|[rlb]?le)\b", re.IGNORECASE
+)
+_PAIN_WORDS = re.compile(r"\b(?:pain|discomfort|ha|headache|scale|rates?|rating|level|sore|ache|score)\b", re.IGNORECASE)
+_FRACTIONS = frozenset({(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (1, 8)})
+
+
 def _check_md(m: re.Match[str]) -> bool:
-    """``7/11`` is a date only with a leading zero or a date word before it (not ``5/5 strength``)."""
+    """``a/b`` without a year is a date anywhere, unless it is a clinical score or ratio.
+
+    Exceptions, each explicit: motor strength ``0-5/5``, pain ``0-10/10``, fractions (``1/2 tab``),
+    murmur grades and doses by the word after, ventilator settings by the word before (``PS 10/5``;
+    ``BP 120/80`` is no date anyway: 120 is no month). Only a pair whose second part is at most 10 can
+    be such a score, so ``7/22 pain`` stays a date. A date word before (``on 4/10``) wins.
+    """
     if _to_date_from_match(m) is None:
         return False
-    mm, dd = m.group("m"), m.group("d")
-    after = m.string[m.end() : m.end() + 12].casefold()
-    if re.match(r"\s*(?:pain|strength|murmur|tab|of|scale|score|power|reflex|x)\b", after):
-        return False
-    if mm.startswith("0") or dd.startswith("0"):
+    before = m.string[max(0, m.start() - 25) : m.start()]
+    if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
-    return _DATE_CONTEXT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
+    if m.group("m").startswith("0") or m.group("d").startswith("0"):
+        return True  # "02/03": no score or fraction is written with a leading zero
+    mm, dd = int(m.group("m")), int(m.group("d"))
+    # Scores, grades, fractions and settings have a small second part (/2 ... /10): only those can be one.
+    score_like = dd <= 10 and mm <= max(dd, 6)
+    if (score_like and _NOT_DATE_AFTER.match(m.string, m.end())) or (dd <= 10 and _NOT_DATE_BEFORE.search(before)):
+        return False
+    if (mm, dd) in _FRACTIONS or (mm, dd) == (5, 5):
+        return False
+    line = before.rsplit("\n", 1)[-1]
+    if dd == 5 and mm <= 5 and _STRENGTH_WORDS.search(line):
+        return False
+    return not (dd == 10 and mm <= 10 and _PAIN_WORDS.search(line))
 
 
+def _check_strict(m: re.Match[str]) -> bool:
+    """``7-8`` and ``7.22`` are dates only after a date word (``on 7-8``): otherwise ranges and decimals."""
+    if _to_date_from_match(m) is None:
+        return False
+    return _DATE_STRICT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
+
+
+def _check_month(m: re.Match[str]) -> bool:
+    """A month name alone: full names always, abbreviations after ``in``/``since``/``of``/``early``... only."""
+    word = m.group("mon").rstrip(".")
+    if len(word) > 4 or word.casefold() == "june" or word.casefold() == "july":
+        return True
+    before = m.string[max(0, m.start() - 12) : m.start()]
+    return re.search(r"\b(?:in|since|of|during|early|late|mid|end|until|by|last|next|this)\s+$", before, re.I) is not None
+
+
+_CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
+    "md": _check_md, "md_dash": _check_strict, "md_dot": _check_strict, "mon": _check_month,
+}  # fmt: skip
 DATE_RULES = [
-    Rule(DATE, rx, 0.95 if fmt != "md" else 0.85, _check_md if fmt == "md" else _check_date)
-    for fmt, rx in _DATE_FORMATS
-]
+    *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date)) for fmt, rx in _DATE_FORMATS),
+    # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
+    Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
+                          r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|@)\b))", re.IGNORECASE), 0.85),
+]  # fmt: skip
 
 
 # --- names found by context ---------------------------------------------------------------------------
 _NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’-]*\.?|[A-Z]\.")
 _CRED = (
     r"(?:M\.?D\.?|D\.?O\.|DO|R\.?N\.?|N\.?P\.?|PA-C|PA|Ph\.?D\.?|DDS|DMD|FNP-BC|FNP|APRN|MBBS|CNM|LPN|PharmD|"
-    r"DPM|LCSW|CRNA|FACC|FACS|FACP|MSN|BSN|RPh|CNA|MA|OD)"
+    r"DPM|LCSW|LICSW|CRNA|FACC|FACS|FACP|MSN|BSN|RPh|CNA|MA|OD|RRT|CRT|CCRN|RNC|RNCM|MSW|PT|OT|SLP|RD)"
 )
 _NAME_PREFIX = re.compile(
     r"(?:\b(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof)\.?[ \t]+"
@@ -699,7 +851,7 @@ _NAME_PREFIX = re.compile(
     r"radiologist|interpreted\s+by|to|from)[ \t]*:[ \t]*"
     r"|\b(?:signed|e-?signed|dictated|transcribed|seen|referred|evaluated|examined|reviewed|accompanied|"
     r"cosigned|co-signed|authenticated|interpreted|read|performed|verified|approved|consented)[ \t]+by[ \t]+"
-    r"|\b(?:discussed[ \t]+with|spoke[ \t]+(?:with|to)|d/w|seen[ \t]+with|care[ \t]+of|c/o[ \t]+)[ \t]*"
+    r"|\b(?:discussed[ \t]+with|spoke[ \t]+(?:with|to)|d/w|seen[ \t]+with|care[ \t]+of)[ \t]*"
     r"(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
     r"|\b(?:dear)[ \t]+(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
     r"|\b(?:sincerely|regards|respectfully|thank\s+you|best)[ \t]*,[ \t]*\n?[ \t]*)",
@@ -723,7 +875,9 @@ _BEFORE_AGE = re.compile(
     re.IGNORECASE,
 )
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
-_CRED_AFTER_CI = re.compile(r",[ \t]*(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp)(?![\w])", re.IGNORECASE)
+_CRED_AFTER_CI = re.compile(
+    r",?[ \t]*(?<![\w.])(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])", re.IGNORECASE
+)
 
 
 def _is_name_word(tok: str, require_cap: bool) -> bool:
@@ -796,6 +950,31 @@ def scan_name_backward(text: str, end: int, require_cap: bool, max_tokens: int =
     return start
 
 
+def _could_be_name(span: str) -> bool:
+    """A span found by context holds a census name or a word on no list (``c/o pain`` does not: complains of)."""
+    return any(_name_kind(w) in ("strong", "maybe", "unknown") for w in _LEX_TOKEN.findall(span))
+
+
+def _mixed_case(text: str, pos: int) -> bool:
+    """The word at ``pos`` is capitalised and its line has lower-case letters (so capitals carry meaning)."""
+    line = text[text.rfind("\n", 0, pos) + 1 : (text.find("\n", pos) + 1 or len(text) + 1) - 1]
+    return text[pos : pos + 1].isupper() and any(c.islower() for c in line) and not text[pos : pos + 2].isupper()
+
+
+def _name_prefix_end(text: str, start: int, end: int) -> int:
+    """End of the leading run of name-like words (census names, unknown words, initials) in ``text[start:end]``."""
+    last = start
+    for m in _LEX_TOKEN.finditer(text, start, end):
+        if text[last : m.start()].strip(" \t.,'’-"):
+            break
+        if not (_name_kind(m.group()) in ("strong", "maybe", "unknown") or len(m.group()) == 1):
+            break
+        last = m.end()
+    while last > start and text[last - 1] in " \t":
+        last -= 1
+    return last
+
+
 class ContextNameRecognizer(LocalRecognizer):
     """Names after a title or a label (``Dr. x``, ``Patient: x``, ``signed by x``) and before a credential.
 
@@ -816,12 +995,26 @@ class ContextNameRecognizer(LocalRecognizer):
         for rx, cap in ((_NAME_PREFIX, False), (_RELATION, True)):
             for m in rx.finditer(text):
                 end = scan_name_forward(text, m.end(), require_cap=cap, labelled=":" in m.group())
+                labelled_pair = ":" in m.group() and "," in text[m.end() : end]  # "RE: HUNTER, WILL"
+                if end > m.end() and not labelled_pair and not _mixed_case(text, m.end()):
+                    # lower-case or ALL-CAPS text after a phrase ("d/w FAMILY REGARDING"): only name-like words;
+                    # after a label with a colon ("RE: HUNTER, WILL") the field is the name
+                    end = _name_prefix_end(text, m.end(), end)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
             for m in rx.finditer(text):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
-                if start < m.start():
+                if (
+                    start < m.start()
+                    and (
+                        (cap and _mixed_case(text, start))  # "Skip Johnson | DOB", "Skip Black is a 50-year-old"
+                        or (
+                            _could_be_name(text[start : m.start()])
+                            and _name_prefix_end(text, start, m.start()) == len(text[: m.start()].rstrip())
+                        )
+                    )
+                ):
                     spans.append((start, m.start(), 0.9))
         return [
             RecognizerResult(
@@ -836,6 +1029,434 @@ class ContextNameRecognizer(LocalRecognizer):
             )
             for s, e, sc in spans
         ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names and places by word lists, in any letter case (lexicon.py)
+# ---------------------------------------------------------------------------------------------------
+
+_LEX_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
+#: Words after which the next census-name or unknown word is a person, in any case: relations and roles.
+_LEX_CUE = re.compile(
+    r"(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|rrt|crt|sw|lcsw|licsw|rncm|nurse|caseworker|chaplain|"
+    r"attending|resident|fellow|intern|pcp|hcp|wife|husband|son|sons|daughter|daughters|dtr|mother|mom|"
+    r"father|dad|sister|sisters|brother|brothers|bro|sis|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
+    r"nephew|grandson|granddaughter|grandaughter|grand\s+daughter|grand\s+son|grandmother|grandfather|aunt|uncle|"
+    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named)\b\.?"
+    r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
+    re.IGNORECASE,
+)
+#: After a title, any capitalised word is a name (``Dr. Foley``).
+_TITLE_CUE = re.compile(r"\b(?:Dr|Drs|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof|dr|drs|mr|mrs|ms)\b\.?[ \t]*$")  # not "mild MR."
+#: A relation written after the name: ``Hank Przybylo (son)``, ``Nancy Cetrone his neice``, ``bill, pt's son``.
+_RELATION_AFTER = re.compile(
+    r"(?:[ \t]*\((?:son|daughter|dtr|wife|husband|sister|brother|mother|father|niece|nephew|neice|friend|"
+    r"proxy|hcp|grandson|granddaughter|grandaughter|spouse|partner)\)|,?[ \t]+(?:his|her|pt'?s|patient'?s|the\s+pt'?s)"
+    r"[ \t]+(?:son|daughter|dtr|wife|husband|sister|brother|mother|father|niece|nephew|neice|friend|proxy|hcp|"
+    r"grandson|granddaughter|grandaughter|spouse|partner)\b)",
+    re.IGNORECASE,
+)
+#: A credential right after a word makes it a name, in any case ("noone md", "LANDER RRT").
+_CRED_NEXT = re.compile(
+    r",?[ \t]+(?:md|m\.d\.|rn|np|rrt|crt|pa-c|licsw|lcsw|msw|rncm|ccrn|do|phd|pharmd)\b\.?(?![\w/-])", re.IGNORECASE
+)
+#: After "dr" any word but a verb or a place word is a name ("dr noone", "dr small").
+_DR_CUE = re.compile(r"\b(?:dr|drs|doctor)\b\.?[ \t]*$", re.IGNORECASE)
+_NOT_AFTER_DR = re.compile(
+    r"\w+(?:ed|ing|ly)|aware|here|there|notified|note|notes|order|orders|office|team|service|on|off|said|says|states|"
+    r"wants|will|would|to|at|in|re|and|or|who|also|now|today|tonight|called|paged|present|home|still|update|phone|"
+    r"bedside|upset|supportive|involved|concerned|asks|agrees|feels|requests|visits|calls|arrives|leaves|left|came|"
+    r"went|is|was|are|were|has|had|does|did|may|might|can|could|should|must|very|too|again|first|last|next|both"
+)
+#: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
+_REPORTS = re.compile(
+    r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|"
+    r"was\s+(?:in|here|updated|called|notified)|in\s+to\s+visit|at\s+bedside|notified|paged|is\s+on\s+vac\w*)\b",
+    re.IGNORECASE,
+)
+#: A surname before these nouns is an eponym, not a person ("Fleischner criteria", "Foley catheter").
+_EPONYM_NEXT = re.compile(
+    r"(?:['’]s)?[ \t]+(?:criteria|catheter|cath|sign|syndrome|disease|score|scale|test|maneuver|manoeuvre|procedure|"
+    r"classification|fracture|reflex|operation|repair|shunt|tube|valve|stocking|stockings|position|ulcer|filter|"
+    r"needle|drain|bag|mask|tree|formula|equation|rule|rules|protocol|method|type|stage|grade|phenomenon)\b",
+    re.IGNORECASE,
+)
+_DETERMINER = re.compile(r"\b(?:the|a|an|this|that|his|her|your|my|our|their|per|of|no|any)\s+$", re.IGNORECASE)
+#: Weaker cues: only a word on no list (not a census name that is also a word) becomes a name after them.
+_LEX_WEAK_CUE = re.compile(
+    r"(?:\b(?:per|contacts?|contacted|paged|notified|proxy|staff|called|with|w/|by|and|&)\b\.?[ \t]*(?:[,:-]+[ \t]*)?$)",
+    re.IGNORECASE,
+)
+#: Words that name a kind of facility: the words before one are its name (``CALVERT HOSPITAL``).
+_FACILITY_NOUN = re.compile(
+    r"\b(?:hosp(?:ital|itals|iatal)?|rehab(?:ilitation)?|medical\s+(?:center|ctr)|med\.?\s+(?:center|ctr)|"
+    r"regional|memorial|nursing\s+(?:home|facility|center)|house|shelter|clinic|infirmary|hospice|"
+    r"health\s+(?:center|system)|care\s+center|center|ctr|institute|university|college|healthcare|facility|"
+    r"adventist|vamc|manor)\b\.?",
+    re.IGNORECASE,
+)
+#: Units and wards: the word before one names a place only if it is a name or on no list ("kernan ew", "Lally MICU").
+_UNIT_NOUN = re.compile(
+    r"\b(?:er|ew|ed|icu|micu|sicu|ccu|csru|nicu|picu|ctu|cvicu|tsicu|floor|unit|ward|wing|pavilion|"
+    r"tower|building|bldg)\b",
+    re.IGNORECASE,
+)
+#: A capitalised word on no list after a movement word is a place ("transferred from Sinai", "went to Harbor").
+_PLACE_AFTER_MOVE = re.compile(
+    r"\b(?:transfer(?:red)?|xfer(?:red)?|tx'?d|admitted|arrived|sent|taken|went|brought|presented|returned|came|"
+    r"discharged|lives|living|resides|moved|born|visiting|transported|flown|medflight(?:ed)?)[ \t]+(?:back[ \t]+)?"
+    r"(?:to|from|at|in|into)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z][a-z][A-Za-z'’-]+(?:[ \t]+[A-Z][a-z][A-Za-z'’-]+){0,2})"
+)
+_STRONG_FACILITY = re.compile(r"hosp|medical|med\b|regional|memorial|adventist|vamc|infirmary", re.IGNORECASE)
+
+
+def _facility_word(text: str, tok: re.Match[str], strong_noun: bool) -> bool:
+    """A word that can be part of a facility's name: a name or a word on no list, a capitalised word in
+    mixed-case text, or any word before an unambiguous noun (``holy cross hospital``)."""
+    kind = _name_kind(tok.group())
+    if kind in ("strong", "maybe", "unknown"):
+        return True
+    line = text[text.rfind("\n", 0, tok.start()) + 1 : tok.start()]
+    return strong_noun or (_style(tok.group()) == "T" and any(c.islower() for c in line + tok.group()[1:]))
+
+
+_PROPER_NOUN = re.compile(r"regional|memorial|adventist|manor|vamc", re.IGNORECASE)
+_PLACE_AFTER = re.compile(r"[ \t]*(?:,[ \t]*[A-Za-z]{2,}\b|area\b|county\b|rehab|hosp|general|medical)", re.IGNORECASE)
+#: For a town that is also a word ("Laurel"): a cue that names a place, not "of" ("evaluation of Major depression").
+_PLACE_CUE_WORD = re.compile(
+    r"\b(?:lives?|living|resides?|residing|moved|from|born|in|near|nearby|"
+    r"(?:went|go|going|sent|taken|brought|transfer(?:red)?|admitted|returned)\s+(?:to|at))\s+$",
+    re.IGNORECASE,
+)
+_PLACE_CUE = re.compile(
+    r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
+    r"xfer(?:red)?|admitted|arrived|sent|taken|went|brought|presented|returned|visiting)\s+(?:in\s+|at\s+|to\s+|from\s+)?$",
+    re.IGNORECASE,
+)
+#: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
+_WARD = re.compile(
+    r"\b(?:to|from|on|at|in|per|transfer|xfer|plan:)\s+(?P<v>[A-Za-z]{4,})[ \t]?\d{1,2}(?:/\d)?\b(?![./:]\d)", re.IGNORECASE
+)
+_SAINT = re.compile(r"\b(?:to|from|at|in|by)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3,}(?:['’]s)?)\b", re.IGNORECASE)
+#: "St. Agnes" anywhere: a saint's name after "St." (a street suffix is never followed by a census name).
+_SAINT_NAME = re.compile(r"(?<![\w.])(?P<v>(?:St\.|ST\.|Saint|SAINT)[ \t]*(?P<n>[A-Za-z]{3,})(?:['’]s)?)\b")
+#: An acronym on no list after a place preposition, in mixed-case text ("from CBS", "at GBMC").
+_ACRONYM_PLACE = re.compile(r"\b(?:from|at|to|by|of)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b")
+_UNIVERSITY = re.compile(
+    r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:"
+    + "|".join(sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True))
+    + r"))\b",
+    re.IGNORECASE,
+)
+_UNIV_WORD = re.compile(r"\b(?:u|univ|university)\b", re.IGNORECASE)
+#: Never a name by themselves: function words, template words, clinical abbreviations, titles, relations.
+_NEVER_NAME = (
+    (VOCABULARY - frozenset(w.casefold() for w in calendar.month_name[1:] + list(calendar.day_name)))
+    | frozenset("hosp hospital rehab clinic unit ward floor icu micu sicu ccu csru ew er ed or pacu".split())  # noqa: SIM905
+    | frozenset(r + "s" for r in _RELATIONS)
+)
+
+
+@functools.cache
+def _place_index() -> dict[str, list[tuple[str, ...]]]:
+    """Gazetteer places by first word, longest first (built on first use: importing stays cheap)."""
+    index: dict[str, list[tuple[str, ...]]] = {}
+    for place in lexicon.PLACES_CASED:
+        words = tuple(w.casefold() for w in _LEX_TOKEN.findall(place))
+        if words:
+            index.setdefault(words[0], []).append(words)
+    for cands in index.values():
+        cands.sort(key=len, reverse=True)
+    return index
+
+
+def _vocab(word: str) -> bool:
+    """English, clinical or template vocabulary (cannot be a name or place by itself)."""
+    w = lexicon.fold(word)
+    return w in VOCABULARY or lexicon.is_safe(w)
+
+
+_KIND_RANK = {"stop": 0, "word": 1, "maybe": 2, "unknown": 3, "strong": 4}
+
+
+@functools.lru_cache(maxsize=200_000)
+def _name_kind(word: str) -> str:
+    """``strong`` (census name, no word), ``maybe`` (census name and an English word), ``unknown`` (on no
+    list), ``word`` (English) or ``stop`` (function, template or clinical word: never a name). A hyphenated
+    word takes its most name-like part's kind (``Stord-Painter``)."""
+    w = lexicon.fold(word)
+    if "-" in w:
+        parts = [p for p in w.split("-") if p]
+        if any(len(p) < 3 for p in parts):
+            return "stop"  # "e-mail", "x-ray", "b-blocker"
+        return max((_name_kind(p) for p in parts), key=_KIND_RANK.__getitem__, default="stop")
+    if len(w) < 3 or any(c.isdigit() for c in w) or w in _NEVER_NAME:
+        return "stop"
+    if w in lexicon.CLINICAL:  # "Fields" is a surname, "lung fields" clinical: a name only written as one
+        return "maybe" if w in lexicon.NAMES and _style(word.strip(".,;:'’\"()[]")) == "T" else "stop"
+    english = w in lexicon.SAFE
+    if w in lexicon.NAMES:
+        return "maybe" if english else "strong"
+    return "word" if english or _DRUG_ENDING.search(w) else "unknown"
+
+
+def _style(word: str) -> str:
+    """How a word is written: ``I`` initial, ``U`` upper, ``L`` lower, ``T`` title or mixed."""
+    if len(word) == 1:
+        return "I"
+    return "U" if word.isupper() else "L" if word.islower() else "T"
+
+
+#: Drug-name endings: a word on no list that ends so is a drug, not a name ("Lobetalol", "OFLOXACIN").
+_DRUG_ENDING = re.compile(
+    r"(?:cillin|mycin|micin|floxacin|cycline|azole|pril|sartan|olol|alol|statin|azepam|zolam|pam|xone|tidine|"
+    r"prazole|dipine|parin|afil|mab|nib|vir|amide|azide|mide|pine|idine|amine|oxin|pressin|statin|ltol|lol|rol|ril)$"
+)
+
+
+def is_not_name(word: str) -> bool:
+    """True if ``word`` cannot be a name by itself: a function, clinical or English word that is on no census
+    name list, or a number. Census names that are also words (``bill``, ``Hope``) and words on no list
+    (``milovan``) may be names. For gates that skip the model on values that cannot hold a name."""
+    w = lexicon.fold(word)
+    return not w or any(c.isdigit() for c in w) or _name_kind(w) in ("stop", "word")
+
+
+def _looks_named(text: str, m: re.Match[str]) -> bool:
+    """After a weak cue, an unknown word counts only before a verb of reporting or an end (``per Saeed.``)."""
+    return (
+        re.match(
+            r"[ \t]*(?:[.,;:)]|$|\n|(?:aware|made|ordered|notified|paged|called|in|at|to|re|who|was|is|will)\b)",
+            text[m.end() : m.end() + 12],
+            re.IGNORECASE,
+        )
+        is not None
+    )
+
+
+class LexiconRecognizer(LocalRecognizer):
+    """Names and places found through word lists, whatever the case (``mary souza``, ``BEA TURA``).
+
+    Names: a census name that is no English or clinical word is a name anywhere; a word on no list, a
+    census name that is also a word, or an initial is a name next to a name or after a relation or role
+    (``son bill``, ``np jen``, ``dr.ayoub``). Places: US places from the gazetteer (any case when the
+    name is no word, capitalised otherwise), the words before a facility noun (``CALVERT HOSPITAL``,
+    ``holy cross hospital``), wards named by a word and a number (``transfer to QUARTERMAIN 2``); every
+    other mention of a found place word in the same text follows it.
+    """
+
+    def __init__(self) -> None:
+        self.label = "LexiconRecognizer"
+        super().__init__(supported_entities=[PERSON, "LOCATION", "FACILITY"], name=self.label, supported_language="en")
+
+    def load(self) -> None:
+        """Nothing to load: the lists are read at import."""
+
+    def analyze(self, text: str, entities: list[str] | None, nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        """Name and place spans of one text."""
+        spans = self.names(text) + self.places(text)
+        return [
+            RecognizerResult(
+                entity_type=e,
+                start=s,
+                end=t,
+                score=0.8,
+                recognition_metadata={
+                    RecognizerResult.RECOGNIZER_NAME_KEY: self.label,
+                    RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                },
+            )
+            for s, t, e in spans
+        ]
+
+    @staticmethod
+    def names(text: str) -> list[tuple[int, int, str]]:
+        """Person spans by the census lists and cues."""
+        toks = list(_LEX_TOKEN.finditer(text))
+        kinds = [_name_kind(m.group()) for m in toks]
+        is_name = [k == "strong" and not _EPONYM_NEXT.match(text, m.end()) for k, m in zip(kinds, toks, strict=True)]
+        for i, m in enumerate(toks):
+            before = text[max(0, m.start() - 40) : m.start()]
+            if is_name[i] or "\n" in before[-3:]:
+                continue
+            word = m.group()
+            if kinds[i] == "stop":  # "Dr. Foley", "Bernard Foley CRT": a capitalised word in a name's place
+                after_name = i > 0 and is_name[i - 1] and text[toks[i - 1].end() : m.start()] == " "
+                is_name[i] = (
+                    _style(word) == "T"
+                    and lexicon.fold(word) not in _STOP
+                    and bool(_TITLE_CUE.search(before) or (after_name and _CRED_NEXT.match(text, m.end())))
+                )
+            elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
+                is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
+            elif kinds[i] == "word":  # "dr small": a word in a name's place
+                cue = _DR_CUE.search(before)
+                is_name[i] = bool(cue) and not _NOT_AFTER_DR.fullmatch(lexicon.fold(word))
+            else:
+                weak = (
+                    kinds[i] == "unknown" and _style(word) == "T" and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
+                )
+                reports = (
+                    (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
+                ) and _REPORTS.match(text, m.end())
+                is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports)
+
+        def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
+            gap = text[toks[a].end() : toks[b].start()]
+            sa, sb = _style(toks[a].group()), _style(toks[b].group())
+            if sa != sb and "I" not in (sa, sb):
+                return False
+            if len(toks[a].group()) == 1:
+                return gap in (". ", ".", " ")
+            if gap.casefold() in (" and ", " & ", ", "):  # a list of names: "Smokey, Morris and Roger"
+                return len(toks[b].group()) > 2 and (kinds[b] in ("strong", "unknown") or (kinds[b] == "maybe" and sb != "L"))
+            return gap in (" ", "-")
+
+        changed = True
+        while changed:  # grow names over adjacent words: "mary souza", "Q. LANDER", "Smokey, Morris and Roger"
+            changed = False
+            for i in range(len(toks)):
+                single = len(toks[i].group()) == 1
+                if is_name[i] or (single and not (toks[i].group().isupper() and text.startswith(".", toks[i].end()))):
+                    continue  # an initial is a capital with its period; "Smith   M" is a sex column
+                if kinds[i] not in ("maybe", "unknown") and not single:
+                    continue
+                prev = i - 2 if i > 1 and toks[i - 1].group().casefold() == "and" else i - 1
+                nxt = i + 1 < len(toks) and is_name[i + 1] and joined(i, i + 1)
+                if (prev >= 0 and is_name[prev] and joined(prev, i)) or nxt:
+                    is_name[i] = changed = True
+        out: list[tuple[int, int, str]] = []
+        found: set[str] = set()
+        for i, m in enumerate(toks):
+            if is_name[i]:
+                out.append((m.start(), m.end(), PERSON))
+                if kinds[i] in ("strong", "unknown") and len(m.group()) >= 3:
+                    found.add(lexicon.fold(m.group()))
+        cued = {m.group() for i, m in enumerate(toks) if is_name[i] and kinds[i] == "maybe" and len(m.group()) >= 3}
+        if found or cued:  # other mentions of a found name word ("Souza" ... "SOUZA"; "son bill" ... "bill called")
+            for i, m in enumerate(toks):
+                if is_name[i]:
+                    continue
+                if lexicon.fold(m.group()) in found or (
+                    m.group() in cued and not _DETERMINER.search(text[max(0, m.start() - 8) : m.start()])
+                ):
+                    out.append((m.start(), m.end(), PERSON))
+        return out
+
+    @staticmethod
+    def places(text: str) -> list[tuple[int, int, str]]:
+        """Place and facility spans by the gazetteer and by context."""
+        out: list[tuple[int, int, str]] = []
+        toks = list(_LEX_TOKEN.finditer(text))
+        folded = [lexicon.fold(m.group()) for m in toks]
+        ends = [m.end() for m in toks]
+        index = _place_index()
+        i = 0
+        while i < len(toks):
+            for words in index.get(folded[i], ()):
+                n = len(words)
+                if tuple(folded[i : i + n]) != words:
+                    continue
+                piece = text[toks[i].start() : toks[i + n - 1].end()]
+                if "\n" in piece:
+                    continue
+                cased = all(t.group()[0].isupper() for t in toks[i : i + n])
+                allwords = all(_vocab(w) for w in words)
+                if allwords:  # "Laurel", "Union": a place only written as one, in mixed-case text, after a place cue
+                    before = text[max(0, toks[i].start() - 30) : toks[i].start()]
+                    cased = cased and not any(t.group().isupper() for t in toks[i : i + n])
+                    if not (cased and (n > 1 or _PLACE_CUE_WORD.search(before))) or piece.casefold() in _US_STATES:
+                        continue
+                elif n == 1 and folded[i] in lexicon.NAMES:
+                    continue  # a surname that is also a town: the name rules decide
+                elif n == 1 and not (
+                    _PLACE_CUE.search(text[max(0, toks[i].start() - 30) : toks[i].start()])
+                    or _PLACE_AFTER.match(text, toks[i].end())
+                ):
+                    continue  # "Nitro", "Destin": a one-word town needs a place word around it
+                out.append((toks[i].start(), toks[i + n - 1].end(), "LOCATION"))
+                i += n - 1
+                break
+            i += 1
+        for m in _FACILITY_NOUN.finditer(text):
+            j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
+            taken: list[int] = []
+            strong_noun = _STRONG_FACILITY.match(m.group()) is not None
+            while j is not None and j >= 0 and len(taken) < 3:
+                gap = text[toks[j].end() : (toks[taken[-1]].start() if taken else m.start())]
+                if gap.strip(" \t-'’") and not (folded[j] in ("st", "mt") and gap.strip() == "."):
+                    break
+                if folded[j] in _STOP or folded[j] in HARD_STOP or not _facility_word(text, toks[j], strong_noun):
+                    break
+                taken.append(j)
+                j -= 1
+            taken.reverse()
+            while taken and (
+                folded[taken[0]] in ALLOW_LIST
+                or folded[taken[0]] in _COMMON
+                or folded[taken[0]] in lexicon.CLINICAL
+                or folded[taken[0]] in _GENERIC_PLACE
+            ):
+                taken.pop(0)
+            if taken and sum(len(folded[k]) for k in taken) >= 3:
+                # A noun that is part of the name ("LAUREL REGIONAL", "Sacred Heart Memorial") goes with it.
+                end = m.end() if _PROPER_NOUN.fullmatch(m.group().rstrip(".")) else toks[taken[-1]].end()
+                out.append((toks[taken[0]].start(), end, "FACILITY"))
+        for m in _UNIT_NOUN.finditer(text):
+            j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
+            if (
+                j is not None
+                and not text[toks[j].end() : m.start()].strip(" \t-")
+                and _name_kind(toks[j].group()) in ("strong", "unknown")
+                and not toks[j].group().isupper()
+            ):
+                out.append((toks[j].start(), toks[j].end(), "FACILITY"))
+        for m in _PLACE_AFTER_MOVE.finditer(text):
+            moved = m.group("v").split()
+            keep = 0
+            for k, w in enumerate(moved):
+                if _name_kind(w) in ("strong", "unknown") or (k and _name_kind(w) in ("maybe", "word")):
+                    keep = k + 1
+                elif not k:
+                    break
+            if keep and _name_kind(moved[0]) in ("strong", "unknown"):
+                piece = " ".join(moved[:keep])
+                out.append((m.start("v"), m.start("v") + len(piece), "LOCATION"))
+        for m in _SAINT_NAME.finditer(text):
+            if _name_kind(m.group("n")) in ("strong", "maybe", "unknown"):
+                out.append((m.start("v"), m.end("v"), "FACILITY"))
+        for m in _ACRONYM_PLACE.finditer(text):
+            line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+            if any(c.islower() for c in line) and _name_kind(m.group("v")) in ("unknown", "strong"):
+                out.append((m.start("v"), m.end("v"), "FACILITY"))
+        for rx in (_WARD, _SAINT, _UNIVERSITY):
+            if rx is _UNIVERSITY and not _UNIV_WORD.search(text):
+                continue  # the state alternation is slow; most notes name no university
+            for m in rx.finditer(text):
+                word = m.group("v")
+                if rx is _WARD and (_vocab(word) or lexicon.fold(word) in _US_STATES):
+                    continue
+                out.append((m.start("v"), m.end("v"), "FACILITY" if rx is not _WARD else "LOCATION"))
+        found = {
+            w
+            for s, e, _ in out
+            for w in (lexicon.fold(t) for t in _LEX_TOKEN.findall(text[s:e]))
+            if len(w) >= 4 and not _vocab(w) and w not in _US_STATES
+        }
+        if found:
+            out.extend((toks[k].start(), toks[k].end(), "LOCATION") for k in range(len(toks)) if folded[k] in found)
+        return out
+
+
+#: Words before a facility noun that do not name one ("the cardiac rehab", "an outside hospital").
+_GENERIC_PLACE = frozenset(
+    """
+    outside local another other same different private public state county city community home nursing acute
+    chronic long term short inpatient outpatient cardiac pulmonary physical occupational psych psychiatric
+    rehab rehabilitation skilled assisted living hospital hosp medical his her their our your my previous prior
+    current new old nearest nearby area regional general emergency family group halfway
+    """.split()  # noqa: SIM905
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -928,18 +1549,19 @@ class DenyListRecognizer(LocalRecognizer):
 
 def build_recognizers(
     deny_list: Iterable[str | DenyTerm] = (),
-) -> list[RegexRecognizer | ContextNameRecognizer | DenyListRecognizer]:
+) -> list[RegexRecognizer | ContextNameRecognizer | LexiconRecognizer | DenyListRecognizer]:
     """Every recognizer cohortsync adds to the NER model, for one worker's AnalyzerEngine.
 
     Presidio's own phone (phonenumbers: ~30 ms a note), date, e-mail (tldextract) and SSN recognizers
     are replaced; crypto, IBAN, NHS and the non-US national ids are not loaded at all.
     """
-    recs: list[RegexRecognizer | ContextNameRecognizer | DenyListRecognizer] = [
+    recs: list[RegexRecognizer | ContextNameRecognizer | LexiconRecognizer | DenyListRecognizer] = [
         RegexRecognizer("IdentifierRecognizer", IDENTIFIER_RULES),
         RegexRecognizer("AgeRecognizer", AGE_RULES),
         RegexRecognizer("AddressRecognizer", ADDRESS_RULES),
         RegexRecognizer("DateRecognizer", DATE_RULES),
         ContextNameRecognizer(),
+        LexiconRecognizer(),
     ]
     deny = list(deny_list)
     if deny:

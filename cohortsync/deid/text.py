@@ -391,7 +391,7 @@ class _Worker:
                 pos += len(line) + 1
         out = []
         for offset, piece in pieces:
-            for m in _CANDIDATE.finditer(piece):
+            for m in _CANDIDATE.finditer(self.R.case_for_ner(piece)):
                 if not covered[offset + m.start()] and m.group().casefold().strip("'’-") not in self.R.VOCABULARY:
                     out.append((offset, piece))
                     break
@@ -417,12 +417,13 @@ class _Worker:
                 self._line_cache.clear()
             pieces = list(todo)
             try:
-                docs: list[Any] = list(self.nlp.pipe(pieces, batch_size=self.settings.batch_size * 4))
+                cased = [self.R.case_for_ner(piece) for piece in pieces]  # ALL-CAPS lines in a case NER knows
+                docs: list[Any] = list(self.nlp.pipe(cased, batch_size=self.settings.batch_size * 4))
             except Exception:
                 docs = []
                 for piece in pieces:
                     try:
-                        docs.append(self.nlp(piece))
+                        docs.append(self.nlp(self.R.case_for_ner(piece)))
                     except Exception:
                         docs.append(None)
             for piece, doc in zip(pieces, docs, strict=True):

