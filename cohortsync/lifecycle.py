@@ -25,7 +25,7 @@ from cohortsync import cohorts as cohort_files
 from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, Policy, load_policy
-from cohortsync.deid.structured import Keys, pseudonymize
+from cohortsync.deid.structured import Keys, deid_keys, pseudonymize
 from cohortsync.errors import CohortError, MembershipError, PolicyError, StateError
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, _fsync_and_hash, _fsync_dir, dictionary_columns
@@ -67,7 +67,6 @@ def amend_cohort(
 ) -> AmendResult:
     """Add and/or withdraw patients. Added ones get their own backfill at the next sync; withdrawn
     ones leave the sandbox now and their rows leave every file of the cohort's landing."""
-    from cohortsync.sync import deid_keys, finish_relandings  # sync imports this module's purge
 
     cohort_files.check_name(name)
     if add_file is None and remove_file is None:
@@ -94,7 +93,7 @@ def amend_cohort(
         state.lock(f"amend-cohort {name}")
         if keys is not None:
             state.check_key_fingerprint(keys.fingerprint)
-            finish_relandings(state, Landing(settings.landing_path, settings.landing.compression))
+            state.finish_relandings(Landing(settings.landing_path, settings.landing.compression))
         src = source or open_source(settings)
         try:
             old_ids, old_batches = cohort.member_batches()

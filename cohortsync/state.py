@@ -23,7 +23,7 @@ from typing import Any
 
 from cohortsync import logs
 from cohortsync.errors import DeidError, LockedError, StateError
-from cohortsync.landing import LandedFile
+from cohortsync.landing import LandedFile, Landing
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,16 @@ class StateStore:
                 "UPDATE watermark SET rows=?, files=?, run_id=? WHERE cohort=? AND tbl=?",
                 (sum(f.rows for _, f in new) + sum(kept), len(new) + len(kept), run_id, cohort, table),
             )
+
+    def finish_relandings(self, landing: Landing) -> list[tuple[str, str]]:
+        """Complete re-landings that a crash interrupted after their state swap (``sync.reland``):
+        each recorded move is idempotent, and the record goes once all of a table's are done."""
+        done = []
+        for (cohort, table), steps in self.relandings().items():
+            landing.finish_relanding(cohort, table, steps)
+            self.relanded(cohort, table)
+            done.append((cohort, table))
+        return done
 
     def relandings(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:
         """Re-landings whose files have not all been moved into place yet: (name, temporary name or None)."""

@@ -37,7 +37,7 @@ from cohortsync import lifecycle, logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.pipeline import Deidentifier, TablePlan, TextScrubber, order_key, prepare
 from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
-from cohortsync.deid.structured import Keys, order_only
+from cohortsync.deid.structured import Keys, deid_keys, order_only
 from cohortsync.errors import (
     CohortError,
     CohortsyncError,
@@ -155,7 +155,7 @@ def run_sync(
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
         landing = Landing(settings.landing_path, settings.landing.compression)
-        finish_relandings(state, landing)  # before any reconcile: it would remove the files still to move
+        state.finish_relandings(landing)  # before any reconcile: it would remove the files still to move
         for c in selected:  # a withdrawal whose purge a crash interrupted is finished before anything else
             for a in lifecycle.pending_purges(state, c):
                 gone = lifecycle.purge(settings, state, keys, c, a)
@@ -316,16 +316,6 @@ def _unbuildable(state: StateStore, landing: Landing, policy: Policy, cohorts: l
     return out
 
 
-def finish_relandings(state: StateStore, landing: Landing) -> list[tuple[str, str]]:
-    """Complete re-landings that a crash interrupted after their state swap (see :func:`reland`)."""
-    done = []
-    for (cohort, table), steps in state.relandings().items():
-        landing.finish_relanding(cohort, table, steps)
-        state.relanded(cohort, table)
-        done.append((cohort, table))
-    return done
-
-
 @dataclass(frozen=True)
 class Relanded:
     table: str
@@ -349,7 +339,7 @@ def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str])
     with StateStore(settings.state_path) as state:
         state.lock(f"verify --repair {cohort_name}")
         state.check_key_fingerprint(keys.fingerprint)
-        finish_relandings(state, landing)
+        state.finish_relandings(landing)
         marks = state.watermarks()
         todo = [t for t in tables if (cohort_name, t) in marks]
         if not todo:
@@ -436,7 +426,7 @@ def reland(
     with StateStore(settings.state_path) as state:
         state.lock(f"verify --repair {cohort_name}")
         state.check_key_fingerprint(keys.fingerprint)
-        finish_relandings(state, landing)
+        state.finish_relandings(landing)
         marks = state.watermarks()
         todo = [t for t in tables if (cohort_name, t) in marks]
         if not todo:
@@ -524,16 +514,6 @@ def retrying(call: Callable[[], T], retries: int, sleep: Callable[[float], None]
                 raise
             sleep(backoff(attempt))
     raise AssertionError("unreachable")
-
-
-def deid_keys(settings: Settings) -> Keys:
-    """The de-identification key, from the environment only; sync refuses to run without it."""
-    if settings.deid_key is None or not settings.deid_key.get_secret_value():
-        raise DeidError(
-            "COHORTSYNC_DEID_KEY is not set: cohortsync will not land data without its de-identification key "
-            "(see docs/deidentification.md; 'cohortsync demo' makes a local demo key)"
-        )
-    return Keys.from_secret(settings.deid_key.get_secret_value())
 
 
 def start_text_scrubber(settings: Settings, src: Source, keys: Keys) -> TextScrubber:

@@ -25,7 +25,7 @@ from cohortsync import cohorts as cohort_files
 from cohortsync import logs, omop, plan
 from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
-from cohortsync.deid.structured import Keys, order_only, pseudonymize
+from cohortsync.deid.structured import Keys, deid_keys, order_only, pseudonymize
 from cohortsync.errors import CohortError
 from cohortsync.landing import Landing
 from cohortsync.sources import Source, open_source
@@ -89,7 +89,6 @@ def verify(
     """First every file the state lists (present, size, SHA-256, readable), then, for the tables
     whose files are sound, the row comparison with the source. The result per table is recorded
     for ``status``."""
-    from cohortsync.sync import deid_keys, finish_relandings
 
     c = cohort_files.load(settings.cohorts_path, cohort_files.check_name(cohort))
     if c is None:
@@ -102,7 +101,7 @@ def verify(
         state.check_key_fingerprint(keys.fingerprint)
         if state.relandings():  # a repair died after its state swap: finish it, as the next sync would
             state.lock(f"verify {cohort}")
-            finish_relandings(state, landing)
+            state.finish_relandings(landing)
             state.unlock()
         marks = state.watermarks()
         if tables:

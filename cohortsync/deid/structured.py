@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,9 @@ import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cohortsync.errors import DeidError
+
+if TYPE_CHECKING:
+    from cohortsync.config import Settings
 
 MIN_KEY_CHARS = 32
 MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
@@ -165,3 +169,13 @@ def top_code_year_of_birth(arr: pa.Array | pa.ChunkedArray, reference_year: int,
     a = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     floor = reference_year - (max_age + 1)
     return pc.if_else(pc.less(a, pa.scalar(floor, a.type)), pa.scalar(floor, a.type), a)
+
+
+def deid_keys(settings: Settings) -> Keys:
+    """The de-identification key, from the environment only; sync refuses to run without it."""
+    if settings.deid_key is None or not settings.deid_key.get_secret_value():
+        raise DeidError(
+            "COHORTSYNC_DEID_KEY is not set: cohortsync will not land data without its de-identification key "
+            "(see docs/deidentification.md; 'cohortsync demo' makes a local demo key)"
+        )
+    return Keys.from_secret(settings.deid_key.get_secret_value())
