@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -417,3 +420,25 @@ def test_note_nlp_gets_its_persons_offset_through_the_note_and_loads_through_the
     d.execute((full / "ddl.sql").read_text())
     d.execute(f"INSERT INTO note_nlp SELECT * FROM {rel(full, 'note_nlp')}")
     assert d.execute('SELECT count(DISTINCT "offset") FROM note_nlp').fetchall()[0][0] == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_export_killed_at_a_random_moment_leaves_nothing_or_a_whole_extract(project: Project, seed: int) -> None:
+    """SIGKILL at a random moment (seeded: reproducible), wherever the export then is: DIR is absent
+    or a whole, verifiable extract, and the next export cleans up and is whole."""
+    synced(project, every=5)
+    out = project.root / "x"
+    env = {**os.environ, "COHORTSYNC_DEID_KEY": TEST_KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cohortsync.cli", "--config", str(project.config), "export", "c", "--consumer", "acme",
+         "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(random.Random(seed).uniform(0.2, 3.0))  # where the kill lands varies; any moment must be safe
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=300)
+    if out.exists():
+        assert project.cli("verify-export", str(out)).exit_code == 0
+    r = project.cli("export", "c", "--consumer", "acme", "--out", str(out), "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert project.cli("verify-export", str(out)).exit_code == 0
+    assert [p.name for p in project.root.iterdir() if p.name.startswith(".x.")] == []
