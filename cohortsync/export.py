@@ -52,7 +52,7 @@ from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, Policy, id_domain, load_policy
 from cohortsync.errors import CohortError, DeidError, InputError, LandingError, TamperedError
 from cohortsync.faults import fault_point
-from cohortsync.landing import dictionary_columns
+from cohortsync.landing import dictionary_columns, file_sha256, fsync_and_hash
 from cohortsync.state import StateStore, iso, now_utc
 
 Format = Literal["parquet", "csv"]
@@ -426,27 +426,6 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
-def _fsync_and_hash(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb+") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            size += len(chunk)
-        os.fsync(f.fileno())
-    return h.hexdigest(), size
-
-
 def _fsync_tree(root: Path) -> None:
     """The folders and the small files written last (the parts were fsynced by their lanes)."""
     for p in sorted(root.rglob("*"), reverse=True):
@@ -559,7 +538,7 @@ def export(
             (tmp / "README.md").write_text(readme(manifest, quality, job.shipped), encoding="utf-8")
             manifest["files"] = {n: _file_entry(tmp / n) for n in ("README.md", "ddl.sql", "quality.json")}
             _write_json(tmp / MANIFEST, manifest)
-            digest = _sha256(tmp / MANIFEST)[0]
+            digest = file_sha256(tmp / MANIFEST)[0]
             (tmp / MANIFEST_SUM).write_text(f"{digest}  {MANIFEST}\n", encoding="ascii")
             _fsync_tree(tmp)
             fault_point("export_before_rename")
@@ -634,7 +613,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
-    digest, size = _sha256(path)
+    digest, size = file_sha256(path)
     return {"bytes": size, "sha256": digest}
 
 
@@ -694,7 +673,7 @@ class _Job:
             p = d / f["name"]
             if not p.is_file():
                 raise LandingError(f"landing file {self.cohort}/{table}/{f['name']} is listed in the state store but missing")
-            digest, _ = _sha256(p)
+            digest, _ = file_sha256(p)
             if digest != f["sha256"]:
                 raise TamperedError(
                     f"landing file {self.cohort}/{table}/{f['name']} does not match its SHA-256 in the state store "
@@ -1000,7 +979,7 @@ def _write(
                     rows += item.num_rows
             if w is not None:
                 w.close()
-                written[k] = (path, rows, *_fsync_and_hash(path))  # on this lane's thread, beside the others
+                written[k] = (path, rows, *fsync_and_hash(path))  # on this lane's thread, beside the others
         except BaseException as e:  # reported by the producer below
             failure.append(e)
             while not done and queues[k].get() is not _DONE:  # unblock the producer; never wait for a second _DONE
@@ -1097,7 +1076,7 @@ def verify_export(folder: Path) -> VerifyResult:
     if not sums.is_file():
         return VerifyResult(False, checked, f"{MANIFEST_SUM} is missing")
     checked += 2  # manifest.sha256 and manifest.json
-    if sums.read_bytes() != f"{_sha256(mpath)[0]}  {MANIFEST}\n".encode():
+    if sums.read_bytes() != f"{file_sha256(mpath)[0]}  {MANIFEST}\n".encode():
         return VerifyResult(False, checked, f"{MANIFEST} differs from its SHA-256 in {MANIFEST_SUM}")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
@@ -1112,7 +1091,7 @@ def verify_export(folder: Path) -> VerifyResult:
         checked += 1
         if not p.is_file():
             return VerifyResult(False, checked, f"{name} is missing")
-        got, got_size = _sha256(p)
+        got, got_size = file_sha256(p)
         if got_size != size or got != digest:
             return VerifyResult(False, checked, f"{name} differs from the manifest (SHA-256 or size)")
     for p in sorted(folder.rglob("*")):

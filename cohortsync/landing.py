@@ -108,7 +108,7 @@ class Landing:
         if not thorough:
             return None
         try:
-            digest, _ = _hash(path)
+            digest, _ = file_sha256(path)
         except OSError as e:
             return f"cannot be read ({e.strerror})"
         if digest != recorded["sha256"]:
@@ -339,7 +339,7 @@ class _Lane:
                 w.close()
                 if self.error is None:
                     tmp = self.parts[-1][0]
-                    self._sealed[tmp] = _fsync_and_hash(tmp)
+                    self._sealed[tmp] = fsync_and_hash(tmp)
             except BaseException as e:
                 self.error = self.error or e
 
@@ -387,7 +387,8 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
-def _hash(path: Path) -> tuple[str, int]:
+def file_sha256(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of a file as it is on disk (checks of landed and exported files)."""
     h = hashlib.sha256()
     size = 0
     with path.open("rb") as f:
@@ -398,11 +399,7 @@ def _hash(path: Path) -> tuple[str, int]:
 
 
 def fsync_and_hash(path: Path) -> tuple[str, int]:
-    """(sha256, bytes) of a file just written, made durable first."""
-    return _fsync_and_hash(path)
-
-
-def _fsync_and_hash(path: Path) -> tuple[str, int]:
+    """(sha256, bytes) of a file just written, made durable in the same pass."""
     h = hashlib.sha256()
     size = 0
     with path.open("rb+") as f:

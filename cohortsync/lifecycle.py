@@ -28,7 +28,7 @@ from cohortsync.deid.policy import Action, Policy, load_policy
 from cohortsync.deid.structured import Keys, deid_keys, pseudonymize
 from cohortsync.errors import CohortError, MembershipError, PolicyError, StateError
 from cohortsync.faults import fault_point
-from cohortsync.landing import LandedFile, Landing, _fsync_and_hash, _fsync_dir, dictionary_columns
+from cohortsync.landing import LandedFile, Landing, _fsync_dir, dictionary_columns, fsync_and_hash
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore
 
@@ -234,7 +234,7 @@ def _purge_table(landing: Landing, state: StateStore, cohort: str, table: str, c
                 keep = b.filter(pc.invert(pc.is_in(b.column(column), value_set=values)))
                 rows += keep.num_rows
                 w.write_batch(keep)
-        digest, size = _fsync_and_hash(tmp)
+        digest, size = fsync_and_hash(tmp)
         os.replace(tmp, path)
         updates.append(LandedFile(f["name"], rows, size, digest))
         removed += hits
