@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -389,24 +389,24 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
 
 def file_sha256(path: Path) -> tuple[str, int]:
     """(sha256, bytes) of a file as it is on disk (checks of landed and exported files)."""
-    h = hashlib.sha256()
-    size = 0
     with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+        return _digest(f)
 
 
 def fsync_and_hash(path: Path) -> tuple[str, int]:
     """(sha256, bytes) of a file just written, made durable in the same pass."""
+    with path.open("rb+") as f:
+        out = _digest(f)
+        os.fsync(f.fileno())
+    return out
+
+
+def _digest(f: BinaryIO) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with path.open("rb+") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            size += len(chunk)
-        os.fsync(f.fileno())
+    while chunk := f.read(1 << 22):
+        h.update(chunk)
+        size += len(chunk)
     return h.hexdigest(), size
 
 
