@@ -54,6 +54,36 @@ resource "azurerm_subnet" "postgres" {
   }
 }
 
+# Inbound: nothing from outside the virtual network (the job serves nothing; PostgreSQL and the
+# private endpoints answer only inside it). Outbound stays open for Entra ID token requests.
+resource "azurerm_network_security_group" "main" {
+  name                = "nsg-${var.prefix}-cohortsync"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  security_rule {
+    name                       = "deny-internet-inbound"
+    priority                   = 4000
+    direction                  = "Inbound"
+    access                     = "Deny"
+    protocol                   = "*"
+    source_port_range          = "*"
+    destination_port_range     = "*"
+    source_address_prefix      = "Internet"
+    destination_address_prefix = "*"
+  }
+  tags = var.tags
+}
+
+resource "azurerm_subnet_network_security_group_association" "main" {
+  for_each = {
+    jobs      = azurerm_subnet.jobs.id
+    endpoints = azurerm_subnet.endpoints.id
+    postgres  = azurerm_subnet.postgres.id
+  }
+  subnet_id                 = each.value
+  network_security_group_id = azurerm_network_security_group.main.id
+}
+
 locals {
   private_zones = {
     dfs        = "privatelink.dfs.core.windows.net"
@@ -73,7 +103,7 @@ resource "azurerm_private_dns_zone" "zone" {
 }
 
 resource "azurerm_private_dns_zone_virtual_network_link" "zone" {
-  for_each              = local.private_zones
+  for_each             = local.private_zones
   name                 = "link-${each.key}"
   private_dns_zone_id  = azurerm_private_dns_zone.zone[each.key].id
   virtual_network_id   = azurerm_virtual_network.main.id
