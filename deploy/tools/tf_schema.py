@@ -13,7 +13,6 @@ Usage: python tf_schema.py ASSEMBLY.jsii TFDIR   (exit 1 on any unknown name)
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
