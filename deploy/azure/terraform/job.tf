@@ -27,7 +27,7 @@ resource "azurerm_container_app_environment_storage" "cohorts" {
 
 locals {
   landing_url = "abfss://${var.landing_container}@${azurerm_storage_account.landing.name}.dfs.core.windows.net/${var.landing_prefix}"
-  state_url   = "postgresql://cohortsync@${azurerm_postgresql_flexible_server.state.fqdn}:5432/${azurerm_postgresql_flexible_server_database.state.name}?sslmode=require"
+  state_url   = "postgresql://cohortsync@${azurerm_postgresql_flexible_server.state.fqdn}:5432/${var.state_database}?sslmode=require"
   # Settings that are not secrets (docs/configuration.md); the image's cohortsync.toml holds the rest.
   job_env = {
     COHORTSYNC_SOURCE__SERVER_HOSTNAME = var.databricks_server_hostname
@@ -54,10 +54,21 @@ resource "azurerm_container_app_job" "sync" {
   # No platform retries: only transient failures (exit 4) are retried, by the entry script.
   replica_retry_limit = 0
 
-  schedule_trigger_config {
-    cron_expression          = var.schedule_cron
-    parallelism              = 1
-    replica_completion_count = 1
+  # Weekly, one replica, one completion. With the schedule off, the same job runs only by hand.
+  dynamic "schedule_trigger_config" {
+    for_each = var.schedule_enabled ? [1] : []
+    content {
+      cron_expression          = var.schedule_cron
+      parallelism              = 1
+      replica_completion_count = 1
+    }
+  }
+  dynamic "manual_trigger_config" {
+    for_each = var.schedule_enabled ? [] : [1]
+    content {
+      parallelism              = 1
+      replica_completion_count = 1
+    }
   }
 
   identity {

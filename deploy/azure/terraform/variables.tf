@@ -57,6 +57,12 @@ variable "schedule_cron" {
   }
 }
 
+variable "schedule_enabled" {
+  type        = bool
+  default     = true
+  description = "false: the job runs only when started by hand (first deployment, key rotation)."
+}
+
 variable "replica_timeout_seconds" {
   type        = number
   default     = 28800
@@ -122,6 +128,12 @@ variable "landing_container" {
 variable "landing_prefix" {
   type    = string
   default = "cohortsync"
+}
+
+variable "state_database" {
+  type        = string
+  default     = "cohortsync"
+  description = "Database of state.url. Terraform creates \"cohortsync\"; another one (a key rotation's fresh state) is created by hand."
 }
 
 variable "storage_replication" {
