@@ -61,7 +61,10 @@ step_image() {
   fi
   # This machine's CA bundle over the image's, for a TLS-inspecting proxy (build time only).
   [ -f /etc/ssl/certs/ca-certificates.crt ] && args+=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+  # The context is the repository root filtered by deploy/azure/Dockerfile.dockerignore (the name
+  # BuildKit looks for beside the Dockerfile; buildah is told explicitly).
   (cd "$root" && nice -n 10 "${b[@]}" build -q --isolation chroot --layers=false "${args[@]}" \
+    --ignorefile deploy/azure/Dockerfile.dockerignore \
     -f deploy/azure/Dockerfile -t localhost/cohortsync:check .) > "$cache/build.log" 2>&1 \
     || { tail -20 "$cache/build.log"; return 1; }
   local c code
