@@ -221,3 +221,18 @@ def test_the_entry_script_retries_only_transient_failures(
     last = runs[expected_calls - 1]
     assert calls == expected_calls
     assert code == {3: 0}.get(last, last)
+
+
+def test_the_build_context_lets_through_exactly_what_the_dockerfile_copies() -> None:
+    docker = (DEPLOY / "azure" / "Dockerfile").read_text()
+    copied = set()
+    for line in docker.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            copied.update(w.rstrip("/") for w in words[1:-1] if not w.startswith("--"))
+    ignore = (DEPLOY / "azure" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore, "the ignore file must start from nothing and let through what is copied"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert copied == allowed, f"copied but ignored: {copied - allowed}; let through but not copied: {allowed - copied}"
+    for path in copied:
+        assert (REPO / path).exists(), path
