@@ -20,7 +20,7 @@ steps=("$@")
 failed=()
 say() { printf '\n== %s\n' "$*"; }
 pypi() { PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_FIND_LINKS='' PIP_EXTRA_INDEX_URL='' PIP_CONSTRAINT='' \
-  nice -n 10 "$1/bin/pip" install -q --isolated --index-url https://pypi.org/simple "${@:2}"; }
+  nice -n 10 "$1/bin/pip" install -q --isolated --disable-pip-version-check --index-url https://pypi.org/simple "${@:2}"; }
 venv() { [ -x "$1/bin/pip" ] || "$py" -m venv "$1"; }
 
 tools_venv() {
