@@ -22,7 +22,7 @@ from cohortsync.errors import CohortError, CohortsyncError, PolicyError
 from cohortsync.export import ExportResult, VerifyResult, export, verify_export
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
-from cohortsync.state import StateStore
+from cohortsync.state import open_state
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def add_cohort(
             f"cohort {name} is already registered with a different member list "
             f"({existing.members} ids, this file {len(patients.ids)}); amendments are not supported yet"
         )
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock(f"add-cohort {name}")
         src = source or open_source(settings)
         try:
@@ -120,7 +120,7 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
     for n in names:
         if n not in known:
             raise CohortError(f"unknown cohort {n!r} (registered: {', '.join(known) or 'none'})")
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         marks = state.watermarks()
     policy = load_policy(settings.policy_path)
     src = source or open_source(settings)
@@ -151,7 +151,7 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
 def status(settings: Settings) -> dict[str, Any]:
     """Cohorts × tables: watermark, rows landed, last run, last verify and last error (for humans and --json)."""
     registered = cohort_files.load_all(settings.cohorts_path)
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
         checks = state.verify_results()
         runs = state.runs(1)
