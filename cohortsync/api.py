@@ -16,13 +16,13 @@ import pyarrow as pa
 
 from cohortsync import cohorts as cohort_files
 from cohortsync import logs, omop, plan
-from cohortsync.config import Settings
+from cohortsync.config import Settings, redact_url, url_problem
 from cohortsync.deid.policy import FREE_TEXT, Action, carries_source_time, load_policy
-from cohortsync.errors import CohortError, CohortsyncError, PolicyError
+from cohortsync.errors import CohortError, CohortsyncError, ConfigError, PolicyError, StateError
 from cohortsync.export import ExportResult, VerifyResult, export, verify_export
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
-from cohortsync.state import open_state
+from cohortsync.state import DB_NAME, CopyReport, StateStore, copy_state, open_state
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ __all__ = [
     "policy_check",
     "policy_rows",
     "remove_cohort",
+    "state_copy",
     "status",
     "sync",
     "verify_export",
@@ -241,3 +242,25 @@ def policy_check(settings: Settings, live: bool = True, source: Source | None = 
             if source is None:
                 src.close()
     return findings
+
+
+def state_copy(settings: Settings, url: str) -> tuple[str, str, CopyReport]:
+    """Copy the SQLite state under ``state.path`` into the empty PostgreSQL database at ``url``
+    (password from COHORTSYNC_STATE_PASSWORD) and verify it; returns (from, to, report).
+
+    Both stores hold the run lock throughout, so no sync changes the source mid-copy. The source
+    stays as it was: keep it until the first sync against the new state succeeded.
+    """
+    problem = url_problem(url)
+    if problem:
+        raise ConfigError(f"state copy --to: {problem}")
+    folder = settings.state_path
+    if not (folder / DB_NAME).is_file():
+        raise StateError(f"state copy: no SQLite state in {folder} (state.path) to copy")
+    password = settings.state_password.get_secret_value() if settings.state_password else None
+    with StateStore(folder) as source, StateStore.postgres(url, password) as target:
+        source.lock("state copy")
+        target.lock("state copy")
+        report = copy_state(source, target)
+    logs.event(log, logging.INFO, "state.copied", f"state copied to {redact_url(url)}", rows=report.rows)
+    return str(folder), redact_url(url), report

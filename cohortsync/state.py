@@ -8,6 +8,7 @@ the process dies, so a killed sync never leaves a stale lock behind. Nothing her
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cohortsync import logs
-from cohortsync.errors import DeidError, StateError
+from cohortsync.errors import DeidError, InputError, StateError
 from cohortsync.landing import LandedFile, Landing
 from cohortsync.statedb import DB_NAME, LOCK_NAME, Backend, PostgresBackend, SqliteBackend
 
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DB_NAME", "LOCK_NAME", "TABLES", "Mark", "StateStore", "TableOutcome", "open_state"]
+__all__ = [
+    "DB_NAME", "LOCK_NAME", "TABLES", "CopyReport", "Mark", "StateStore", "TableOutcome", "copy_state", "open_state",
+    "table_digest",
+]
 
 SCHEMA_VERSION = 1
 
@@ -487,3 +491,64 @@ class StateStore:
         for r in out:
             r["tables"] = json.loads(r["tables"])
         return out
+
+
+# -- moving a state (cohortsync state copy) --------------------------------------------------------
+COPY_BATCH = 1000
+
+
+def table_digest(store: StateStore, table: str) -> tuple[int, str]:
+    """A table's row count and a digest of its content that both engines compute alike.
+
+    Each row (as JSON of column -> value) is hashed and the hashes are summed modulo 2**256: the
+    result does not depend on row order, so neither engine's sort order nor a materialised sort is
+    needed, and any changed, missing or extra row changes it.
+    """
+    cur = store.db.execute(f"SELECT * FROM {table}")
+    cols = [d[0] for d in cur.description]
+    total, n = 0, 0
+    while batch := cur.fetchmany(COPY_BATCH):
+        for row in batch:
+            doc = json.dumps(dict(zip(cols, row, strict=True)), sort_keys=True, separators=(",", ":"))
+            total = (total + int.from_bytes(hashlib.sha256(doc.encode()).digest())) % (1 << 256)
+            n += 1
+    return n, f"{total:064x}"
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    tables: dict[str, tuple[int, str]]  # table -> (rows, digest), equal on both sides
+
+    @property
+    def rows(self) -> int:
+        return sum(n for n, _ in self.tables.values())
+
+
+def copy_state(source: StateStore, target: StateStore) -> CopyReport:
+    """Copy every table of ``source`` into the empty ``target`` in one target transaction, then
+    compare each table's row count and digest on both sides before committing: a difference rolls
+    the whole copy back, so the target ends either empty or equal to the source. Both are locked."""
+    for table in TABLES:
+        (n,) = target.db.execute(f"SELECT count(*) FROM {table}").fetchone()
+        if n:
+            raise InputError(
+                f"state copy: the target {target.where} is not empty ({table} has {n} rows); "
+                "copy only into a new, empty database"
+            )
+    with target.transaction() as db:
+        for table in TABLES:
+            cur = source.db.execute(f"SELECT * FROM {table}")
+            cols = [d[0] for d in cur.description]
+            insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+            while batch := cur.fetchmany(COPY_BATCH):
+                db.executemany(insert, batch)
+        found: dict[str, tuple[int, str]] = {}
+        for table in TABLES:
+            want, got = table_digest(source, table), table_digest(target, table)
+            if want != got:
+                raise StateError(
+                    f"state copy: {table} differs after copying ({want[0]} rows in {source.where}, {got[0]} in "
+                    f"{target.where}); nothing was committed"
+                )
+            found[table] = want
+    return CopyReport(found)
