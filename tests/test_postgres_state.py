@@ -121,10 +121,6 @@ def test_state_copy_moves_a_sqlite_state_into_postgres_and_syncs_on(
     r = project.cli("sync", "-q")
     assert r.exit_code == 0, r.output
     assert state_of(project)["marks"] != before["marks"]
-    # A second copy into the now non-empty database is refused, and changes nothing there.
-    r = project.cli("state", "copy", "--to", postgres_state.url)
-    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
-    assert f"error: state copy: the target {postgres_state.url} is not empty (meta has 1 rows)" in r.output
 
 
 def one_line(output: str, needle: str) -> None:
@@ -138,7 +134,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_state_url_that_cannot_be_reached_is_transient(project: Project, postgres_state: PostgresState) -> None:
+# -- the faults of tests/BAD_INPUTS.md (run there, by tests/test_bad_inputs.py) --------------------------
+
+
+def state_unreachable(project: Project, pg: PostgresState) -> None:
     port = free_port()
     url = f"postgresql://cohortsync@127.0.0.1:{port}/cohortsync"
     project.config.write_text(project.config.read_text().replace('[state]\n', f'[state]\nurl = "{url}"\n'))
@@ -146,35 +145,38 @@ def test_a_state_url_that_cannot_be_reached_is_transient(project: Project, postg
     for args in (("status",), ("sync", "-q"), ("state", "copy", "--to", url)):
         r = project.cli(*args)
         assert r.exit_code == 4, (args, r.output)
-        one_line(r.output, f'state store {url} cannot be reached: connection failed: connection to server at "127.0.0.1", '
-                           f"port {port} failed: Connection refused")
+        one_line(r.output, f'error: state store {url} cannot be reached: connection failed: connection to server at '
+                           f'"127.0.0.1", port {port} failed: Connection refused')
     assert not project.landing.exists()
 
 
-def test_a_password_in_the_url_is_refused_and_never_printed(project: Project, postgres_state: PostgresState) -> None:
+def state_url_password(project: Project, pg: PostgresState) -> None:
     secret = "s3cr3t-pw"
-    bad = postgres_state.url.replace("cohortsync@", f"cohortsync:{secret}@")
+    bad = pg.url.replace("cohortsync@", f"cohortsync:{secret}@")
     text = project.config.read_text()
     project.config.write_text(text.replace('[state]\n', f'[state]\nurl = "{bad}"\n'))
     r = project.cli("status")
     assert r.exit_code == 2 and secret not in r.output
     one_line(r.output, "state.url: Value error, must not carry a password: set COHORTSYNC_STATE_PASSWORD instead")
     project.config.write_text(text)
-    r = project.cli("state", "copy", "--to", bad + "?sslmode=disable")
+    r = project.cli("state", "copy", "--to", f"{pg.url}?sslmode=disable&password={secret}")
     assert r.exit_code == 2 and secret not in r.output
-    one_line(r.output, "state copy --to: must not carry a password: set COHORTSYNC_STATE_PASSWORD instead")
-    on_postgres(project, postgres_state)
-    r = project.cli("status", env={"COHORTSYNC_STATE_PASSWORD": "wrong"})
-    assert r.exit_code == 2 and "wrong" not in r.output.split("refuses")[0]
-    one_line(r.output, f'state store {postgres_state.url} refuses the connection: connection failed: connection to server at '
-                       f'"127.0.0.1", port {postgres_state.server.port} failed: FATAL:  password authentication failed for user')
+    one_line(r.output, "error: state copy --to: must not carry a password: set COHORTSYNC_STATE_PASSWORD instead")
 
 
-def test_the_lock_held_in_postgres_by_a_live_run_exits_3(project: Project, postgres_state: PostgresState) -> None:
-    on_postgres(project, postgres_state)
+def state_wrong_password(project: Project, pg: PostgresState) -> None:
+    on_postgres(project, pg)
+    r = project.cli("status", env={"COHORTSYNC_STATE_PASSWORD": "not-the-password"})
+    assert r.exit_code == 2 and "not-the-password" not in r.output
+    one_line(r.output, f'error: state store {pg.url} refuses the connection: connection failed: connection to server at '
+                       f'"127.0.0.1", port {pg.server.port} failed: FATAL:  password authentication failed for user "cohortsync"')
+
+
+def pg_lock_held(project: Project, pg: PostgresState) -> None:
+    on_postgres(project, pg)
     ids = person_ids(project)
     assert project.cli("add-cohort", "c", "--patients", str(project.write_ids("c.csv", ids[:50]))).exit_code == 0
-    with StateStore.postgres(postgres_state.url, postgres_state.password) as holder:
+    with StateStore.postgres(pg.url, pg.password) as holder:
         holder.lock("sync")
         add = str(project.write_ids("x.csv", ids[60:61]))
         for args in (("sync", "-q"), ("amend-cohort", "c", "--add", add)):
@@ -182,29 +184,27 @@ def test_the_lock_held_in_postgres_by_a_live_run_exits_3(project: Project, postg
             assert r.exit_code == 3, r.output
             holder_text = f"pid {os.getpid()} on {socket.gethostname()}, sync, since "
             one_line(r.output, f"error: another cohortsync run holds the lock ({holder_text}")
-        with postgres_state.connect() as con:  # visible to an operator, too
+            assert r.output.endswith("); try again when it ends\n")
+        with pg.connect() as con:  # visible to an operator, too
             (n,) = con.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cohortsync run lock'").fetchone()  # type: ignore[misc]
             assert n == 1
+        assert state_of(project)["marks"] == {}
     assert project.cli("sync", "-q").exit_code == 0  # released with its session
     assert state_of(project)["marks"]
 
 
-def test_a_connection_dropped_mid_commit_moves_no_watermark_and_the_next_run_resumes_exactly(
-    tmp_path: Path, eunomia_db: Path, postgres_state: PostgresState, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def pg_connection_cut(p: Project, pg: PostgresState) -> None:
     """pg_terminate_backend on the state's connection after a table's inserts, before its COMMIT."""
-    p = new_project(tmp_path / "p", eunomia_db, EXTRA_CONFIG)
-    on_postgres(p, postgres_state)
+    reference = new_project(p.root / "ref", p.db, EXTRA_CONFIG)  # the same loads, synced without a fault
+    p.config.write_text(p.config.read_text() + EXTRA_CONFIG)
+    on_postgres(p, pg)
     ids = person_ids(p)
-    assert p.cli("add-cohort", "a", "--patients", str(p.write_ids("a.csv", ids[::3]))).exit_code == 0
-    assert p.cli("sync", "-q").exit_code == 0
+    for q in (p, reference):
+        assert q.cli("add-cohort", "a", "--patients", str(q.write_ids("a.csv", ids[::3]))).exit_code == 0
+        assert q.cli("sync", "-q").exit_code == 0
+        q.add_load()
     before = state_of(p)
-    p.add_load()
-    reference = new_project(tmp_path / "ref", eunomia_db, EXTRA_CONFIG)
-    shutil.copytree(p.root / "cohorts", reference.root / "cohorts")
-    reference.add_load()
-
     calls = {"n": 0}
     original = StateStore.commit_table
 
@@ -214,17 +214,19 @@ def test_a_connection_dropped_mid_commit_moves_no_watermark_and_the_next_run_res
             commit = self.db.commit
 
             def cut_then_commit() -> None:
-                assert postgres_state.terminate("cohortsync") == 1  # the data session only; the lock's stays
+                assert pg.terminate("cohortsync") == 1  # the data session only; the lock's stays
                 commit()
 
-            monkeypatch.setattr(self.db, "commit", cut_then_commit)
+            self.db.commit = cut_then_commit  # type: ignore[method-assign]
         original(self, run_id, outcomes)
 
-    monkeypatch.setattr(StateStore, "commit_table", commit_table_then_cut)
-    r = p.cli("sync", "-q")
-    monkeypatch.setattr(StateStore, "commit_table", original)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StateStore, "commit_table", commit_table_then_cut)
+        r = p.cli("sync", "-q")
     assert r.exit_code == 4, r.output
-    assert "connection lost" in r.output.splitlines()[-1] and r.output.splitlines()[-1].startswith("error: state store ")
+    last = r.output.splitlines()[-1]
+    assert last == (f"error: state store {pg.url}: connection lost: the connection is closed; nothing was committed "
+                    "that the landing does not hold, run again"), last
     mid = state_of(p)
     moved = [k for k in mid["marks"] if mid["marks"][k] != before["marks"][k]]
     assert len(moved) == 1  # the first table committed; the cut one and every later one did not move
@@ -232,10 +234,22 @@ def test_a_connection_dropped_mid_commit_moves_no_watermark_and_the_next_run_res
         assert mid["files"][k] == before["files"][k]
     r = p.cli("sync", "-q")
     assert r.exit_code == 0, r.output
-    # The reference: the same two loads, synced without a fault (its state in SQLite).
     assert reference.cli("sync", "-q").exit_code == 0
     assert landing_rows(p.root) == landing_rows(reference.root)
     assert state_of(p)["marks"] == state_of(reference)["marks"]
+
+
+def state_copy_not_empty(project: Project, pg: PostgresState) -> None:
+    StateStore(project.root / "state").close()
+    with StateStore.postgres(pg.url, pg.password) as target:
+        target.check_key_fingerprint("someone else's")
+        before = {t: table_digest(target, t) for t in TABLES}
+    r = project.cli("state", "copy", "--to", pg.url)
+    assert r.exit_code == 2
+    one_line(r.output, f"error: state copy: the target {pg.url} is not empty (meta has 1 rows); copy only into a new, "
+                       "empty database")
+    with StateStore.postgres(pg.url, pg.password) as target:
+        assert {t: table_digest(target, t) for t in TABLES} == before
 
 
 @pytest.mark.parametrize("fault", ["after_land", "between_renames@2", "after_commit"])
