@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import socket
 import sqlite3
@@ -22,14 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cohortsync import logs
 from cohortsync.config import redact_url, url_problem
 from cohortsync.errors import ConfigError, LockedError, StateError, TransientStateError, safe_message
 
 if TYPE_CHECKING:
     import psycopg
 
-log = logging.getLogger(__name__)
 
 DB_NAME = "cohortsync.sqlite3"
 LOCK_NAME = "cohortsync.lock"
@@ -178,7 +175,8 @@ def _is_config_problem(message: str) -> bool:
     m = message.lower()
     return any(
         s in m
-        for s in ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry", "role ")
+        for s in ("authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry",
+                  "does not support ssl", "permission denied")
     )
 
 
@@ -343,6 +341,3 @@ class PostgresBackend:
         self.conn.close()
         self.unlock()
 
-
-def log_locked(where: str, what: str) -> None:
-    logs.event(log, logging.DEBUG, "state.locked", f"run lock taken in {where} for {what}")
