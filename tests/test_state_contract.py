@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cohortsync.errors import DeidError, LockedError, StateError
+from cohortsync.errors import DeidError, InputError, LockedError, StateError
 from cohortsync.landing import LandedFile
 from cohortsync.state import StateStore, TableOutcome
 from servers.postgres import PostgresState
@@ -257,3 +257,55 @@ def test_any_text_reads_back_byte_for_byte_and_in_byte_order(store: StateStore, 
     assert [f["name"] for f in store.files("c", "person")] == sorted(names, key=lambda n: n.encode())
     store.record_verify("c", {"person": ("damaged", detail)})
     assert store.verify_results()[("c", "person")]["detail"] == detail
+
+
+def filled_sqlite(folder: Path, names: list[str], detail: str | None, seconds: float) -> StateStore:
+    s = StateStore(folder)
+    run = s.start_run("sync")
+    s.record_cohort("c", len(names), "s" * 64, "2026-10-01")
+    s.check_key_fingerprint("fp")
+    s.commit_table(run, [TableOutcome("c", "person", None, T0, 5, [lf(n) for n in names], "landed", seconds=seconds,
+                                      notes={"n": names[0]})])
+    s.log_outcome(run, TableOutcome("c", "note", None, None, 0, [], "failed", error=detail))
+    s.record_verify("c", {"person": ("damaged", detail)})
+    s.record_purge("c", 1, 3)
+    s.consumer_slot("acme", 16)
+    s.end_export(s.start_export("c", "acme", ["person"], "/x", "me"), "done", 5, None)
+    s.end_run(run, "ok")
+    return s
+
+
+def all_rows(store: StateStore) -> dict[str, list[tuple[object, ...]]]:
+    from cohortsync.state import TABLES
+
+    return {t: sorted((tuple(r) for r in store.db.execute(f"SELECT * FROM {t}").fetchall()), key=repr) for t in TABLES}
+
+
+@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(texts, min_size=1, max_size=5, unique=True), detail=st.one_of(st.none(), texts),
+       seconds=st.floats(0, 1e6, allow_nan=False))
+def test_state_copy_reproduces_every_row_and_the_digest_notices_any_change(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: object, names: list[str], detail: str | None, seconds: float
+) -> None:
+    import secrets
+
+    from cohortsync.state import TABLES, copy_state, table_digest
+    from servers.postgres import PostgresServer
+
+    assert isinstance(postgres_server, PostgresServer)
+    db = "h_" + secrets.token_hex(6)
+    with postgres_server.connect() as con:
+        con.execute(f'CREATE DATABASE "{db}"')
+    try:
+        with filled_sqlite(tmp_path_factory.mktemp("s") / "state", names, detail, seconds) as src, \
+                StateStore.postgres(postgres_server.url(db), postgres_server.password) as dst:
+            report = copy_state(src, dst)
+            assert all_rows(dst) == all_rows(src)
+            assert report.tables == {t: table_digest(dst, t) for t in TABLES} and report.rows > 10
+            dst.db.execute("UPDATE landed_file SET rows = rows + 1 WHERE name = ?", (names[-1],))
+            assert table_digest(dst, "landed_file") != report.tables["landed_file"]
+            with pytest.raises(InputError, match="is not empty"):
+                copy_state(src, dst)
+    finally:
+        with postgres_server.connect() as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
