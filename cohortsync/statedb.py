@@ -197,6 +197,7 @@ class PostgresBackend:
         self.where = redact_url(url)
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._lock_pid: int | None = None
+        self._lost: str | None = None
         self.conn = self._connect("cohortsync")
 
     def _connect(self, application_name: str, **extra: Any) -> psycopg.Connection[Any]:
@@ -218,9 +219,10 @@ class PostgresBackend:
 
         msg = safe_message(e)
         if isinstance(e, psycopg.OperationalError) or self.conn.closed:
+            # Later calls on the dead connection only say "the connection is closed": report the first cause.
+            self._lost = self._lost or f"connection lost{doing}: {msg}"
             return TransientStateError(
-                f"state store {self.where}: connection lost{doing}: {msg}; nothing was committed that the landing "
-                "does not hold, run again"
+                f"state store {self.where}: {self._lost}; nothing was committed that the landing does not hold, run again"
             )
         return StateError(f"state store {self.where}{doing}: {msg}")
 

@@ -225,7 +225,8 @@ def pg_connection_cut(p: Project, pg: PostgresState) -> None:
         r = p.cli("sync", "-q")
     assert r.exit_code == 4, r.output
     last = r.output.splitlines()[-1]
-    assert last == (f"error: state store {pg.url}: connection lost: the connection is closed; nothing was committed "
+    assert last == (f"error: state store {pg.url}: connection lost at commit: terminating connection due to administrator "
+                    "command; nothing was committed "
                     "that the landing does not hold, run again"), last
     mid = state_of(p)
     moved = [k for k in mid["marks"] if mid["marks"][k] != before["marks"][k]]
