@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,21 @@ def test_a_sync_killed_with_state_in_postgres_resumes_exactly(
         k: sorted(r for _, r, _ in v) for k, v in want["files"].items()}
     with StateStore.postgres(postgres_state.url, postgres_state.password) as st:
         assert [r["status"] for r in st.runs()] == ["ok", "running"]  # the killed run stays on record as it died
+
+
+def test_a_run_whose_lock_session_died_commits_nothing_more(postgres_state: PostgresState) -> None:
+    """Fencing: with its lock gone, another run may have started; this one must not write."""
+    from cohortsync.errors import TransientStateError
+    from cohortsync.landing import LandedFile
+    from cohortsync.state import TableOutcome
+
+    with StateStore.postgres(postgres_state.url, postgres_state.password) as st:
+        st.lock("sync")
+        run = st.start_run("sync")
+        assert postgres_state.terminate("cohortsync run lock") == 1
+        o = TableOutcome("a", "person", None, datetime(2026, 10, 4), 1, [LandedFile("f", 1, 1, "0" * 64)], "landed")
+        with pytest.raises(TransientStateError, match="this run lost its lock"):
+            st.commit_table(run, [o])
+        assert st.watermarks() == {}
+        with StateStore.postgres(postgres_state.url, postgres_state.password) as other:
+            other.lock("sync")  # free for the next run
