@@ -16,13 +16,13 @@ import pyarrow as pa
 
 from cohortsync import cohorts as cohort_files
 from cohortsync import logs, omop, plan
-from cohortsync.config import Settings
+from cohortsync.config import Settings, redact_url, url_problem
 from cohortsync.deid.policy import FREE_TEXT, Action, carries_source_time, load_policy
-from cohortsync.errors import CohortError, CohortsyncError, PolicyError
+from cohortsync.errors import CohortError, CohortsyncError, ConfigError, PolicyError, StateError
 from cohortsync.export import ExportResult, VerifyResult, export, verify_export
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
-from cohortsync.state import StateStore
+from cohortsync.state import DB_NAME, CopyReport, StateStore, copy_state, open_state
 from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ __all__ = [
     "policy_check",
     "policy_rows",
     "remove_cohort",
+    "state_copy",
     "status",
     "sync",
     "verify_export",
@@ -70,7 +71,7 @@ def add_cohort(
             f"cohort {name} is already registered with a different member list "
             f"({existing.members} ids, this file {len(patients.ids)}); amendments are not supported yet"
         )
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock(f"add-cohort {name}")
         src = source or open_source(settings)
         try:
@@ -120,7 +121,7 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
     for n in names:
         if n not in known:
             raise CohortError(f"unknown cohort {n!r} (registered: {', '.join(known) or 'none'})")
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         marks = state.watermarks()
     policy = load_policy(settings.policy_path)
     src = source or open_source(settings)
@@ -151,7 +152,7 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
 def status(settings: Settings) -> dict[str, Any]:
     """Cohorts × tables: watermark, rows landed, last run, last verify and last error (for humans and --json)."""
     registered = cohort_files.load_all(settings.cohorts_path)
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         rows = {(r["cohort"], r["tbl"]): r for r in state.status_rows()}
         checks = state.verify_results()
         runs = state.runs(1)
@@ -241,3 +242,25 @@ def policy_check(settings: Settings, live: bool = True, source: Source | None = 
             if source is None:
                 src.close()
     return findings
+
+
+def state_copy(settings: Settings, url: str) -> tuple[str, str, CopyReport]:
+    """Copy the SQLite state under ``state.path`` into the empty PostgreSQL database at ``url``
+    (password from COHORTSYNC_STATE_PASSWORD) and verify it; returns (from, to, report).
+
+    Both stores hold the run lock throughout, so no sync changes the source mid-copy. The source
+    stays as it was: keep it until the first sync against the new state succeeded.
+    """
+    problem = url_problem(url)
+    if problem:
+        raise ConfigError(f"state copy --to: {problem}")
+    folder = settings.state_path
+    if not (folder / DB_NAME).is_file():
+        raise StateError(f"state copy: no SQLite state in {folder} (state.path) to copy")
+    password = settings.state_password.get_secret_value() if settings.state_password else None
+    with StateStore(folder) as source, StateStore.postgres(url, password) as target:
+        source.lock("state copy")
+        target.lock("state copy")
+        report = copy_state(source, target)
+    logs.event(log, logging.INFO, "state.copied", f"state copied to {redact_url(url)}", rows=report.rows)
+    return str(folder), redact_url(url), report

@@ -651,6 +651,29 @@ def policy_check_cmd(ctx: click.Context, offline: bool) -> None:
         raise CommandFailed(f"the policy does not cover the source: {errors} error(s) (see above)", ExitCode.NEEDS_PERSON)
 
 
+@cli.group("state")
+def state_group() -> None:
+    """Manage the state store itself (watermarks, files, runs): move it from SQLite to PostgreSQL."""
+
+
+@state_group.command("copy")
+@click.option("--to", "to", required=True, metavar="URL",
+              help="postgresql://USER@HOST:PORT/DATABASE of an empty database; password from COHORTSYNC_STATE_PASSWORD.")
+@click.pass_context
+@handle_errors
+def state_copy_cmd(ctx: click.Context, to: str) -> None:
+    """Copy the SQLite state (state.path) into an empty PostgreSQL database and verify it.
+
+    Every table is copied in one transaction and compared on both sides (row count and a content
+    digest) before it commits; a non-empty target is refused. The SQLite state stays untouched.
+    Then set state.url to the URL. See docs/operations.md ("Moving the state to PostgreSQL").
+    """
+    source, target, report = api.state_copy(_settings(ctx), to)
+    for table, (rows, digest) in report.tables.items():
+        click.echo(f"  {table:<16} {rows:>10,} rows  digest {digest[:16]} equal")
+    click.echo(f"copied {report.rows:,} rows in {len(report.tables)} tables from {source} to {target}; set state.url to use it")
+
+
 @cli.command("demo")
 @click.argument("directory", required=False, default="cohortsync-demo", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--persons", default=2000, show_default=True, type=click.IntRange(100, 10_000_000), help="Synthetic persons.")

@@ -11,6 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -106,8 +107,48 @@ class ExportSettings(_Section):
     writer_threads: int = Field(2, ge=1, le=32, description="encoder threads per table, each writing its own part file")
 
 
+def redact_url(url: str) -> str:
+    """The URL fit for messages and logs: no password, in the user info or the query."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not acceptable as ``state.url``, or None. Never repeats the URL (it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must start with postgresql:// (unset it to keep the state in SQLite under state.path)"
+    if parts.password is not None or "password" in {k.lower() for k in query}:
+        return "must not carry a password: set COHORTSYNC_STATE_PASSWORD instead"
+    if not parts.path.strip("/"):
+        return "names no database (postgresql://USER@HOST:PORT/DATABASE)"
+    return None
+
+
 class StateSettings(_Section):
+    """Where the state lives: SQLite in the folder ``path``, or PostgreSQL at ``url`` when it is set."""
+
     path: Path = Path("state")
+    url: str | None = Field(None, description="postgresql://USER@HOST:PORT/DATABASE; password from COHORTSYNC_STATE_PASSWORD")
+
+    @field_validator("url")
+    @classmethod
+    def _no_secret_in_url(cls, v: str | None) -> str | None:
+        problem = url_problem(v) if v else None
+        if problem:
+            raise ValueError(problem)
+        return v or None
 
 
 class CohortsSettings(_Section):
@@ -127,6 +168,7 @@ class Settings(BaseSettings):
     deid: DeidSettings = DeidSettings()
     export: ExportSettings = ExportSettings()
     deid_key: SecretStr | None = None  # only from COHORTSYNC_DEID_KEY
+    state_password: SecretStr | None = None  # only from COHORTSYNC_STATE_PASSWORD
 
     base_dir: Path = Field(Path("."), exclude=True)
 
@@ -188,9 +230,12 @@ def load_settings(path: Path | None = None) -> Settings:
 
 
 def settings_from_dict(data: dict[str, Any], base_dir: Path, origin: str = "config") -> Settings:
-    if "deid_key" in data or "base_dir" in data:
-        key = "deid_key" if "deid_key" in data else "base_dir"
-        raise ConfigError(f"{origin}: {key!r} may not be set in a file (deid_key comes from COHORTSYNC_DEID_KEY)")
+    for key in ("deid_key", "state_password", "base_dir"):
+        if key in data:
+            raise ConfigError(
+                f"{origin}: {key!r} may not be set in a file "
+                "(deid_key comes from COHORTSYNC_DEID_KEY, state_password from COHORTSYNC_STATE_PASSWORD)"
+            )
     _check_env_names()
     try:
         return Settings(**data, base_dir=base_dir)

@@ -99,6 +99,13 @@ class TamperedError(RefusalError, StateError):
     exit_code = ExitCode.NEEDS_PERSON
 
 
+class TransientStateError(StateError):
+    """The state database cannot be reached or dropped the connection; a retry later may succeed."""
+
+    transient = True
+    exit_code = ExitCode.RETRY_LATER
+
+
 class LockedError(StateError):
     """Another cohortsync run holds the state lock."""
 

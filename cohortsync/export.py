@@ -53,7 +53,7 @@ from cohortsync.deid.policy import Action, Policy, id_domain, load_policy
 from cohortsync.errors import CohortError, DeidError, InputError, LandingError, TamperedError
 from cohortsync.faults import fault_point
 from cohortsync.landing import dictionary_columns, file_sha256, fsync_and_hash
-from cohortsync.state import StateStore, iso, now_utc
+from cohortsync.state import StateStore, iso, now_utc, open_state
 
 Format = Literal["parquet", "csv"]
 MANIFEST = "manifest.json"
@@ -471,7 +471,7 @@ def export(
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise InputError(f"{out} is not a cohortsync extract (no {MANIFEST}); --overwrite replaces extracts only")
     policy = load_policy(settings.policy_path)
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         known = state.cohort_names()
         if cohort not in known:
             raise CohortError(f"unknown cohort {cohort!r} (registered: {', '.join(sorted(known)) or 'none'})")

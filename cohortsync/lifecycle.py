@@ -30,7 +30,7 @@ from cohortsync.errors import CohortError, MembershipError, PolicyError, StateEr
 from cohortsync.faults import fault_point
 from cohortsync.landing import LandedFile, Landing, _fsync_dir, dictionary_columns, fsync_and_hash
 from cohortsync.sources import Source, open_source
-from cohortsync.state import StateStore
+from cohortsync.state import StateStore, open_state
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def amend_cohort(
     if len(current) - len(remove) + len(add) == 0:
         raise CohortError(f"the amendment would leave {name} empty; use 'cohortsync remove-cohort {name} --purge'")
     keys = deid_keys(settings) if remove else None
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock(f"amend-cohort {name}")
         if keys is not None:
             state.check_key_fingerprint(keys.fingerprint)
@@ -265,7 +265,7 @@ def remove_cohort(settings: Settings, name: str, purge_data: bool, source: Sourc
     cohort = cohort_files.load(settings.cohorts_path, name)
     if cohort is None:
         raise CohortError(f"unknown cohort {name!r}")
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock(f"remove-cohort {name}")
         files = [f for t in omop.registry() for f in state.files(name, t)]
         marks = [k for k in state.watermarks() if k[0] == name]

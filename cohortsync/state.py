@@ -1,61 +1,66 @@
-"""The state store: watermarks, committed files and the run log, in SQLite under ``state/``.
+"""The state store: watermarks, committed files and the run log, in SQLite under ``state/`` or in PostgreSQL.
 
-SQLite gives real transactions from the standard library: a table's watermarks and its file list
-change in one transaction, after the files are durable, so the store never claims what the landing
-does not hold. The run lock is an ``flock`` on a separate file: the kernel releases it when the
-process dies, so a killed sync never leaves a stale lock behind. Nothing here stores row values.
+Both give real transactions: a table's watermarks and its file list change in one transaction,
+after the files are durable, so the store never claims what the landing does not hold. The run
+lock (an ``flock`` beside the SQLite file, a session advisory lock in PostgreSQL) is released when
+the process dies, so a killed sync never leaves a stale lock behind. Nothing here stores row values.
 """
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import logging
-import os
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cohortsync import logs
-from cohortsync.errors import DeidError, LockedError, StateError
+from cohortsync.errors import DeidError, InputError, StateError
 from cohortsync.landing import LandedFile, Landing
+from cohortsync.statedb import DB_NAME, LOCK_NAME, Backend, PostgresBackend, SqliteBackend
+
+if TYPE_CHECKING:
+    from cohortsync.config import Settings
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "cohortsync.sqlite3"
-LOCK_NAME = "cohortsync.lock"
+__all__ = [
+    "DB_NAME", "LOCK_NAME", "TABLES", "CopyReport", "Mark", "StateStore", "TableOutcome", "copy_state", "open_state",
+    "table_digest",
+]
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cohort (
-    name TEXT PRIMARY KEY, members INTEGER NOT NULL, members_sha256 TEXT NOT NULL, registered_at TEXT NOT NULL
+    name TEXT PRIMARY KEY, members BIGINT NOT NULL, members_sha256 TEXT NOT NULL, registered_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS watermark (
-    cohort TEXT NOT NULL, tbl TEXT NOT NULL, wm TEXT NOT NULL, rows INTEGER NOT NULL, files INTEGER NOT NULL,
-    run_id TEXT NOT NULL, member_batch INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (cohort, tbl)
+    cohort TEXT NOT NULL, tbl TEXT NOT NULL, wm TEXT NOT NULL, rows BIGINT NOT NULL, files BIGINT NOT NULL,
+    run_id TEXT NOT NULL, member_batch BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (cohort, tbl)
 );
 CREATE TABLE IF NOT EXISTS landed_file (
     cohort TEXT NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL, lower TEXT, upper TEXT NOT NULL,
-    rows INTEGER NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, run_id TEXT NOT NULL,
+    rows BIGINT NOT NULL, bytes BIGINT NOT NULL, sha256 TEXT NOT NULL, run_id TEXT NOT NULL,
     PRIMARY KEY (cohort, tbl, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS purge (
-    cohort TEXT NOT NULL, amendment INTEGER NOT NULL, purged_at TEXT NOT NULL, rows INTEGER NOT NULL,
+    cohort TEXT NOT NULL, amendment BIGINT NOT NULL, purged_at TEXT NOT NULL, rows BIGINT NOT NULL,
     PRIMARY KEY (cohort, amendment)
 );
-CREATE TABLE IF NOT EXISTS retired (cohort TEXT NOT NULL, retired_at TEXT NOT NULL, files INTEGER, rows INTEGER);
+CREATE TABLE IF NOT EXISTS retired (cohort TEXT NOT NULL, retired_at TEXT NOT NULL, files BIGINT, rows BIGINT);
 CREATE TABLE IF NOT EXISTS run (
     run_id TEXT PRIMARY KEY, command TEXT NOT NULL, started TEXT NOT NULL, ended TEXT, status TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS run_table (
-    run_id TEXT NOT NULL, cohort TEXT NOT NULL, tbl TEXT NOT NULL, lower TEXT, upper TEXT, rows INTEGER,
-    files INTEGER, status TEXT NOT NULL, error TEXT, seconds REAL, notes TEXT,
+    run_id TEXT NOT NULL, cohort TEXT NOT NULL, tbl TEXT NOT NULL, lower TEXT, upper TEXT, rows BIGINT,
+    files BIGINT, status TEXT NOT NULL, error TEXT, seconds DOUBLE PRECISION, notes TEXT,
     PRIMARY KEY (run_id, cohort, tbl)
 );
 """
@@ -73,6 +78,30 @@ CREATE TABLE IF NOT EXISTS verify_result (
     PRIMARY KEY (cohort, tbl)
 );
 """
+
+# The export tables (cohortsync export): created on every open, like EXTRA_SCHEMA.
+EXPORT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS export_consumer (name TEXT PRIMARY KEY, slot BIGINT NOT NULL UNIQUE, first_export TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS export_log (
+    export_id TEXT PRIMARY KEY, started TEXT NOT NULL, ended TEXT, cohort TEXT NOT NULL, consumer TEXT NOT NULL,
+    tables TEXT NOT NULL, rows BIGINT, manifest_sha256 TEXT, os_user TEXT NOT NULL, out_dir TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+"""
+
+# Every table of the store, in an order that copies parents first (``cohortsync state copy``).
+TABLES = (
+    "meta", "cohort", "watermark", "landed_file", "purge", "retired", "run", "run_table", "relanding",
+    "verify_result", "export_consumer", "export_log",
+)
+
+
+def open_state(settings: Settings) -> StateStore:
+    """The state store the settings name: PostgreSQL at ``state.url``, else SQLite in ``state.path``."""
+    if settings.state.url:
+        password = settings.state_password.get_secret_value() if settings.state_password else None
+        return StateStore.postgres(settings.state.url, password)
+    return StateStore(settings.state_path)
 
 
 def now_utc() -> datetime:
@@ -114,35 +143,35 @@ class TableOutcome:
 
 
 class StateStore:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    """The one state interface: every query, written once for both backends (``cohortsync.statedb``).
+
+    ``StateStore(folder)`` opens the embedded SQLite store; :func:`open_state` picks the backend
+    the settings name. ``db`` runs the portable SQL of this class on either engine.
+    """
+
+    def __init__(self, folder: Path | None = None, *, backend: Backend | None = None) -> None:
+        if backend is None:
+            if folder is None:
+                raise ValueError("StateStore needs a folder or a backend")
+            backend = SqliteBackend(folder)
+        self.db: Backend = backend
+        self.where = backend.where
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise StateError(f"state store {folder} is not writable (read-only file system?)")
-            self.db = sqlite3.connect(folder / DB_NAME, isolation_level=None)  # explicit transactions only
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a power cut may undo the last commit, never corrupt the store. That is
-            # safe here: an undone commit leaves fsynced files the state does not list, which the next
-            # sync removes and lands again (docs/sync.md). FULL would fsync on every commit.
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=10000")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StateError(f"state store {folder} was written by a newer cohortsync (schema {version})")
-            if version < SCHEMA_VERSION:
-                self.db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self.db.executescript(EXTRA_SCHEMA)
-        except sqlite3.Error as e:
-            raise StateError(f"state store {folder}: {e}") from None
-        except OSError as e:
-            raise StateError(f"state store {folder}: {e.strerror}") from None
-        self._lock_fd: int | None = None
+            backend.migrate(SCHEMA, SCHEMA_VERSION, EXTRA_SCHEMA + EXPORT_SCHEMA)
+        except BaseException:
+            backend.close()
+            raise
+
+    @classmethod
+    def postgres(cls, url: str, password: str | None) -> StateStore:
+        return cls(backend=PostgresBackend(url, password))
+
+    @property
+    def kind(self) -> str:
+        return self.db.kind
 
     def close(self) -> None:
         self.db.close()
-        self.unlock()
 
     def __enter__(self) -> StateStore:
         return self
@@ -151,45 +180,23 @@ class StateStore:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StateError(f"state store {self.folder}: {e}") from None
+    def transaction(self) -> Iterator[Backend]:
+        self.db.begin()
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.rollback()
             raise
-        try:
-            self.db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StateError(f"state store {self.folder}: commit failed: {e}") from None
+        self.db.commit()
 
     # -- the lock ------------------------------------------------------------------------------
     def lock(self, what: str) -> None:
         """Take the run lock or fail at once: two writers would race on watermarks and files."""
-        try:
-            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise StateError(f"cannot open lock file in {self.folder}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            raise LockedError(
-                f"another cohortsync run holds the lock ({holder or 'unknown'}); try again when it ends"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, {what}, since {iso(now_utc())}".encode(), 0)
-        self._lock_fd = fd
-        logs.event(log, logging.DEBUG, "state.locked", f"run lock taken in {self.folder} for {what}")
+        self.db.lock(what)
+        logs.event(log, logging.DEBUG, "state.locked", f"run lock taken in {self.where} for {what}")
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.db.unlock()
 
     # -- the de-identification key ----------------------------------------------------------------
     def check_key_fingerprint(self, fingerprint: str) -> None:
@@ -242,7 +249,9 @@ class StateStore:
                 assert o.upper is not None
                 for f in o.files:
                     db.execute(
-                        "INSERT OR REPLACE INTO landed_file VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO landed_file VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cohort, tbl, name) DO UPDATE "
+                        "SET lower=excluded.lower, upper=excluded.upper, rows=excluded.rows, bytes=excluded.bytes, "
+                        "sha256=excluded.sha256, run_id=excluded.run_id",
                         (o.cohort, o.table, f.name, iso(o.lower), iso(o.upper), f.rows, f.bytes, f.sha256, run_id),
                     )
                 db.execute(
@@ -273,13 +282,17 @@ class StateStore:
 
     def record_purge(self, cohort: str, amendment: int, rows: int) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO purge VALUES (?, ?, ?, ?)", (cohort, amendment, iso(now_utc()), rows))
+            db.execute(
+                "INSERT INTO purge VALUES (?, ?, ?, ?) ON CONFLICT (cohort, amendment) DO UPDATE "
+                "SET purged_at=excluded.purged_at, rows=excluded.rows",
+                (cohort, amendment, iso(now_utc()), rows),
+            )
 
     def forget_cohort(self, cohort: str) -> None:
         """A retired cohort: its watermarks and file list go; the run log and the act itself stay."""
         with self.transaction() as db:
             n, rows = db.execute(
-                "SELECT count(*), coalesce(sum(rows), 0) FROM landed_file WHERE cohort=?", (cohort,)
+                "SELECT count(*), CAST(coalesce(sum(rows), 0) AS BIGINT) FROM landed_file WHERE cohort=?", (cohort,)
             ).fetchone()
             db.execute("DELETE FROM landed_file WHERE cohort=?", (cohort,))
             db.execute("DELETE FROM watermark WHERE cohort=?", (cohort,))
@@ -357,7 +370,8 @@ class StateStore:
         with self.transaction() as db:
             for table, (status, detail) in results.items():
                 db.execute(
-                    "INSERT OR REPLACE INTO verify_result VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO verify_result VALUES (?, ?, ?, ?, ?) ON CONFLICT (cohort, tbl) DO UPDATE "
+                    "SET checked_at=excluded.checked_at, status=excluded.status, detail=excluded.detail",
                     (cohort, table, iso(now_utc()), status, detail),
                 )
 
@@ -370,9 +384,11 @@ class StateStore:
             self._log(db, run_id, o)
 
     @staticmethod
-    def _log(db: sqlite3.Connection, run_id: str, o: TableOutcome) -> None:
+    def _log(db: Backend, run_id: str, o: TableOutcome) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO run_table VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO run_table VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, cohort, tbl) DO UPDATE "
+            "SET lower=excluded.lower, upper=excluded.upper, rows=excluded.rows, files=excluded.files, "
+            "status=excluded.status, error=excluded.error, seconds=excluded.seconds, notes=excluded.notes",
             (
                 run_id, o.cohort, o.table, iso(o.lower), iso(o.upper), o.rows, len(o.files), o.status, o.error,
                 round(o.seconds, 3), json.dumps(o.notes, sort_keys=True) if o.notes else None,
@@ -420,22 +436,6 @@ class StateStore:
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     # -- exports (cohortsync export) -------------------------------------------------------------
-    # Created on first use rather than in SCHEMA, so existing stores need no schema version bump.
-    EXPORT_SCHEMA = """
-    CREATE TABLE IF NOT EXISTS export_consumer (name TEXT PRIMARY KEY, slot INTEGER NOT NULL UNIQUE, first_export TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS export_log (
-        export_id TEXT PRIMARY KEY, started TEXT NOT NULL, ended TEXT, cohort TEXT NOT NULL, consumer TEXT NOT NULL,
-        tables TEXT NOT NULL, rows INTEGER, manifest_sha256 TEXT, os_user TEXT NOT NULL, out_dir TEXT NOT NULL,
-        status TEXT NOT NULL
-    );
-    """
-
-    def _export_tables(self) -> None:
-        try:
-            self.db.executescript(self.EXPORT_SCHEMA)
-        except sqlite3.Error as e:
-            raise StateError(f"state store {self.folder}: {e}") from None
-
     def window_notes(self, cohort: str, table: str) -> dict[str, str | None]:
         """Per landed window (its upper bound): the notes (JSON) of the latest run that landed it."""
         rows = self.db.execute(
@@ -455,7 +455,6 @@ class StateStore:
     def consumer_slot(self, consumer: str, slots: int) -> int:
         """The consumer's fixed slot among ``slots``: the first free one from a hash of its name, so it
         is the same after a state restore whenever no other consumer took it first."""
-        self._export_tables()
         with self.transaction() as db:
             row = db.execute("SELECT slot FROM export_consumer WHERE name=?", (consumer,)).fetchone()
             if row is not None:
@@ -470,7 +469,6 @@ class StateStore:
             return slot
 
     def start_export(self, cohort: str, consumer: str, tables: list[str], out_dir: str, os_user: str) -> str:
-        self._export_tables()
         export_id = now_utc().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         with self.transaction() as db:
             db.execute(
@@ -487,10 +485,70 @@ class StateStore:
             )
 
     def exports(self, limit: int = 10) -> list[dict[str, Any]]:
-        self._export_tables()
         cur = self.db.execute("SELECT * FROM export_log ORDER BY started DESC LIMIT ?", (limit,))
         cols = [d[0] for d in cur.description]
         out = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         for r in out:
             r["tables"] = json.loads(r["tables"])
         return out
+
+
+# -- moving a state (cohortsync state copy) --------------------------------------------------------
+COPY_BATCH = 1000
+
+
+def table_digest(store: StateStore, table: str) -> tuple[int, str]:
+    """A table's row count and a digest of its content that both engines compute alike.
+
+    Each row (as JSON of column -> value) is hashed and the hashes are summed modulo 2**256: the
+    result does not depend on row order, so neither engine's sort order nor a materialised sort is
+    needed, and any changed, missing or extra row changes it.
+    """
+    cur = store.db.execute(f"SELECT * FROM {table}")
+    cols = [d[0] for d in cur.description]
+    total, n = 0, 0
+    while batch := cur.fetchmany(COPY_BATCH):
+        for row in batch:
+            doc = json.dumps(dict(zip(cols, row, strict=True)), sort_keys=True, separators=(",", ":"))
+            total = (total + int.from_bytes(hashlib.sha256(doc.encode()).digest())) % (1 << 256)
+            n += 1
+    return n, f"{total:064x}"
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    tables: dict[str, tuple[int, str]]  # table -> (rows, digest), equal on both sides
+
+    @property
+    def rows(self) -> int:
+        return sum(n for n, _ in self.tables.values())
+
+
+def copy_state(source: StateStore, target: StateStore) -> CopyReport:
+    """Copy every table of ``source`` into the empty ``target`` in one target transaction, then
+    compare each table's row count and digest on both sides before committing: a difference rolls
+    the whole copy back, so the target ends either empty or equal to the source. Both are locked."""
+    for table in TABLES:
+        (n,) = target.db.execute(f"SELECT count(*) FROM {table}").fetchone()
+        if n:
+            raise InputError(
+                f"state copy: the target {target.where} is not empty ({table} has {n} rows); "
+                "copy only into a new, empty database"
+            )
+    with target.transaction() as db:
+        for table in TABLES:
+            cur = source.db.execute(f"SELECT * FROM {table}")
+            cols = [d[0] for d in cur.description]
+            insert = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+            while batch := cur.fetchmany(COPY_BATCH):
+                db.executemany(insert, batch)
+        found: dict[str, tuple[int, str]] = {}
+        for table in TABLES:
+            want, got = table_digest(source, table), table_digest(target, table)
+            if want != got:
+                raise StateError(
+                    f"state copy: {table} differs after copying ({want[0]} rows in {source.where}, {got[0]} in "
+                    f"{target.where}); nothing was committed"
+                )
+            found[table] = want
+    return CopyReport(found)

@@ -54,7 +54,7 @@ from cohortsync.faults import fault_point
 from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter, dictionary_columns, fsync_and_hash
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches, upper_bound, upper_bounds
-from cohortsync.state import Mark, StateStore, TableOutcome
+from cohortsync.state import Mark, StateStore, TableOutcome, open_state
 
 if TYPE_CHECKING:
     from cohortsync.deid.recognizers import DenyTerm
@@ -150,7 +150,7 @@ def run_sync(
     progress = progress or LogProgress()
     keys = deid_keys(settings)
     policy = load_policy(settings.policy_path)
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock("sync")
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
@@ -336,7 +336,7 @@ def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str])
     keys = deid_keys(settings)
     landing = Landing(settings.landing_path, settings.landing.compression)
     out: list[Relanded] = []
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock(f"verify --repair {cohort_name}")
         state.check_key_fingerprint(keys.fingerprint)
         state.finish_relandings(landing)
@@ -423,7 +423,7 @@ def reland(
     landing = Landing(settings.landing_path, settings.landing.compression)
     cohort = _select_cohorts(settings, [cohort_name])[0]
     out: list[Relanded] = []
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.lock(f"verify --repair {cohort_name}")
         state.check_key_fingerprint(keys.fingerprint)
         state.finish_relandings(landing)

@@ -30,7 +30,7 @@ from cohortsync.errors import CohortError
 from cohortsync.landing import Landing
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches
-from cohortsync.state import Mark, StateStore
+from cohortsync.state import Mark, open_state
 
 if TYPE_CHECKING:
     from cohortsync.sync import Relanded
@@ -97,7 +97,7 @@ def verify(
     policy = load_policy(settings.policy_path)
     landing = Landing(settings.landing_path, settings.landing.compression)
     report = VerifyReport(cohort)
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.check_key_fingerprint(keys.fingerprint)
         if state.relandings():  # a repair died after its state swap: finish it, as the next sync would
             state.lock(f"verify {cohort}")
@@ -140,7 +140,7 @@ def verify(
         local.close()
         if source is None:
             src.close()
-    with StateStore(settings.state_path) as state:
+    with open_state(settings) as state:
         state.record_verify(cohort, {ch.table: (ch.status, ch.note or None) for ch in report.tables})
     return report
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from conftest import REPO, TEST_KEY, Project, person_ids, snapshot
+from servers.postgres import PostgresState
 
 ROWS = {
     m.group(1)
@@ -416,7 +417,25 @@ def _(p: Project) -> None:
 
 
 def test_every_row_has_a_test_and_every_test_a_row() -> None:
-    assert set(CASES) == ROWS
+    assert set(CASES) | set(PG_CASES) == ROWS
+
+
+# The state in PostgreSQL (tests/servers/postgres.py): the cases live in tests/test_postgres_state.py.
+PG_CASES = {
+    "state-unreachable": "state_unreachable",
+    "state-url-password": "state_url_password",
+    "state-wrong-password": "state_wrong_password",
+    "pg-lock-held": "pg_lock_held",
+    "pg-connection-cut": "pg_connection_cut",
+    "state-copy-not-empty": "state_copy_not_empty",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PG_CASES))
+def test_bad_state_on_postgres(name: str, project: Project, postgres_state: PostgresState) -> None:
+    import test_postgres_state
+
+    getattr(test_postgres_state, PG_CASES[name])(project, postgres_state)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -42,6 +42,11 @@ def test_environment_overrides_every_key(tmp_path: Path, monkeypatch: pytest.Mon
         ("[sync]\ntables = ['person', 'bogus']\n", "'bogus' is not a supported"),
         ("[source]\nkind = 'oracle'\n", "source.kind"),
         ("deid_key = 'secret'\n", "may not be set in a file"),
+        ("state_password = 'secret'\n", "'state_password' may not be set in a file"),
+        ("[state]\nurl = 'postgresql://u:secret@h/db'\n", "state.url: Value error, must not carry a password"),
+        ("[state]\nurl = 'postgresql://u@h/db?password=secret'\n", "must not carry a password"),
+        ("[state]\nurl = 'mysql://u@h/db'\n", "state.url: Value error, must start with postgresql://"),
+        ("[state]\nurl = 'postgresql://u@h'\n", "state.url: Value error, names no database"),
         ("[source\n", "not valid TOML"),
     ],
 )
@@ -51,6 +56,18 @@ def test_bad_config_is_a_one_line_error(tmp_path: Path, text: str, needle: str) 
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
     assert "secret" not in str(e.value)
+
+
+def test_the_state_password_comes_from_the_environment_and_the_url_prints_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cohortsync.config import redact_url
+
+    monkeypatch.setenv("COHORTSYNC_STATE_PASSWORD", "pw-from-env")
+    s = load_settings(write(tmp_path, "[state]\nurl = 'postgresql://cohortsync@db.example:5432/cs?sslmode=require'\n"))
+    assert s.state.url and s.state_password and s.state_password.get_secret_value() == "pw-from-env"
+    assert "pw-from-env" not in repr(s) and "pw-from-env" not in str(s.model_dump())
+    assert redact_url("postgresql://u:pw@h:5/db?password=x&sslmode=require") == "postgresql://u@h:5/db?sslmode=require"
 
 
 def test_unknown_environment_override_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

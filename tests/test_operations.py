@@ -116,6 +116,7 @@ MINIMAL_ARGS: dict[str, list[str]] = {
     "policy show": [],
     "policy check": ["--offline"],
     "export": ["c", "--consumer", "acme", "--out", "x"],
+    "state copy": ["--to", "postgresql://cohortsync@127.0.0.1:1/cohortsync"],
 }
 
 
