@@ -28,10 +28,9 @@ TF = DEPLOY / "azure" / "terraform"
 DAG = DEPLOY / "airflow" / "cohortsync_dag.py"
 ENTRY = DEPLOY / "azure" / "entrypoint.sh"
 
-# Settings the deployment passes that come with branches not merged yet (issue 11: the PostgreSQL
-# state). Once docs/configuration.md documents one, test_every_setting_passed_is_documented fails
-# until it is removed from here.
-AWAITING_MERGE = {"state.url", "COHORTSYNC_STATE_PASSWORD"}
+# Settings the deployment passes that come with branches not merged yet. Once docs/configuration.md
+# documents one, test_every_setting_passed_is_documented fails until it is removed from here.
+AWAITING_MERGE: set[str] = set()
 
 ENV_NAME = re.compile(r"\b(COHORTSYNC_[A-Z0-9_]+|DATABRICKS_[A-Z_]+|AZURE_[A-Z_]+|JOB_[A-Z_]+)\b")
 
@@ -177,12 +176,17 @@ def test_the_image_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in [v for v in os.environ if v.startswith("COHORTSYNC_")]:
         monkeypatch.delenv(var)
     job = (TF / "job.tf").read_text()
+    values = {  # what Terraform fills in (deploy/azure/terraform/job.tf, locals)
+        "COHORTSYNC_LANDING__PATH": "abfss://landing@acct.dfs.core.windows.net/cohortsync",
+        "COHORTSYNC_STATE__URL": "postgresql://cohortsync@psql-x.private.postgres.database.azure.com:5432/cohortsync?sslmode=require",
+        "COHORTSYNC_SOURCE__AUTH": "oauth-m2m",
+    }
     for var in re.findall(r"^\s*(COHORTSYNC_[A-Z_]+__[A-Z_]+)\s*=", job, re.M):
         if setting_of(var) not in AWAITING_MERGE:
-            monkeypatch.setenv(var, "abfss://landing@acct.dfs.core.windows.net/p" if var.endswith("LANDING__PATH") else "x")
-    monkeypatch.setenv("COHORTSYNC_SOURCE__AUTH", "oauth-m2m")
+            monkeypatch.setenv(var, values.get(var, "x"))
     s = load_settings(DEPLOY / "azure" / "cohortsync.toml")
     assert s.source.kind == "databricks"
+    assert s.state.url == values["COHORTSYNC_STATE__URL"]
     assert str(s.cohorts_path) == "/data/cohorts"
 
 
