@@ -1172,14 +1172,26 @@ class TextScrubber:
         failures = sent = 0
         row_dependent = False
         if todo:
+            # The distinct (value, row offset) pairs of the todo rows, found by Arrow: a pair's key is
+            # value index * (offsets + 1) + offset index (a null offset last). No Python loop per row.
             mask = pc.fill_null(pc.is_in(indices, value_set=pa.array(todo, indices.type)), False)
-            rows = pc.indices_nonzero(mask)
-            values: list[str] = texts.take(rows).to_pylist()
-            shifts: list[int | None] = shift_days.take(rows).to_pylist()
-            rows_of: dict[str, dict[int | None, list[int]]] = {}
-            for j, (v, sh) in enumerate(zip(values, shifts, strict=True)):
-                rows_of.setdefault(v, {}).setdefault(sh, []).append(j)
-            items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
+            by_offset = pc.dictionary_encode(shift_days.filter(mask))
+            offsets: list[int | None] = by_offset.dictionary.to_pylist()
+            width = len(offsets) + 1
+            keys = pc.add(
+                pc.multiply(indices.filter(mask).cast(pa.int64()), width),
+                pc.fill_null(by_offset.indices.cast(pa.int64()), len(offsets)),
+            )
+            pairs = pc.unique(keys)
+            pair_keys: list[int] = pairs.to_pylist()
+            keys_of: dict[int, list[int]] = {}
+            for key in pair_keys:
+                keys_of.setdefault(key // width, []).append(key)
+            order = list(keys_of)
+            items = [
+                (dictionary[i], tuple(offsets[k % width] if k % width < len(offsets) else None for k in keys_of[i]))
+                for i in order
+            ]
             local = self._local_rules()
             results: list[tuple[list[str], dict[str, int]] | None] = [
                 local.scrub(t, shift_keys) if local is not None else None for t, shift_keys in items
@@ -1193,14 +1205,11 @@ class TextScrubber:
                 done = [r for b in self._map(_scrub_batch, batches, 1 if small else self.settings.workers) for r in b]
                 for k, r in zip(remote, done, strict=True):
                     results[k] = r
-            index_of = {dictionary[i]: i for i in todo}
             learned: list[tuple[bytes, Verdict]] = []
-            row_out: list[str | None] = [None] * len(values)  # outputs of row-dependent values' rows
-            for (text, shift_keys), result in zip(items, results, strict=True):
+            pair_out: dict[int, str] = {}  # outputs of row-dependent values, per (value, offset) key
+            for i, (text, _), result in zip(order, items, results, strict=True):
                 assert result is not None
                 scrubbed, counts = result
-                i = index_of[text]
-                by_shift = rows_of[text]
                 n_rows = rows_per[i]
                 for ent, n in counts.items():
                     if ent == "__failed__":
@@ -1216,18 +1225,16 @@ class TextScrubber:
                         learned.append((digests[i], Verdict(out_text, tuple(sorted(counts.items())))))
                     continue
                 row_dependent = True
-                for shift, out_text in zip(shift_keys, scrubbed, strict=True):
-                    for j in by_shift[shift]:
-                        row_out[j] = out_text
+                for key, out_text in zip(keys_of[i], scrubbed, strict=True):
+                    pair_out[key] = out_text
             self._remember(learned)
         result = texts
         if new_dict != dictionary:
             result = pa.array(new_dict, texts.type).take(indices)
-        if row_dependent:  # dates shifted per row, or failures: written row by row over the todo rows
-            for k, v in enumerate(values):
-                if row_out[k] is None:  # a row-independent value: its output is in new_dict
-                    row_out[k] = new_dict[index_of[v]]
-            result = pc.replace_with_mask(result, mask, pa.array(row_out, texts.type))
+        if row_dependent:  # dates shifted per row, or failures: each todo row takes its pair's output
+            outs = [pair_out.get(key, new_dict[key // width]) for key in pair_keys]
+            per_row = pa.array(outs, texts.type).take(pc.index_in(keys, value_set=pairs))
+            result = pc.replace_with_mask(result, mask, per_row)
         stats = ScrubStats(
             rows=len(texts),
             nulls=texts.null_count,
