@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def test_rules_run_in_the_sync_process_with_the_workers_output(workers_only: Tex
             st.sampled_from(SAFE_TOKENS),
             st.text(alphabet=CODE_CHARS + " ", min_size=1, max_size=14),
             st.sampled_from(sorted(w for w in R.VOCABULARY if w.isalpha())),
+            st.builds(lambda c, p: c + p, st.sampled_from("ABJKLMNQXYZabjm"), st.sampled_from(["", ".", ". ", "-"])),
         ),
         min_size=1,
         max_size=5,
@@ -225,6 +227,15 @@ def test_any_value_of_codes_and_safe_words_lands_as_a_worker_would_write_it(
         assert stats.sent == (1 if gate(value) or could_be_card(value) else 0) or not value.strip()
     finally:
         local.close()
+
+
+def test_no_gazetteer_place_is_made_of_one_letter_words() -> None:
+    """The in-process rule pass skips the word-list recognizer on a text without a two-letter word
+    (loading the lists costs more than a cohort's codes): a name or place from the lists needs such a
+    word, as a cue or as the name itself, and no place in the gazetteer is made of single letters."""
+    from cohortsync.deid import lexicon
+
+    assert not [p for p in lexicon.PLACES_CASED if not re.search(r"[^\W\d_]{2,}", p)]
 
 
 @given(digits=st.text(alphabet="0123456789", min_size=13, max_size=19), sep=st.sampled_from(["", " ", "-"]))
