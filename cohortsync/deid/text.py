@@ -14,7 +14,11 @@ Why it is built this way:
 * A value's verdict (unchanged, or its scrubbed form when no date makes it depend on the row) is
   remembered under a keyed hash of the value (never the value) for the scrubber's life, so values
   repeated across batches, tables and windows are analysed once.
-* NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value.
+* NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value. A
+  value NER would not see is analysed in the calling process by the same recognizers
+  (:class:`LocalRules`): columns of codes need no worker at all.
+* In a category column (:data:`CLOSED_VOCABULARIES`) a value that is wholly a category term
+  (``White``, ``irish``) passes unchanged; anything more is analysed like any text.
 * Workers watch their parent and exit when it dies, even by ``kill -9``: no orphans hold memory.
 """
 
