@@ -229,6 +229,21 @@ def test_any_value_of_codes_and_safe_words_lands_as_a_worker_would_write_it(
         local.close()
 
 
+def test_the_rule_pass_imports_neither_presidio_nor_spacy() -> None:
+    """What lets a sync of code columns skip the 3-4 CPU s of a worker start: the recognizers, their
+    vocabulary and the in-process rule pass load without Presidio or spaCy."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from cohortsync.deid.text import TextScrubber, TextSettings\n"
+        "s = TextScrubber(TextSettings(workers=1), b'k' * 16, lazy=True)\n"
+        "out, st = s.scrub(pa.array(['K92.2 555-201-3344', '8331-1', 'dr j']), pa.array([3, 3, 3], pa.int32()))\n"
+        "assert out.to_pylist()[0] == 'K92.2 [PHONE]' and not s.started, out\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('presidio', 'spacy', 'thinc'))}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_no_gazetteer_place_is_made_of_one_letter_words() -> None:
     """The in-process rule pass skips the word-list recognizer on a text without a two-letter word
     (loading the lists costs more than a cohort's codes): a name or place from the lists needs such a
