@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from hypothesis import strategies as st
 
 from cohortsync.deid import recognizers as R
 from cohortsync.deid.text import (
+    CARD_PATTERN,
+    DEMOGRAPHIC_VALUES,
     FIRST_NAMES,
     LAST_NAMES,
     SCRUB_FAILED,
@@ -31,6 +34,8 @@ from cohortsync.deid.text import (
     TextScrubError,
     TextSettings,
     Verdict,
+    closed_form,
+    could_be_card,
     could_hide_name,
 )
 from cohortsync.errors import CohortsyncError, ConfigError
@@ -134,10 +139,12 @@ def test_no_workers_start_for_a_window_without_text(lazy: TextScrubber) -> None:
 def test_one_worker_for_short_values_all_of_them_for_a_large_call() -> None:
     with TextScrubber(TextSettings(workers=2, batch_size=4), KEY, lazy=True) as scr:
         scrub(scr, ["8331-1", "E11.9"])
+        assert scr.workers_running == 0  # codes: the rules ran in this process
+        scrub(scr, ["bilirubin 8331-1", "E11.9 bilirubin"])  # a word on no safe list: NER must see it
         assert scr.workers_running == 1
-        many = [f"code {i}-{i % 7}" for i in range(9)]  # more than two batches' worth
+        many = [f"bilirubin {i}-{i % 7}" for i in range(9)]  # more than two batches' worth
         out, stats = scrub(scr, many)
-        assert out == many and stats.analysed == 9
+        assert out == many and stats.analysed == 9 and stats.sent == 9
         assert scr.workers_running == 2
     assert scr.workers_running == 0
 
@@ -155,6 +162,125 @@ def test_names_in_mixed_values_are_found_and_regexes_see_code_values(lazy: TextS
     assert out[2] == "K92.2 [PHONE]"
     assert out[3] == "E11.9 03/14/2021"
     assert stats.analysed == 4
+
+
+def no_recognizers() -> list[Any]:
+    """A deployment's extra recognizers, none: with any, every value goes to the workers."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def workers_only() -> Iterator[TextScrubber]:
+    with TextScrubber(TextSettings(workers=1, extra_recognizers=("test_text_workers:no_recognizers",)), KEY) as scr:
+        yield scr
+
+
+#: Values no NER sees, with something for every rule: ids, dates, phones, ages, addresses, e-mails, cards.
+RULE_VALUES = [
+    "K92.2", "8331-1", "2 tab 10 mg", "E11.9 03/04/2021", "K92.2 555-201-3344", "seen 3/4", "dr j", "Dr. J 8331",
+    "MRN 1234567", "426701000119108", "01/02/2020", "ssn 123-45-6789", "1 tab po bid x 7 days", "12 Oak Street",
+    "02139", "age 93", "93 yo", "test@example.com", "http://x.org/a", "10.0.0.1", "pager 54321", "ext 4432", "5/5",
+    "4/10", "120/80", "4111 1111 1111 1111", "4111111111111112", "3/16/21 2:30pm", "Jan 3rd", "2nd of May 2019",
+]  # fmt: skip
+
+
+def test_rules_run_in_the_sync_process_with_the_workers_output(workers_only: TextScrubber) -> None:
+    """Values that could not hide a name are analysed without a worker, and land exactly as a worker
+    would write them (per row offset for dates, tags, surrogates); a card number still goes to a worker."""
+    values = [v for v in RULE_VALUES if not gate(v)]
+    assert len(values) >= 20
+    shifts = [7, None, -30]
+    with TextScrubber(TextSettings(workers=1), KEY, lazy=True) as local:
+        for shift in shifts:
+            mine, stats = scrub(local, list(values), shift)
+            theirs, _ = scrub(workers_only, list(values), shift)
+            assert mine == theirs
+            if shift == shifts[0]:
+                assert stats.analysed == len(values) and stats.sent == 1  # the valid card: Presidio's recognizer
+        assert local.workers_running == 1
+    assert "[ID]" in mine and "[PHONE]" in str(mine) and "[SSN]" in str(mine) and "dr j" not in mine
+
+
+@given(
+    parts=st.lists(
+        st.one_of(
+            st.sampled_from(RULE_VALUES),
+            st.sampled_from(SAFE_TOKENS),
+            st.text(alphabet=CODE_CHARS + " ", min_size=1, max_size=14),
+            st.sampled_from(sorted(w for w in R.VOCABULARY if w.isalpha())),
+            st.builds(lambda c, p: c + p, st.sampled_from("ABJKLMNQXYZabjm"), st.sampled_from(["", ".", ". ", "-"])),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    shift=st.sampled_from([3, -90, None]),
+)
+def test_any_value_of_codes_and_safe_words_lands_as_a_worker_would_write_it(
+    workers_only: TextScrubber, parts: list[str], shift: int | None
+) -> None:
+    value = " ".join(parts)
+    local = TextScrubber(TextSettings(workers=1), KEY, lazy=True)
+    try:
+        mine, stats = scrub(local, [value], shift)
+        theirs, _ = scrub(workers_only, [value], shift)
+        assert mine == theirs, value
+        assert stats.sent == (1 if gate(value) or could_be_card(value) else 0) or not value.strip()
+    finally:
+        local.close()
+
+
+def test_the_rule_pass_imports_neither_presidio_nor_spacy() -> None:
+    """What lets a sync of code columns skip the 3-4 CPU s of a worker start: the recognizers, their
+    vocabulary and the in-process rule pass load without Presidio or spaCy."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from cohortsync.deid.text import TextScrubber, TextSettings\n"
+        "s = TextScrubber(TextSettings(workers=1), b'k' * 16, lazy=True)\n"
+        "out, st = s.scrub(pa.array(['K92.2 555-201-3344', '8331-1', 'dr j']), pa.array([3, 3, 3], pa.int32()))\n"
+        "assert out.to_pylist()[0] == 'K92.2 [PHONE]' and not s.started, out\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('presidio', 'spacy', 'thinc'))}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_no_gazetteer_place_is_made_of_one_letter_words() -> None:
+    """The in-process rule pass skips the word-list recognizer on a text without a two-letter word
+    (loading the lists costs more than a cohort's codes): a name or place from the lists needs such a
+    word, as a cue or as the name itself, and no place in the gazetteer is made of single letters."""
+    from cohortsync.deid import lexicon
+
+    assert not [p for p in lexicon.PLACES_CASED if not re.search(r"[^\W\d_]{2,}", p)]
+
+
+@given(digits=st.text(alphabet="0123456789", min_size=13, max_size=19), sep=st.sampled_from(["", " ", "-"]))
+def test_the_card_check_is_presidios(digits: str, sep: str) -> None:
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
+
+    rec = CreditCardRecognizer()
+    assert CARD_PATTERN.pattern == rec.patterns[0].regex
+    text = f"card {sep.join([digits[:4], digits[4:8], digits[8:]])} on file"
+    found = [r for r in rec.analyze(text, ["CREDIT_CARD"]) if r.score >= 0.5]
+    assert could_be_card(text) == bool(found)
+
+
+@pytest.mark.parametrize("column", ["person.race_source_value", "person.ethnicity_source_value"])
+def test_a_category_word_that_is_also_a_surname_passes_only_as_the_whole_value(column: str) -> None:
+    """``White``, ``Black``, ``Irish``, ``French`` are surnames too. In a race or ethnicity column the
+    whole value equal to a category is that category; a name beside such a word is still found."""
+    with TextScrubber(TextSettings(workers=1), KEY, lazy=True) as scr:
+        cats = ["White", "black", "IRISH", "french_canadian", "Black or African American", "not hispanic or latino"]
+        out, stats = scr.scrub(pa.array(cats), pa.array([5] * len(cats), pa.int32()), column)
+        assert out.to_pylist() == cats and stats.analysed == 0 and not scr.started
+        hidden = ["White, Hannah Kowalski", "black kowalski", "Irish - Rebecca Thornton", "white 555-201-3344"]
+        out, _ = scr.scrub(pa.array(hidden), pa.array([5] * len(hidden), pa.int32()), column)
+        got = out.to_pylist()
+        assert all("kowalski" not in v.casefold() and "Thornton" not in v and "555" not in v for v in got), got
+        # the same words elsewhere are analysed like any text, never answered from the category verdict
+        out, stats = scr.scrub(pa.array(["White"]), pa.array([5], pa.int32()), "note.note_text")
+        assert stats.analysed == 1
+        out, stats = scr.scrub(pa.array(["White"]), pa.array([5], pa.int32()))
+        assert stats.analysed == 0  # the cache answers (its verdict came from analysis, not the vocabulary)
 
 
 def test_values_are_analysed_once_unless_their_output_depends_on_the_row(lazy: TextScrubber) -> None:
@@ -221,7 +347,7 @@ def test_a_failed_lazy_start_fails_every_call_the_same_way(tmp_path: Path) -> No
     errors = []
     for _ in range(2):
         with pytest.raises(CohortsyncError) as e:
-            scrub(scr, ["8331-1"])
+            scrub(scr, ["8331-1 Hannah Kowalski"])
         errors.append(e.value)
     assert errors[0] is errors[1]  # started once, failed once
     assert not scr.started
@@ -239,7 +365,8 @@ def default_policy_project(project: Project, members: int | None) -> None:
     assert r.exit_code == 0, r.output
 
 
-def test_a_sync_with_nothing_due_starts_no_text_worker(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def count_spawns(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Workers started by every scrubber of this process, one entry per start."""
     spawned: list[int] = []
     real = TextScrubber._spawn
 
@@ -248,6 +375,45 @@ def test_a_sync_with_nothing_due_starts_no_text_worker(project: Project, monkeyp
         return real(self, workers, initargs)
 
     monkeypatch.setattr(TextScrubber, "_spawn", counting)
+    return spawned
+
+
+def put_names_in_source_values(project: Project, every: int) -> None:
+    """Every ``every``-th condition's source value becomes a clinician's name with a distinct number."""
+    con = project.con()
+    try:
+        con.execute(
+            "UPDATE omop.omop.condition_occurrence SET condition_source_value = "
+            f"'seen by Hannah Kowalski ' || condition_occurrence_id WHERE condition_occurrence_id % {every} = 0"
+        )
+    finally:
+        con.close()
+
+
+def test_a_backfill_of_codes_only_text_columns_starts_no_text_worker(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eunomia's source values are codes and demographic categories: rules run in the sync process,
+    categories match the closed vocabulary, and no Presidio worker is needed."""
+    spawned = count_spawns(monkeypatch)
+    default_policy_project(project, 40)
+    r = project.cli("sync", "-q")
+    assert r.exit_code == 0, r.output
+    assert spawned == []
+    con = duckdb.connect()
+    race = con.execute(
+        f"SELECT DISTINCT race_source_value, ethnicity_source_value FROM read_parquet('{project.landing}/c/person/*.parquet')"
+    ).fetchall()
+    assert race and all(r in DEMOGRAPHIC_VALUES and closed_form(e) in DEMOGRAPHIC_VALUES for r, e in race)
+    codes = con.execute(
+        f"SELECT count(*) FROM read_parquet('{project.landing}/c/condition_occurrence/*.parquet')"
+    ).fetchall()[0][0]
+    assert codes > 0
+
+
+def test_a_sync_with_nothing_due_starts_no_text_worker(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned = count_spawns(monkeypatch)
+    put_names_in_source_values(project, 5)
     default_policy_project(project, 12)
     r = project.cli("sync", "-q")
     assert r.exit_code == 0, r.output
@@ -328,6 +494,7 @@ def _wait_for(check: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_the_sync_leaves_no_text_worker(project: Project) -> None:
+    put_names_in_source_values(project, 1)  # distinct names on every row: NER keeps the workers busy
     default_policy_project(project, None)
     marker = f"ORPHAN_TEST_MARK={uuid.uuid4().hex}"  # not COHORTSYNC_*: settings refuse unknown ones
     name, value = marker.split("=")

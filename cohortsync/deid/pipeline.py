@@ -21,7 +21,7 @@ PERSON_COLUMN = "__person_id"  # the parent's person_id, selected for tables lin
 
 
 class TextScrubber(Protocol):
-    def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, object]: ...
+    def scrub(self, texts: pa.Array, shift_days: pa.Array, column: str | None = None) -> tuple[pa.Array, object]: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Deidentifier:
                 else:
                     if self.scrubber is None:
                         raise DeidError(f"{table.name}.{name} needs text scrubbing but no text scrubber is running")
-                    new, _stats = self.scrubber.scrub(col, days)
+                    new, _stats = self.scrubber.scrub(col, days, f"{table.name}.{name.lower()}")
             else:  # DROP: never selected, so never here
                 raise DeidError(f"{table.name}.{name} is dropped by the policy but was selected")
             out_cols.append(new)

@@ -14,7 +14,11 @@ Why it is built this way:
 * A value's verdict (unchanged, or its scrubbed form when no date makes it depend on the row) is
   remembered under a keyed hash of the value (never the value) for the scrubber's life, so values
   repeated across batches, tables and windows are analysed once.
-* NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value.
+* NER runs only on values :func:`could_hide_name` admits; the regex recognizers see every value. A
+  value NER would not see is analysed in the calling process by the same recognizers
+  (:class:`LocalRules`): columns of codes need no worker at all.
+* In a category column (:data:`CLOSED_VOCABULARIES`) a value that is wholly a category term
+  (``White``, ``irish``) passes unchanged; anything more is analysed like any text.
 * Workers watch their parent and exit when it dies, even by ``kill -9``: no orphans hold memory.
 """
 
@@ -99,8 +103,10 @@ class ScrubStats:
     distinct: int = 0
     failures: int = 0
     entities: Mapping[str, int] = field(default_factory=dict)
-    #: Distinct values sent to the workers (the rest were answered from the verdict cache).
+    #: Distinct values analysed (the rest were answered from the verdict cache or a closed vocabulary).
     analysed: int = 0
+    #: Of those, how many the workers analysed (the others were analysed in this process: no NER needed).
+    sent: int = 0
 
 
 class Detection(NamedTuple):
@@ -291,7 +297,7 @@ class _Worker:
         self.engine = engine
         recs: list[Any] = [
             CreditCardRecognizer(),
-            *R.build_recognizers(deny_list),
+            *(_presidio_adapter(r) for r in R.build_recognizers(deny_list)),
         ]
         for path in settings.extra_recognizers:
             module, _, attr = path.partition(":")
@@ -445,18 +451,7 @@ class _Worker:
         return out
 
     def _finish(self, text: str, results: Sequence[Any], ner: Sequence[tuple[int, int, str]]) -> list[Detection]:
-        R = self.R
-        spans: list[tuple[int, int, str]] = [(r.start, r.end, r.entity_type) for r in results]
-        weak: set[int] = set()
-        for start, end, label in ner:
-            for s, e in R.clean_ner_spans(text, start, end, label):
-                weak.add(len(spans))
-                spans.append((s, e, label))
-        if self.settings.propagate_names:
-            for span in _propagate_names(text, spans, R):
-                weak.add(len(spans))
-                spans.append(span)
-        return _resolve(text, spans, R.PRIORITY, weak)
+        return _finish(text, results, ner, self.R, self.settings.propagate_names)
 
     # -- anonymization --------------------------------------------------------------------------------
     def scrub(self, items: Sequence[tuple[str, tuple[int | None, ...]]]) -> list[tuple[list[str], dict[str, int]]]:
@@ -486,6 +481,46 @@ class _Worker:
                     counts["__failed__"] = 1
             out.append((texts, counts))
         return out
+
+
+def _finish(
+    text: str, results: Sequence[Any], ner: Sequence[tuple[int, int, str]], R: Any, propagate: bool
+) -> list[Detection]:
+    """The final spans of one text from its rule results and model entities (workers and sync process alike)."""
+    spans: list[tuple[int, int, str]] = [(r.start, r.end, r.entity_type) for r in results]
+    weak: set[int] = set()
+    for start, end, label in ner:
+        for s, e in R.clean_ner_spans(text, start, end, label):
+            weak.add(len(spans))
+            spans.append((s, e, label))
+    if propagate:
+        for span in _propagate_names(text, spans, R):
+            weak.add(len(spans))
+            spans.append(span)
+    return _resolve(text, spans, R.PRIORITY, weak)
+
+
+def _presidio_adapter(rec: Any) -> Any:
+    """One of cohortsync's recognizers (:mod:`cohortsync.deid.rulebase`) as a Presidio recognizer."""
+    from presidio_analyzer import LocalRecognizer, RecognizerResult
+
+    name: str = rec.name
+
+    class Adapter(LocalRecognizer):
+        def __init__(self) -> None:
+            super().__init__(supported_entities=rec.supported_entities, name=name, supported_language="en")
+
+        def load(self) -> None:
+            """The wrapped recognizer is loaded."""
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            meta = {RecognizerResult.RECOGNIZER_NAME_KEY: name, RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id}
+            return [
+                RecognizerResult(r.entity_type, r.start, r.end, r.score, recognition_metadata=dict(meta))
+                for r in rec.analyze(text, entities, nlp_artifacts)
+            ]
+
+    return Adapter()
 
 
 def _propagate_names(text: str, spans: Sequence[tuple[int, int, str]], R: Any) -> list[tuple[int, int, str]]:
@@ -598,6 +633,126 @@ def could_hide_name(text: str, safe_words: Container[str]) -> bool:
                 continue
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Closed vocabularies: whole values of a demographic column that are categories, not names
+# ---------------------------------------------------------------------------------------------------
+
+#: Race, ethnicity and sex categories as source systems write them: US OMB/CDC categories, HL7
+#: administrative sex, and Synthea's race and ancestry words (``french_canadian``). Compared with the
+#: *whole* value (casefolded, ``_``/``-`` read as spaces): ``White`` matches, ``White, John`` does not.
+DEMOGRAPHIC_VALUES = frozenset(
+    " ".join(w.split())
+    for w in """
+    white|black|asian|native|hawaiian|other|unknown|declined|refused|not reported|not recorded|none|multiple|
+    multiracial|mixed|two or more races|other race|unknown race|race unknown|patient declined|not specified|
+    american indian or alaska native|american indian|alaska native|native american|asian american|
+    black or african american|african american|native hawaiian or other pacific islander|native hawaiian|
+    pacific islander|other pacific islander|caucasian|hispanic|non hispanic|nonhispanic|not hispanic|
+    hispanic or latino|not hispanic or latino|latino|latina|latinx|non hispanic white|non hispanic black|
+    irish|italian|english|french|german|polish|portuguese|american|french canadian|scottish|russian|swedish|
+    puerto rican|mexican|central american|south american|african|dominican|chinese|west indian|asian indian|
+    japanese|korean|filipino|vietnamese|cuban|greek|dutch|norwegian|welsh|middle eastern|arab|
+    male|female|m|f|u|o|man|woman|intersex|nonbinary|non binary|transgender|ambiguous|not applicable|unk
+    """.split("|")  # noqa: SIM905
+)
+#: Columns (``table.column``) whose values are checked against a closed vocabulary first.
+CLOSED_VOCABULARIES: Mapping[str, frozenset[str]] = {
+    "person.gender_source_value": DEMOGRAPHIC_VALUES,
+    "person.race_source_value": DEMOGRAPHIC_VALUES,
+    "person.ethnicity_source_value": DEMOGRAPHIC_VALUES,
+}
+_CLOSED_SEP = re.compile(r"[\s_-]+")
+
+
+def closed_form(value: str) -> str:
+    """A value as compared with a closed vocabulary: casefolded, ``_``, ``-`` and runs of spaces as one space."""
+    return _CLOSED_SEP.sub(" ", value.casefold()).strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rule pass in the sync process, for values the NER model would not see anyway
+# ---------------------------------------------------------------------------------------------------
+
+#: Presidio's ``CreditCardRecognizer`` pattern (a test checks it is still the installed one's).
+CARD_PATTERN = re.compile(
+    r"\b(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))[- ]?(\d{3,4})[- ]?(\d{3,4})[- ]?(\d{3,5})\b",
+    re.DOTALL | re.MULTILINE | re.IGNORECASE,
+)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for k, c in enumerate(reversed(digits)):
+        d = int(c)
+        if k % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def could_be_card(text: str) -> bool:
+    """Whether Presidio's card recognizer (pattern and Luhn check) could find a card number in ``text``."""
+    return any(_luhn(m.group().replace("-", "").replace(" ", "")) for m in CARD_PATTERN.finditer(text))
+
+
+#: A word of two letters or more (any script): what a name or a place from the word lists is made of.
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+class LocalRules:
+    """The workers' rule pass, run in the sync process on values that no NER would see.
+
+    A value that :func:`could_hide_name` rejects gets no NER in a worker either, so its output there is
+    the rule recognizers' spans, resolved and replaced; this computes the same output here, with the
+    same recognizers, and no worker (Presidio and spaCy cost 3-4 CPU seconds to start) is needed for
+    columns of codes. Values that could hide a name, could hold a card number (Presidio's recognizer,
+    not ours), or on which a rule fails go to the workers as before.
+    """
+
+    def __init__(self, settings: TextSettings, key: bytes, deny_list: Iterable[Any]) -> None:
+        from cohortsync.deid import recognizers as R
+
+        self.R = R
+        self.recognizers = R.build_recognizers(deny_list)
+        # Names and places by word lists need a word: without one, the lists (~0.3 s to load) are not read.
+        self.without_words = [r for r in self.recognizers if not isinstance(r, R.LexiconRecognizer)]
+        self.settings = settings
+        self.surrogates = NameSurrogates(key)
+
+    def scrub(self, text: str, shifts: Sequence[int | None]) -> tuple[list[str], dict[str, int]] | None:
+        """One output per shift and the entity counts, as a worker gives them; None: a worker must do it."""
+        R = self.R
+        if could_hide_name(text, R.VOCABULARY) or could_be_card(text):
+            return None
+        try:
+            threshold = self.settings.score_threshold
+            recognizers = self.recognizers if _WORD.search(text) else self.without_words
+            results = [r for rec in recognizers for r in rec.analyze(text, None) if r.score >= threshold]
+            found = _finish(text, results, (), R, self.settings.propagate_names)
+            if not found:
+                return [text] * len(shifts), {}
+            counts = dict(Counter(d.entity for d in found))
+            roles = name_roles(text[d.start : d.end] for d in found if d.entity == R.PERSON)
+            return [self._replace(text, found, shift, roles) for shift in shifts], counts
+        except Exception:  # the worker path reports it (fail closed there)
+            return None
+
+    def _replace(self, text: str, found: Sequence[Detection], shift: int | None, roles: Mapping[str, bool]) -> str:
+        R = self.R
+        out = text
+        for d in sorted(found, key=lambda d: d.start, reverse=True):
+            piece = text[d.start : d.end]
+            if d.entity == R.DATE:
+                shifted = R.shift_date_text(piece, shift) if shift is not None else None
+                new = shifted if shifted is not None else R.TAGS[R.DATE]
+            elif d.entity == R.PERSON and self.settings.names == "surrogate":
+                new = self.surrogates.name_for(piece, roles)
+            else:
+                new = R.TAGS.get(d.entity, R.TAGS["KNOWN_PHI"])
+            out = out[: d.start] + new + out[d.end :]
+        return out
 
 
 #: A capitalised word: only lines holding one that is not vocabulary and no rule covered go through NER.
@@ -776,6 +931,7 @@ class TextScrubber:
         # a hit is answered without a worker. See :class:`Verdict`.
         self._cache_key = hmac.new(self._key, b"cohortsync text verdict cache v1", hashlib.sha256).digest()
         self._verdicts: OrderedDict[bytes, Verdict] = OrderedDict()
+        self._local: LocalRules | None = None  # built on the first value not in the cache
         if not lazy:
             self._ensure_pool(settings.workers)
         elif not _model_exists(settings.model):  # what the workers would refuse, said before any row is read
@@ -849,12 +1005,30 @@ class TextScrubber:
             )
             return pools
 
+    def _deny_terms(self) -> list[Any]:
+        """The deny-list, read once (the sync's function queries the source)."""
+        with self._lock:
+            if self._deny_args is None:
+                deny = self._deny_list() if callable(self._deny_list) else self._deny_list
+                self._deny_args = list(deny)
+            return self._deny_args
+
+    def _local_rules(self) -> LocalRules | None:
+        """The in-process rule pass; None when a deployment adds its own (Presidio) recognizers, which
+        only the workers run."""
+        if self.settings.extra_recognizers:
+            return None
+        if self._local is None:
+            terms = self._deny_terms()
+            with self._lock:
+                if self._local is None:
+                    self._local = LocalRules(self.settings, self._key, terms)
+        return self._local
+
     def _start_pool(self, workers: int) -> ProcessPoolExecutor:
         """Spawn workers from a thread that lives until :meth:`close`: on Linux their parent-death
         signal fires when the spawning *thread* ends, and the caller may be a short-lived thread."""
-        if self._deny_args is None:
-            deny = self._deny_list() if callable(self._deny_list) else self._deny_list
-            self._deny_args = list(deny)
+        self._deny_terms()
         parent = os.getpid() if self.settings.start_method == "spawn" else None
         initargs = (self.settings, self._key, self._deny_args, parent)
         box: dict[str, Any] = {}
@@ -948,12 +1122,17 @@ class TextScrubber:
                 self._verdicts.popitem(last=False)
 
     # -- scrubbing ------------------------------------------------------------------------------------
-    def scrub(self, texts: pa.Array, shift_days: pa.Array) -> tuple[pa.Array, ScrubStats]:
+    def scrub(
+        self, texts: pa.Array, shift_days: pa.Array, column: str | None = None
+    ) -> tuple[pa.Array, ScrubStats]:
         """The scrubbed column (same type and length; nulls and empty strings unchanged) and its counts.
 
         ``shift_days`` is the row's date offset (int); where it is null, dates become ``[DATE]``.
-        Distinct values are found by Arrow; only those not known clean reach the workers, and only
-        their rows are touched in Python.
+        Distinct values are found by Arrow; only those not known clean are analysed, and only their
+        rows are touched in Python. ``column`` (``table.column``) names the column: in one with a
+        closed vocabulary (:data:`CLOSED_VOCABULARIES`) a value that is *wholly* one of its terms is
+        a category, not PHI, and passes unchanged. Values no NER would see are analysed here
+        (:class:`LocalRules`); only the rest reach the workers.
         """
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
@@ -983,11 +1162,14 @@ class TextScrubber:
         digests: dict[int, bytes] = {}
         new_dict: list[str] = list(dictionary)  # each distinct value's output, where it does not depend on the row
         entities: Counter[str] = Counter()
+        closed = CLOSED_VOCABULARIES.get(column or "", frozenset())
         for i, v in enumerate(dictionary):
             if not v.strip():
                 empty += rows_per[i]
                 continue
             distinct += 1
+            if closed and closed_form(v) in closed:  # before the cache: that verdict holds in this column only
+                continue
             d = self._digest(v)
             hit = self._verdict(d)
             if hit is None:
@@ -998,26 +1180,47 @@ class TextScrubber:
                 new_dict[i] = hit.output
             for ent, n in hit.entities:
                 entities[ent] += n * rows_per[i]
-        failures = 0
+        failures = sent = 0
         row_dependent = False
         if todo:
+            # The distinct (value, row offset) pairs of the todo rows, found by Arrow: a pair's key is
+            # value index * (offsets + 1) + offset index (a null offset last). No Python loop per row.
             mask = pc.fill_null(pc.is_in(indices, value_set=pa.array(todo, indices.type)), False)
-            rows = pc.indices_nonzero(mask)
-            values: list[str] = texts.take(rows).to_pylist()
-            shifts: list[int | None] = shift_days.take(rows).to_pylist()
-            rows_of: dict[str, dict[int | None, list[int]]] = {}
-            for j, (v, sh) in enumerate(zip(values, shifts, strict=True)):
-                rows_of.setdefault(v, {}).setdefault(sh, []).append(j)
-            items = [(t, tuple(by_shift)) for t, by_shift in rows_of.items()]
-            small = len(items) <= 2 * self.settings.batch_size and sum(len(t) for t, _ in items) <= 65_536
-            batches = self._batches(items, lambda it: len(it[0]))
-            results = [r for b in self._map(_scrub_batch, batches, 1 if small else self.settings.workers) for r in b]
-            index_of = {dictionary[i]: i for i in todo}
+            by_offset = pc.dictionary_encode(shift_days.filter(mask))
+            offsets: list[int | None] = by_offset.dictionary.to_pylist()
+            width = len(offsets) + 1
+            keys = pc.add(
+                pc.multiply(indices.filter(mask).cast(pa.int64()), width),
+                pc.fill_null(by_offset.indices.cast(pa.int64()), len(offsets)),
+            )
+            pairs = pc.unique(keys)
+            pair_keys: list[int] = pairs.to_pylist()
+            keys_of: dict[int, list[int]] = {}
+            for key in pair_keys:
+                keys_of.setdefault(key // width, []).append(key)
+            order = list(keys_of)
+            items = [
+                (dictionary[i], tuple(offsets[k % width] if k % width < len(offsets) else None for k in keys_of[i]))
+                for i in order
+            ]
+            local = self._local_rules()
+            results: list[tuple[list[str], dict[str, int]] | None] = [
+                local.scrub(t, shift_keys) if local is not None else None for t, shift_keys in items
+            ]
+            remote = [k for k, r in enumerate(results) if r is None]
+            sent = len(remote)
+            if remote:
+                out_items = [items[k] for k in remote]
+                small = len(out_items) <= 2 * self.settings.batch_size and sum(len(t) for t, _ in out_items) <= 65_536
+                batches = self._batches(out_items, lambda it: len(it[0]))
+                done = [r for b in self._map(_scrub_batch, batches, 1 if small else self.settings.workers) for r in b]
+                for k, r in zip(remote, done, strict=True):
+                    results[k] = r
             learned: list[tuple[bytes, Verdict]] = []
-            row_out: list[str | None] = [None] * len(values)  # outputs of row-dependent values' rows
-            for (text, shift_keys), (scrubbed, counts) in zip(items, results, strict=True):
-                i = index_of[text]
-                by_shift = rows_of[text]
+            pair_out: dict[int, str] = {}  # outputs of row-dependent values, per (value, offset) key
+            for i, (text, _), result in zip(order, items, results, strict=True):
+                assert result is not None
+                scrubbed, counts = result
                 n_rows = rows_per[i]
                 for ent, n in counts.items():
                     if ent == "__failed__":
@@ -1033,18 +1236,16 @@ class TextScrubber:
                         learned.append((digests[i], Verdict(out_text, tuple(sorted(counts.items())))))
                     continue
                 row_dependent = True
-                for shift, out_text in zip(shift_keys, scrubbed, strict=True):
-                    for j in by_shift[shift]:
-                        row_out[j] = out_text
+                for key, out_text in zip(keys_of[i], scrubbed, strict=True):
+                    pair_out[key] = out_text
             self._remember(learned)
         result = texts
         if new_dict != dictionary:
             result = pa.array(new_dict, texts.type).take(indices)
-        if row_dependent:  # dates shifted per row, or failures: written row by row over the todo rows
-            for k, v in enumerate(values):
-                if row_out[k] is None:  # a row-independent value: its output is in new_dict
-                    row_out[k] = new_dict[index_of[v]]
-            result = pc.replace_with_mask(result, mask, pa.array(row_out, texts.type))
+        if row_dependent:  # dates shifted per row, or failures: each todo row takes its pair's output
+            outs = [pair_out.get(key, new_dict[key // width]) for key in pair_keys]
+            per_row = pa.array(outs, texts.type).take(pc.index_in(keys, value_set=pairs))
+            result = pc.replace_with_mask(result, mask, per_row)
         stats = ScrubStats(
             rows=len(texts),
             nulls=texts.null_count,
@@ -1052,11 +1253,12 @@ class TextScrubber:
             distinct=distinct,
             failures=failures,
             analysed=len(todo),
+            sent=sent,
             entities=dict(sorted(entities.items())),
         )
         logs.event(  # counts only: entity types and how many, never what was found
             log, logging.DEBUG, "text.scrubbed", f"{stats.rows:,} texts scrubbed", rows=stats.rows,
-            distinct=stats.distinct, analysed=stats.analysed, failures=stats.failures, entities=stats.entities,
+            distinct=stats.distinct, analysed=stats.analysed, sent=stats.sent, failures=stats.failures, entities=stats.entities,
         )
         return result.cast(out_type), stats
 
