@@ -412,6 +412,8 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
+    # A two-digit year after a dot ("11/21.93"): separators mixed as notes type them.
+    ("mdy_dot", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + r"\.(?P<y>\d\d)(?![\w/.])")),
     ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
     # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
     ("my2", re.compile(_B_MD + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
@@ -501,7 +503,7 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     nums = [g[k] for k in ("m", "d") if g.get(k)]
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
-    numeric = parsed.fmt in ("iso", "mdy", "md", "md_dash", "md_dot", "my", "my2") or (
+    numeric = parsed.fmt in ("iso", "mdy", "mdy_dot", "md", "md_dash", "md_dot", "my", "my2") or (
         parsed.fmt == "dmony" and g.get("s1") == "-"
     )
     padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
@@ -790,8 +792,8 @@ def _check_md(m: re.Match[str]) -> bool:
     ``BP 120/80`` is no date anyway: 120 is no month). Only a pair whose second part is at most 10 can
     be such a score, so ``7/22 pain`` stays a date. A date word before (``on 4/10``) wins.
     """
-    if _to_date_from_match(m) is None:
-        return False
+    if _to_date_from_match(m) is None:  # a day the month does not have ("2/31") is still a date: [DATE]
+        return 1 <= int(m.group("m")) <= 12 and 29 <= int(m.group("d")) <= 31
     before = m.string[max(0, m.start() - 25) : m.start()]
     if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
@@ -826,11 +828,25 @@ def _check_month(m: re.Match[str]) -> bool:
     return re.search(r"\b(?:in|since|of|during|early|late|mid|end|until|by|last|next|this)\s+$", before, re.I) is not None
 
 
+_GLUED_MD = r"(?P<{}>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))"
+
+
+def _check_glued(m: re.Match[str]) -> bool:
+    """Two glued month/day pairs are dates unless either is a fraction or a score, or a ratio word precedes."""
+    pairs = [tuple(int(x) for x in m.group(k).split("/")) for k in ("v", "w")]
+    if any(p in _FRACTIONS or p == (5, 5) for p in pairs):
+        return False
+    return _NOT_DATE_BEFORE.search(m.string[max(0, m.start() - 25) : m.start()]) is None
+
+
 _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
-    "md": _check_md, "md_dash": _check_strict, "md_dot": _check_strict, "mon": _check_month,
+    "md": _check_md, "mdy_dot": _check_md, "md_dash": _check_strict, "md_dot": _check_strict, "mon": _check_month,
 }  # fmt: skip
 DATE_RULES = [
     *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date)) for fmt, rx in _DATE_FORMATS),
+    # Two month/day dates glued by a slash ("TREATMENTS 10/03/10/04"): each is a date.
+    *(Rule(DATE, re.compile(r"(?<![\w/.])" + a + "/" + b + r"(?![\w/]|\.\d)"), 0.85, _check_glued)
+      for a, b in ((_GLUED_MD.format("v"), _GLUED_MD.format("w")), (_GLUED_MD.format("w"), _GLUED_MD.format("v")))),
     # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
     Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
                           r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|@)\b))", re.IGNORECASE), 0.85),
@@ -1068,6 +1084,26 @@ _NOT_AFTER_DR = re.compile(
     r"bedside|upset|supportive|involved|concerned|asks|agrees|feels|requests|visits|calls|arrives|leaves|left|came|"
     r"went|is|was|are|were|has|had|does|did|may|might|can|could|should|must|very|too|again|first|last|next|both"
 )
+#: Not a name after "dr" although not a verb: roles, times and clinical nouns ("dr rounds", "dr team").
+_NOT_NAME_AFTER_DR = frozenset(
+    """
+    ok okd notif rounds round visit for about with by team covering call oncall saw see sees wrote gave feels
+    thinks plans plan md np pa rn nurse resident fellow intern attending night day evening am pm pt patient
+    family office note aware order orders unit service consult not now here there this that pts
+    """.split()  # noqa: SIM905
+)
+#: An initial with its period right before a word: "D. Phyl", "j. o'brien" (not "d/c'd. re'd").
+_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[\s(]))[A-Za-z]\.[ \t]?$")
+#: Words that say which family or what about it, not whose ("LOSS FAMILY MEETING", "CLOSE FAMILY").
+_FAMILY_KIND = frozenset(
+    """
+    loss support history hx meeting teaching member members conference dynamics care planning grief bereavement
+    medical nuclear close large young extended immediate whole entire own foster host new good supportive loving
+    concerned big small blended adoptive birth step
+    """.split()  # noqa: SIM905
+)
+#: "family" after a surname written as a name (capitalised): "KEEP ROMERO FAMILY".
+_FAMILY_NEXT = re.compile(r"[ \t]+famil(?:y|ies)\b", re.IGNORECASE)
 #: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
 _REPORTS = re.compile(
     r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|"
@@ -1142,6 +1178,8 @@ _SAINT = re.compile(r"\b(?:to|from|at|in|by)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3
 _SAINT_NAME = re.compile(r"(?<![\w.])(?P<v>(?:St\.|ST\.|Saint|SAINT)[ \t]*(?P<n>[A-Za-z]{3,})(?:['’]s)?)\b")
 #: An acronym on no list after a place preposition, in mixed-case text ("from CBS", "at GBMC").
 _ACRONYM_PLACE = re.compile(r"\b(?:from|at|to|by|of)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b")
+#: A hospital's initialism that says so: ``VAMC``, ``UMMC``, ``BIDMC``, ``VAH``.
+_HOSPITAL_ACRONYM = re.compile(r"[A-Z]{1,4}MC|VAH|VAMC")
 _UNIVERSITY = re.compile(
     r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:"
     + "|".join(sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True))
@@ -1282,10 +1320,17 @@ class LexiconRecognizer(LocalRecognizer):
             word = m.group()
             if kinds[i] == "stop":  # "Dr. Foley", "Bernard Foley CRT": a capitalised word in a name's place
                 after_name = i > 0 and is_name[i - 1] and text[toks[i - 1].end() : m.start()] == " "
+                folded_word = lexicon.fold(word)
                 is_name[i] = (
                     _style(word) == "T"
-                    and lexicon.fold(word) not in _STOP
+                    and folded_word not in _STOP
                     and bool(_TITLE_CUE.search(before) or (after_name and _CRED_NEXT.match(text, m.end())))
+                ) or (  # "dr small", "dr. noone": after "dr" a vocabulary word stands in a name's place too
+                    bool(_DR_CUE.search(before))
+                    and folded_word.isalpha()
+                    and folded_word not in _STOP
+                    and folded_word not in _NOT_NAME_AFTER_DR
+                    and not _NOT_AFTER_DR.fullmatch(folded_word)
                 )
             elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
                 is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
@@ -1299,7 +1344,16 @@ class LexiconRecognizer(LocalRecognizer):
                 reports = (
                     (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
                 ) and _REPORTS.match(text, m.end())
-                is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports)
+                initial = kinds[i] == "unknown" and _INITIAL_BEFORE.search(before) is not None  # "D. Phyl"
+                family = (  # "KEEP ROMERO FAMILY", "the Costa family"
+                    _style(word) != "L"
+                    and lexicon.fold(word) in lexicon.LAST
+                    and lexicon.fold(word) not in _FAMILY_KIND
+                    and _FAMILY_NEXT.match(text, m.end())
+                )
+                is_name[i] = bool(
+                    _LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports or initial or family
+                )
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
             gap = text[toks[a].end() : toks[b].start()]
@@ -1344,6 +1398,39 @@ class LexiconRecognizer(LocalRecognizer):
         return out
 
     @staticmethod
+    def _hospitals(text: str, toks: list[re.Match[str]], folded: list[str]) -> list[tuple[int, int, str]]:
+        """Hospitals by name without a facility noun: a multi-word core of a US hospital's name (``at Holy
+        Cross``, ``franklin square``; one made only of English words must be capitalised or follow a place
+        word) and an initialism of one, or any ``..MC``, in capitals (``BY GBMC``, ``VAMC``)."""
+        out: list[tuple[int, int, str]] = []
+        cores, acronyms = lexicon.HOSPITAL_CORES, lexicon.HOSPITAL_ACRONYMS
+        i = 0
+        while i < len(toks):
+            word = toks[i].group()
+            if (
+                word.isupper()
+                and ((4 <= len(word) <= 6 and word in acronyms) or _HOSPITAL_ACRONYM.fullmatch(word))
+                and _name_kind(word) in ("unknown", "strong")
+            ):
+                out.append((toks[i].start(), toks[i].end(), "FACILITY"))
+            for n in (3, 2):
+                words = tuple(folded[i : i + n])
+                if len(words) < n or words not in cores:
+                    continue
+                if any(text[toks[k].end() : toks[k + 1].start()] not in (" ", "  ", ". ") for k in range(i, i + n - 1)):
+                    continue
+                if all(_vocab(w) for w in words) and not (
+                    all(toks[k].group()[0].isupper() for k in range(i, i + n))
+                    or _PLACE_CUE.search(text[max(0, toks[i].start() - 30) : toks[i].start()])
+                ):
+                    continue
+                out.append((toks[i].start(), toks[i + n - 1].end(), "FACILITY"))
+                i += n - 1
+                break
+            i += 1
+        return out
+
+    @staticmethod
     def places(text: str) -> list[tuple[int, int, str]]:
         """Place and facility spans by the gazetteer and by context."""
         out: list[tuple[int, int, str]] = []
@@ -1378,6 +1465,7 @@ class LexiconRecognizer(LocalRecognizer):
                 i += n - 1
                 break
             i += 1
+        out.extend(LexiconRecognizer._hospitals(text, toks, folded))
         for m in _FACILITY_NOUN.finditer(text):
             j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
             taken: list[int] = []
