@@ -411,6 +411,10 @@ def _found(text: str, entity: str | None = None) -> list[str]:
         ("HAD TREATMENTS 10/03/10/04 AND DUE FOR XRT", "10/04"),
         ("11/21.93\nneuro: alert", "11/21.93"),
         ("d/c heparin at 0630 2/31", "2/31"),
+        ("on the vent since 7/22 when", "7/22"),  # a date word beats a ventilator word before it
+        ("MECH VENT VIA TRACH (PLACED 8/14). AC", "8/14"),
+        ("s/p MI 8/88, 30% EF", "8/88"),
+        ("seen on 10/5 by cardiology", "10/5"),
     ],
 )
 def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:
@@ -438,6 +442,21 @@ def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:
         "I:E 1/2/1/2",
         "PS 10/5/5 overnight",
         "given 1/2/3/4 of the dose",
+        "PSV increased to 10/5 overnight",  # ventilator settings, even after "to" or "on"
+        "remained on 5/5 PSV/CPAP",
+        "on vent 10/5/50% pt tolerating",
+        "CPAP/PSV 12/10/40% drawing volumes",
+        "with flowby 6/2. Spont vols 500",
+        "ps 10/peep 5/40%.",
+        "cpap/ps (10/5) c 40% fio2",
+        "changed to 1/2 NS at 100cc/hr",  # a fraction before a dose word, even after "to"
+        "formula changed to 3/4 str Nepro",
+        "C/O 5/10 incisional pain",  # pain named after the pair
+        "developed severe 10/10 angina",
+        "WILL F/U IN NEXT 1-2 DAYS",  # ranges and decimals before a unit
+        "SAT>95 ON 4-5 L NC",
+        "cont on 7.5 peep and 50%",
+        "CONTROLLED ON 12.5 LOPRESSOR BID",
     ],
 )
 def test_each_clinical_exception_is_not_a_date(text: str) -> None:
@@ -485,10 +504,22 @@ def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> Non
         "E. coli in urine, S. aureus in sputum",
         "lots of family support; the whole family is here; LOSS FAMILY MEETING",
         "fluid d/c'd. re'd vanc",
+        "called out to floor with stabel dose of milrinone",  # a rare surname one typo from a note word
+        "REMAINS ON RA STAS 99%",
+        "pt's husband went home; daughter brought clothes",  # verbs after a relation word
     ],
 )
 def test_clinical_words_are_not_names(text: str) -> None:
     assert not _found(text, R.PERSON), (text, _found(text, R.PERSON))
+
+
+def test_rare_surnames_that_are_typos_of_note_words_need_a_cue() -> None:
+    from cohortsync.deid import lexicon
+
+    assert "stabel" in lexicon.RARE_LAST and R._name_kind("stabel") == "maybe"  # stable
+    assert "masci" in lexicon.RARE_LAST and R._name_kind("Masci") == "strong"  # rare, but no typo of a word
+    assert R._name_kind("healey") == "strong"  # near "healed"'s stem, but a common surname
+    assert "stabel" in " ".join(_found("RN: Dr. stabel called", R.PERSON))  # with a cue it is still a name
 
 
 def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:

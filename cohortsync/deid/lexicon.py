@@ -39,14 +39,22 @@ def _read_lines(name: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
+#: Surnames ranked past this in the census list (of 88,799) are rare: 1 in ~40 million people or fewer.
+RARE_SURNAME_RANK = 20_000
+
+
 @functools.cache
-def _census() -> tuple[frozenset[str], frozenset[str]]:
+def _census() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """First names, surnames, and rare surnames (census rank past :data:`RARE_SURNAME_RANK`)."""
     pkg = resources.files("names")
 
-    def col(fname: str) -> set[str]:
-        return {ln.split()[0].casefold() for ln in (pkg / fname).read_text().splitlines() if ln.strip()}
+    def rows(fname: str) -> list[list[str]]:
+        return [ln.split() for ln in (pkg / fname).read_text().splitlines() if ln.strip()]
 
-    return frozenset(col("dist.male.first") | col("dist.female.first")), frozenset(col("dist.all.last"))
+    first = frozenset(r[0].casefold() for f in ("dist.male.first", "dist.female.first") for r in rows(f))
+    last_rows = rows("dist.all.last")
+    rare = frozenset(r[0].casefold() for r in last_rows if int(r[3]) > RARE_SURNAME_RANK) - first
+    return first, frozenset(r[0].casefold() for r in last_rows), rare
 
 
 @functools.cache
@@ -59,9 +67,14 @@ def _english() -> frozenset[str]:
 
 #: The lists are read on first use (``lexicon.SAFE`` ...), not at import: a sync with no text to scrub
 #: imports the recognizers' module for its deny-list type only and must not pay ~0.5 s for word lists.
-_LAZY = ("FIRST", "LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE", "HOSPITAL_CORES", "HOSPITAL_ACRONYMS")
+_LAZY = (
+    "FIRST", "LAST", "RARE_LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE", "HOSPITAL_CORES",
+    "HOSPITAL_ACRONYMS",
+)  # fmt: skip
 FIRST: frozenset[str]
 LAST: frozenset[str]
+#: Rare census surnames that are no first name: where one is a misspelt word (``stabel``), it is no name.
+RARE_LAST: frozenset[str]
 #: Census first names and surnames together.
 NAMES: frozenset[str]
 ENGLISH: frozenset[str]
@@ -117,7 +130,7 @@ def _hospitals(clinical: frozenset[str]) -> tuple[frozenset[tuple[str, ...]], fr
 
 @functools.cache
 def _lists() -> dict[str, object]:
-    first, last = _census()
+    first, last, rare = _census()
     english = _english()
     clinical = frozenset(w.casefold() for w in _read_lines("clinical_words.txt"))
     places_cased = tuple(_read_lines("us_places.txt"))
@@ -127,6 +140,7 @@ def _lists() -> dict[str, object]:
         "HOSPITAL_ACRONYMS": acronyms,
         "FIRST": first,
         "LAST": last,
+        "RARE_LAST": rare,
         "NAMES": first | last,
         "ENGLISH": english,
         "CLINICAL": clinical,
@@ -201,6 +215,18 @@ def is_strong_name(word: str) -> bool:
         return False
     parts = w.split("-")
     return w in names or (len(parts) > 1 and all(p in names or p not in safe for p in parts) and any(p in names for p in parts))
+
+
+def edits1(word: str) -> set[str]:
+    """Every string one deletion, transposition, substitution or insertion away from ``word``."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    return (
+        {a + b[1:] for a, b in splits if b}
+        | {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+        | {a + c + b[1:] for a, b in splits if b for c in letters}
+        | {a + c + b for a, b in splits for c in letters}
+    ) - {word}
 
 
 def is_unknown(word: str) -> bool:

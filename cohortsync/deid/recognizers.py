@@ -740,6 +740,8 @@ ADDRESS_RULES = [
 
 
 def _check_date(m: re.Match[str]) -> bool:
+    if m.re in (_FORMAT_RE["mdy"], _FORMAT_RE["my2"]) and _VENT_AFTER.match(m.string, m.end()):
+        return False  # "PSV 10/5/50%": pressure support, PEEP and FiO2, not 5 Oct 1950
     return _to_date_from_match(m) is not None
 
 
@@ -764,7 +766,7 @@ _NOT_DATE_AFTER = re.compile(
     r"\s*(?:pain|strength|murmur|sem|hsm|systolic|diastolic|holosystolic|tab|tabs|tablets?|pills?|caps?|"
     r"capsules?|of|scale|score|power|reflex|x|ns|nss|normal|strength|mmhg|mm|cm|cmh2o|peep|ps|ratio|bilat|"
     r"bilaterally|b/l|throughout|in\s+(?:all|both|upper|lower|ue|le|bue|ble|arms|legs)|ue|le|bue|ble|rue|lue|rle|"
-    r"lle|extremities|grips?|hand|amp|amps|units?|u|mg|mcg|ml|cc|l|liters?|strength|cup|dose|teaspoons?|tsp)\b",
+    r"lle|extremities|grips?|hand|amp|amps|units?|u|mg|mcg|ml|cc|l|liters?|strength|str|cup|dose|teaspoons?|tsp)\b",
     re.IGNORECASE,
 )
 #: Strict date words for the shapes that are mostly ranges or decimals otherwise (``7-8``, ``7.22``).
@@ -784,6 +786,33 @@ _PAIN_WORDS = re.compile(r"\b(?:pain|discomfort|ha|headache|scale|rates?|rating|
 _FRACTIONS = frozenset({(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (1, 8)})
 
 
+#: Ventilator settings written as pairs: "PSV 10/5", "flowby 6/2", "5/5 PSV/CPAP", "5/40%". Such a pair is
+#: no date even after a date word ("remained on 5/5"), since "on" is how settings are written.
+_VENT_BEFORE = re.compile(
+    r"\b(?:psv?|ips|cpap|bipap|peep|flow-?by|simv|imv|prvc|settings?|cpap/ps|ps/cpap|"
+    r"cpap/psv|psv/cpap|fio2)\b[^\n/.;]{0,20}$",
+    re.IGNORECASE,
+)
+_VENT_AFTER = re.compile(
+    r"(?:/\d{1,3})?[ \t]*%|[ \t)]*(?:psv?|ips|cpap|bipap|peep|fio2|c[ \t]+\d\d[ \t]*%)\b",
+    re.IGNORECASE,
+)
+#: Date words that no ventilator setting follows ("vent since 7/22").
+_DATE_SINCE = re.compile(
+    r"\b(?:since|until|till|dated?|from|admitted|discharged?|started|stopped|placed|inserted|intubated|extubated|"
+    r"trached|changed|replaced|removed)\s*[:,(]?\s*$",
+    re.IGNORECASE,
+)
+#: Pain named after the pair ("5/10 incisional pain", "CP 4/10", "10/10 angina") as well as before it.
+_PAIN_NEAR = re.compile(r"\b(?:pain|cp|angina|c/o|discomfort|ha|headache|incisional|scale)\b", re.IGNORECASE)
+#: A range or a decimal before a unit or a count is no date ("1-2 DAYS", "4-5 L NC", "7.5 peep").
+_UNIT_AFTER = re.compile(
+    r"[ \t]*(?:days?|hours?|hrs?|weeks?|wks?|months?|times|x|pillows?|l|lpm|liters?|mg|mcg|meq|units?|cc|ml|"
+    r"peep|ps|psv|cm|mm|kg|lbs?|%|lopressor|metoprolol|bid|tid|qd|q\d+h?)\b",
+    re.IGNORECASE,
+)
+
+
 def _check_md(m: re.Match[str]) -> bool:
     """``a/b`` without a year is a date anywhere, unless it is a clinical score or ratio.
 
@@ -795,6 +824,12 @@ def _check_md(m: re.Match[str]) -> bool:
     if _to_date_from_match(m) is None:  # a day the month does not have ("2/31") is still a date: [DATE]
         return 1 <= int(m.group("m")) <= 12 and 29 <= int(m.group("d")) <= 31
     before = m.string[max(0, m.start() - 25) : m.start()]
+    line_before = before.rsplit("\n", 1)[-1]
+    if _VENT_AFTER.match(m.string, m.end()) or (_VENT_BEFORE.search(line_before) and not _DATE_SINCE.search(before)):
+        return False
+    pair = (int(m.group("m")), int(m.group("d")))
+    if pair in _FRACTIONS and _NOT_DATE_AFTER.match(m.string, m.end()):
+        return False  # "changed to 1/2 NS": a fraction before a dose word, even after "to"
     if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
     if m.group("m").startswith("0") or m.group("d").startswith("0"):
@@ -809,12 +844,13 @@ def _check_md(m: re.Match[str]) -> bool:
     line = before.rsplit("\n", 1)[-1]
     if dd == 5 and mm <= 5 and _STRENGTH_WORDS.search(line):
         return False
-    return not (dd == 10 and mm <= 10 and _PAIN_WORDS.search(line))
+    after = m.string[m.end() : m.end() + 30].split("\n", 1)[0]
+    return not (dd == 10 and mm <= 10 and (_PAIN_WORDS.search(line) or _PAIN_NEAR.search(line[-12:] + " " + after)))
 
 
 def _check_strict(m: re.Match[str]) -> bool:
     """``7-8`` and ``7.22`` are dates only after a date word (``on 7-8``): otherwise ranges and decimals."""
-    if _to_date_from_match(m) is None:
+    if _to_date_from_match(m) is None or _UNIT_AFTER.match(m.string, m.end()):
         return False
     return _DATE_STRICT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
 
@@ -1092,6 +1128,11 @@ _NOT_NAME_AFTER_DR = frozenset(
     family office note aware order orders unit service consult not now here there this that pts
     """.split()  # noqa: SIM905
 )
+#: Verbs that follow a relation word ("husband went", "daughter brought"): census names too, never one there.
+_NOT_AFTER_RELATION = re.compile(
+    _NOT_AFTER_DR.pattern + r"|brought|took|stayed|left|gave|told|asked|spent|signed|knows|needs|wants|feels|"
+    r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate"
+)
 #: An initial with its period right before a word: "D. Phyl", "j. o'brien" (not "d/c'd. re'd").
 _INITIAL_BEFORE = re.compile(r"(?:^|(?<=[\s(]))[A-Za-z]\.[ \t]?$")
 #: Words that say which family or what about it, not whose ("LOSS FAMILY MEETING", "CLOSE FAMILY").
@@ -1234,8 +1275,15 @@ def _name_kind(word: str) -> str:
         return "maybe" if w in lexicon.NAMES and _style(word.strip(".,;:'’\"()[]")) == "T" else "stop"
     english = w in lexicon.SAFE
     if w in lexicon.NAMES:
+        if not english and w in lexicon.RARE_LAST and _near_note_word(w):
+            return "maybe"  # "stabel", "STAS", "lipps": a rare surname one typo from a note word is that word
         return "maybe" if english else "strong"
     return "word" if english or _DRUG_ENDING.search(w) else "unknown"
+
+
+def _near_note_word(w: str) -> bool:
+    """One typo away from a clinical or template word (``stabel`` ~ stable, ``stas`` ~ sats)."""
+    return any(e in lexicon.CLINICAL or e in VOCABULARY for e in lexicon.edits1(w))
 
 
 def _style(word: str) -> str:
@@ -1351,8 +1399,11 @@ class LexiconRecognizer(LocalRecognizer):
                     and lexicon.fold(word) not in _FAMILY_KIND
                     and _FAMILY_NEXT.match(text, m.end())
                 )
+                relation = _LEX_CUE.search(before) is not None and not (
+                    kinds[i] == "maybe" and _NOT_AFTER_RELATION.fullmatch(lexicon.fold(word))
+                )  # "husband went home", "daughter brought": a verb, not a name
                 is_name[i] = bool(
-                    _LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports or initial or family
+                    relation or _RELATION_AFTER.match(text, m.end()) or weak or reports or initial or family
                 )
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
