@@ -592,6 +592,27 @@ def test_shift_times_and_doses_are_not_identifiers_or_pagers() -> None:
         assert not _found(text, "ID") + _found(text, "PHONE"), text
 
 
+def test_a_rising_range_after_a_measure_is_no_phone_and_a_rhythm_run_no_street() -> None:
+    for text in ("SVR 954-1183; CO 5", "TV IMPROVED TO 900-1000.", "pt voiding 575-1000 cc/hr"):
+        assert not _found(text, "ID") + _found(text, "PHONE"), text
+    for text in ("call 954-1183 for questions", "pager 944-5032", "HR 80 then home # 555-1234", "SVR 954-0183"):
+        assert _found(text, "ID") + _found(text, "PHONE"), text  # a phone cue, or not a rising range
+    for text in ("ONE 8 BEAT RUN OF VT NOTED", "1 15 SEC RUN SVT TO 150", "PT HAD 3 EPISODES ST IN 130'S"):
+        assert not _found(text, "ADDRESS"), text
+    assert _found("lives at 12 Mill Run Rd", "ADDRESS")
+
+
+def test_misspelt_note_words_and_unit_acronyms_are_not_names_or_places() -> None:
+    for word in ("toelrated", "duaghter", "visisted", "HOSPIATAL", "NSICU", "Banadryl"):
+        assert R._name_kind(word) == "word", word  # one typo from a clinical or template word
+    for word in ("Przybylo", "Swackhamer", "milovan", "Tranfaglia"):
+        assert R._name_kind(word) == "unknown", word
+    for text in ("Foley to BSD draining", "A&O to TPP", "line at tip of SVC", "transferred from TSICU at 6pm"):
+        assert not _found(text, "FACILITY") + _found(text, "LOCATION"), text
+    for text in ("pt came from CBS today", "transferred to VAH for rehab"):
+        assert _found(text, "FACILITY"), text
+
+
 def test_case_for_ner_keeps_offsets() -> None:
     for line in ("SON BILL CALLED AT 0400", "Mixed Case stays", "12/22 BP 120/80", "O'BRIEN AWARE"):
         cased = R.case_for_ner(line)

@@ -617,7 +617,20 @@ def _flags(ci: bool = True) -> int:
 def _not_time_range(m: re.Match[str]) -> bool:
     """``1900-0700`` (a shift) and ``100-1112`` (a range) are not identifiers; ``954-1183`` (a phone) is."""
     v = m.group("v")
-    return not (re.fullmatch(r"\d{1,5}-\d{1,5}", v) and not re.fullmatch(r"\d{3}-\d{4}", v))
+    if re.fullmatch(r"\d{3}-\d{4}", v):  # a phone unless it rises after a measure ("SVR 954-1183", "IS 750-1000")
+        low, high = (int(x) for x in v.split("-"))
+        before = m.string[max(0, m.start() - 24) : m.start()].rsplit("\n", 1)[-1]
+        return not (low < high < 4 * low and _MEASURE_BEFORE.search(before) and not _PHONE_CUE.search(before))
+    return not re.fullmatch(r"\d{1,5}-\d{1,5}", v)
+
+
+#: Measures and words that a range of values follows ("SVR 954-1183", "TV IMPROVED TO 900-1000").
+_MEASURE_BEFORE = re.compile(
+    r"\b(?:svr|pvr|hr|tv|vt|is|co|cvp|uo|uop|u/o|map|rate|volumes?|voiding|void|output|ranged?|between|from|to|"
+    r"in\s+the|of|@|~|approx|about|bs|glucose|plt|plts|platelets)\b[^\d\n]{0,12}$",
+    re.IGNORECASE,
+)
+_PHONE_CUE = re.compile(r"\b(?:phone|ph|tel|telephone|call|called|cell|pager|beeper|fax|contact|number|#)", re.IGNORECASE)
 
 
 _PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
@@ -695,8 +708,14 @@ def _street_words_ok(m: re.Match[str]) -> bool:
             break
         words.append(w)
     return bool(words) and not any(
-        lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words if lexicon.fold(w) not in _US_STATES
+        lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL or lexicon.fold(w) in _RHYTHM_WORDS
+        for w in words
+        if lexicon.fold(w) not in _US_STATES
     )
+
+
+#: "6 BEAT RUN", "15 SEC RUN", "3 EPISODES ST": counts of a rhythm, not a street with a suffix.
+_RHYTHM_WORDS = frozenset("beat beats sec secs second seconds min mins episode episodes epsiodes run runs".split())  # noqa: SIM905
 
 
 _STATES = (
@@ -1218,7 +1237,12 @@ _SAINT = re.compile(r"\b(?:to|from|at|in|by)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3
 #: "St. Agnes" anywhere: a saint's name after "St." (a street suffix is never followed by a census name).
 _SAINT_NAME = re.compile(r"(?<![\w.])(?P<v>(?:St\.|ST\.|Saint|SAINT)[ \t]*(?P<n>[A-Za-z]{3,})(?:['’]s)?)\b")
 #: An acronym on no list after a place preposition, in mixed-case text ("from CBS", "at GBMC").
-_ACRONYM_PLACE = re.compile(r"\b(?:from|at|to|by|of)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b")
+#: "to", "by" and "of" before an acronym are mostly clinical ("Foley to BSD", "A&O to TPP", "tip of SVC"): only
+#: after a movement word do they name a place ("transferred to VAH").
+_ACRONYM_PLACE = re.compile(
+    r"(?:\b(?:from|at)|\b(?:transfer(?:red)?|xfer(?:red)?|sent|went|go|going|back|return(?:ed)?|admitted)[ \t]+to)"
+    r"[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b"
+)
 #: A hospital's initialism that says so: ``VAMC``, ``UMMC``, ``BIDMC``, ``VAH``.
 _HOSPITAL_ACRONYM = re.compile(r"[A-Z]{1,4}MC|VAH|VAMC")
 _UNIVERSITY = re.compile(
@@ -1278,7 +1302,9 @@ def _name_kind(word: str) -> str:
         if not english and w in lexicon.RARE_LAST and _near_note_word(w):
             return "maybe"  # "stabel", "STAS", "lipps": a rare surname one typo from a note word is that word
         return "maybe" if english else "strong"
-    return "word" if english or _DRUG_ENDING.search(w) else "unknown"
+    if english or _DRUG_ENDING.search(w) or (len(w) >= 5 and _near_note_word(w)):
+        return "word"  # "toelrated", "duaghter", "NSICU": a misspelt note word is no name by itself
+    return "unknown"
 
 
 def _near_note_word(w: str) -> bool:
