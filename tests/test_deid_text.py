@@ -553,6 +553,9 @@ def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:
         ("went to franklin square for a scan", "franklin square"),
         ("PT MAY BE W/U BY GBMC FOR TRANSPLANT", "GBMC"),  # initialism of a listed hospital
         ("followed at the VAMC for years", "VAMC"),
+        ("pt transferred to Sacred for rehab", "Sacred"),  # one word of a hospital's name after a place word
+        ("came from Harbor this am", "Harbor"),
+        ("son lives near Reisterstown now", "Reisterstown"),  # a town on no word list needs no cue
     ],
 )
 def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
@@ -562,7 +565,8 @@ def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
 
 def test_generic_care_places_are_not_facilities() -> None:
     for text in ("transfer to cardiac rehab", "went to the general hospital", "go home today", "cath lab at 3",
-                 "the holy cross on the wall", "a high point of the day", "PT HAS CHF AND COPD, SEE PMH"):  # fmt: skip
+                 "the holy cross on the wall", "a high point of the day", "PT HAS CHF AND COPD, SEE PMH",
+                 "Sacred heart image", "GOING TO HARBOR"):  # fmt: skip
         assert not _found(text, "FACILITY") + _found(text, "LOCATION"), text
 
 

@@ -83,7 +83,7 @@ PLACES_CASED: tuple[str, ...]
 PLACES: frozenset[str]
 #: Words that cannot be a name by themselves (a name that is also a word needs context).
 SAFE: frozenset[str]
-#: Distinctive multi-word cores of US hospital names, casefolded word tuples (``("holy", "cross")``).
+#: Distinctive cores of US hospital names and their first words, casefolded tuples (``("holy", "cross")``).
 HOSPITAL_CORES: frozenset[tuple[str, ...]]
 #: Initialisms of US hospital names, 4-6 capitals (``GBMC``: Greater Baltimore Medical Center).
 HOSPITAL_ACRONYMS: frozenset[str]
@@ -114,14 +114,14 @@ _NAME_WORD = re.compile(r"[A-Za-z][A-Za-z'’]*")
 
 
 def _hospitals(clinical: frozenset[str]) -> tuple[frozenset[tuple[str, ...]], frozenset[str]]:
-    """Multi-word name cores (the full core and its first two words) and 4-6 letter initialisms."""
+    """Name cores (the full core, its first two words and its first word) and 4-6 letter initialisms."""
     cores: set[tuple[str, ...]] = set()
     acronyms: set[str] = set()
     for name in _read_lines("us_hospitals.txt"):
         words = _NAME_WORD.findall(name)
         core = [fold(w) for w in words if fold(w) not in _HOSPITAL_GENERIC and len(w) > 1]
-        if len(core) >= 2 and not any(w in _HOSPITAL_NOT_CORE or w in clinical for w in core):
-            cores.update({tuple(core[:3]), tuple(core[:2])})
+        if core and not any(w in _HOSPITAL_NOT_CORE or w in clinical for w in core):
+            cores.update({tuple(core[:3]), tuple(core[:2]), tuple(core[:1])})
         initials = "".join(w[0].upper() for w in words if w.casefold() not in ("of", "the", "and", "inc", "llc", "at"))
         if 4 <= len(initials) <= 6:
             acronyms.add(initials)

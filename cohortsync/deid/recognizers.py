@@ -1243,6 +1243,8 @@ _ACRONYM_PLACE = re.compile(
     r"(?:\b(?:from|at)|\b(?:transfer(?:red)?|xfer(?:red)?|sent|went|go|going|back|return(?:ed)?|admitted)[ \t]+to)"
     r"[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b"
 )
+#: A place preposition right before a capitalised word of a hospital's name ("transferred to Sacred").
+_HOSPITAL_PREP = re.compile(r"\b(?:from|at|to|in|by|of)[ \t]+(?:the[ \t]+)?$", re.IGNORECASE)
 #: A hospital's initialism that says so: ``VAMC``, ``UMMC``, ``BIDMC``, ``VAH``.
 _HOSPITAL_ACRONYM = re.compile(r"[A-Z]{1,4}MC|VAH|VAMC")
 _UNIVERSITY = re.compile(
@@ -1490,10 +1492,22 @@ class LexiconRecognizer(LocalRecognizer):
                 and _name_kind(word) in ("unknown", "strong")
             ):
                 out.append((toks[i].start(), toks[i].end(), "FACILITY"))
-            for n in (3, 2):
+            for n in (3, 2, 1):
                 words = tuple(folded[i : i + n])
                 if len(words) < n or words not in cores:
                     continue
+                if n == 1:  # one word: capitalised in mixed-case text after a place word ("from Harbor", "to Sacred")
+                    line = text[text.rfind("\n", 0, toks[i].start()) + 1 : toks[i].start()]
+                    if (
+                        _style(word) != "T"
+                        or not any(c.islower() for c in line + word[1:])
+                        or words[0] in _US_STATES
+                        or words[0] in ("dr", "st", "mt", "md")
+                        or not _HOSPITAL_PREP.search(line[-16:])
+                    ):
+                        continue
+                    out.append((toks[i].start(), toks[i].end(), "FACILITY"))
+                    break
                 if any(text[toks[k].end() : toks[k + 1].start()] not in (" ", "  ", ". ") for k in range(i, i + n - 1)):
                     continue
                 if all(_vocab(w) for w in words) and not (
@@ -1536,8 +1550,9 @@ class LexiconRecognizer(LocalRecognizer):
                 elif n == 1 and not (
                     _PLACE_CUE.search(text[max(0, toks[i].start() - 30) : toks[i].start()])
                     or _PLACE_AFTER.match(text, toks[i].end())
+                    or (len(words[0]) >= 6 and _name_kind(toks[i].group()) == "unknown")
                 ):
-                    continue  # "Nitro", "Destin": a one-word town needs a place word around it
+                    continue  # "Nitro": a one-word town needs a place word around it, unless it is on no word list
                 out.append((toks[i].start(), toks[i + n - 1].end(), "LOCATION"))
                 i += n - 1
                 break
