@@ -415,6 +415,14 @@ def _found(text: str, entity: str | None = None) -> list[str]:
         ("MECH VENT VIA TRACH (PLACED 8/14). AC", "8/14"),
         ("s/p MI 8/88, 30% EF", "8/88"),
         ("seen on 10/5 by cardiology", "10/5"),
+        ("cxr 7/22/ showed effusion", "7/22"),  # a trailing slash
+        ("ceftaz 7/22 -7/30 then stopped", "7/30"),  # a range with a space before the dash
+        ("cx 7/22x2 neg", "7/22"),  # a count glued on
+        ("line placed 7/22am", "7/22"),
+        ("ADMITTED 22-JUL FROM OSH", "22-JUL"),  # day and month name with a dash, no year
+        ("S/P CABG OCT 93 AT OSH", "OCT 93"),  # month name and a two-digit year that is no day
+        ("MI Jul '87", "Jul '87"),
+        ("admit 07-22 from OSH", "07-22"),  # a leading zero: no range is written so
     ],
 )
 def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:
@@ -457,6 +465,12 @@ def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:
         "SAT>95 ON 4-5 L NC",
         "cont on 7.5 peep and 50%",
         "CONTROLLED ON 12.5 LOPRESSOR BID",
+        "HR 80 -5/5 strength",
+        "given 1/2am dose",
+        "UO 3 dec from yesterday",
+        "SBP MAY 90S",
+        "HR 60-70 and temp 37.5",
+        "CI 5.06 and tmin 06.2, ca~1.08",
     ],
 )
 def test_each_clinical_exception_is_not_a_date(text: str) -> None:

@@ -390,8 +390,10 @@ _SUF = r"(?P<suf>st|nd|rd|th)?"
 _B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
 _E = r"(?![\w/-]|\.\d)"  # right boundary
 # A date may follow a word or another date and a dash ("TOXICITY-9/2/92", "8/2-8/10"), not a number ("10-5/5").
-_B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-))"
-_E_MD = r"(?![\w/]|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
+_B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-)|(?<=[ \t(]-))"  # also "7/22 -7/23"
+# ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->"), a trailing slash ("7/22/ cxr"), a
+# count or a time of day ("cx 7/22x2", "7/22am")
+_E_MD = r"(?!(?!x\d|[ap]m\b)\w|/\w|\.\d)"
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -412,16 +414,21 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
+    # Month name and a two-digit year that cannot be a day ("OCT 93", "Jul '87", "nov, 96").
+    ("my2_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s*'|,?\s+|-)(?P<y>[4-9]\d)(?![\w:/.'’])")),
     # A two-digit year after a dot ("11/21.93"): separators mixed as notes type them.
     ("mdy_dot", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + r"\.(?P<y>\d\d)(?![\w/.])")),
     ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
     # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
     ("my2", re.compile(_B_MD + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
     ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
+    # Day and month name without a year ("22-Jul", "3-DEC"): only with the dash, so "3 dec" (decreased) stays.
+    ("dmon", re.compile(_B + _D + r"(?P<s1>-)(?P<mon>(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec))"
+                        r"(?![\w-])")),
     ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
     # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
     ("mon", re.compile(r"\b(?P<mon>(?i:January|February|March|April|June|July|August|September|October|November"
-                       r"|December)|(?:(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?)(?![\w/-]|\.\w)")),
+                       r"|December)|(?:(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?)(?![\w-]|/\d|\.\w)")),
 ]  # fmt: skip
 _FORMAT_RE = dict(_DATE_FORMATS)
 
@@ -871,6 +878,9 @@ def _check_strict(m: re.Match[str]) -> bool:
     """``7-8`` and ``7.22`` are dates only after a date word (``on 7-8``): otherwise ranges and decimals."""
     if _to_date_from_match(m) is None or _UNIT_AFTER.match(m.string, m.end()):
         return False
+    mm, dd = m.group("m"), m.group("d")
+    if len(mm) == len(dd) == 2 and (mm.startswith("0") or (dd.startswith("0") and m.re is _FORMAT_RE["md_dash"])):
+        return True  # "07-22", "07.22", "12-03": no range or decimal is written so ("5.06" is a decimal)
     return _DATE_STRICT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
 
 
@@ -894,8 +904,14 @@ def _check_glued(m: re.Match[str]) -> bool:
     return _NOT_DATE_BEFORE.search(m.string[max(0, m.start() - 25) : m.start()]) is None
 
 
+def _check_my2_name(m: re.Match[str]) -> bool:
+    """``OCT 93`` is a date; ``MAY 90`` is too often "may be 90" in ALL-CAPS notes to count."""
+    return m.group("mon").casefold() != "may" and _check_date(m)
+
+
 _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
-    "md": _check_md, "mdy_dot": _check_md, "md_dash": _check_strict, "md_dot": _check_strict, "mon": _check_month,
+    "md": _check_md, "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
+    "md_dot": _check_strict, "mon": _check_month,
 }  # fmt: skip
 DATE_RULES = [
     *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date)) for fmt, rx in _DATE_FORMATS),
@@ -1145,6 +1161,13 @@ _NOT_NAME_AFTER_DR = frozenset(
     ok okd notif rounds round visit for about with by team covering call oncall saw see sees wrote gave feels
     thinks plans plan md np pa rn nurse resident fellow intern attending night day evening am pm pt patient
     family office note aware order orders unit service consult not now here there this that pts
+    """.split()  # noqa: SIM905
+)
+#: Words that name a role before a credential or a relation ("skin care RN", "charge RN", "decision maker (son)").
+_ROLE_WORDS = frozenset(
+    """
+    care charge staff house floor night day float skin wound team primary unit nurse case triage resource bedside
+    admitting covering evening maker contact proxy health social resp respiratory travel agency float pool
     """.split()  # noqa: SIM905
 )
 #: Verbs that follow a relation word ("husband went", "daughter brought"): census names too, never one there.
@@ -1408,6 +1431,8 @@ class LexiconRecognizer(LocalRecognizer):
                     and folded_word not in _NOT_NAME_AFTER_DR
                     and not _NOT_AFTER_DR.fullmatch(folded_word)
                 )
+            elif lexicon.fold(word) in _ROLE_WORDS and (_CRED_NEXT.match(text, m.end()) or _RELATION_AFTER.match(text, m.end())):
+                is_name[i] = False  # "SKIN CARE RN", "HOUSE STAFF", "decision maker (son)": a role, not a name
             elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
                 is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
             elif kinds[i] == "word":  # "dr small": a word in a name's place
