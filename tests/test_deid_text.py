@@ -495,6 +495,7 @@ def test_each_clinical_exception_is_not_a_date(text: str) -> None:
         ("KEEP ROMERO FAMILY AWARE OF PLAN", ["ROMERO"]),  # a surname written as a name before "family"
         ("nsg (d. renna and j. o'brien) verified", ["o'brien"]),  # an initial before a word on no list
         ("Reported to D. Phyl. Coags ok.", ["Phyl"]),
+        ("Reported to J. Long at 3pm", ["Long"]),  # a capital initial before a name that is a word
     ],
 )
 def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> None:
@@ -521,6 +522,7 @@ def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> Non
         "called out to floor with stabel dose of milrinone",  # a rare surname one typo from a note word
         "REMAINS ON RA STAS 99%",
         "pt's husband went home; daughter brought clothes",  # verbs after a relation word
+        "fields on L. Vent settings; I & O. Check K+; New A.line placed; SKIN CARE RN",
     ],
 )
 def test_clinical_words_are_not_names(text: str) -> None:

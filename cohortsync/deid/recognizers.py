@@ -1092,6 +1092,9 @@ class ContextNameRecognizer(LocalRecognizer):
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
             for m in rx.finditer(text):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
+                words_before = text[start : m.start()].split()
+                if words_before and lexicon.fold(words_before[-1]) in _ROLE_WORDS:
+                    continue  # "SKIN CARE RN", "charge RN": a role before the credential, not a name
                 if (
                     start < m.start()
                     and (
@@ -1185,6 +1188,8 @@ _FAMILY_KIND = frozenset(
     concerned big small blended adoptive birth step
     """.split()  # noqa: SIM905
 )
+#: A capital initial and its period, one space before the word, not "I & O.", "2 L." nor "L. Vent": "J. Long".
+_CAP_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[ \t(]))(?<![&\d][ \t])[AC-KM-QS-Z]\. $")  # not L./R./B.: a side
 #: "family" after a surname written as a name (capitalised): "KEEP ROMERO FAMILY".
 _FAMILY_NEXT = re.compile(r"[ \t]+famil(?:y|ies)\b", re.IGNORECASE)
 #: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
@@ -1445,7 +1450,13 @@ class LexiconRecognizer(LocalRecognizer):
                 reports = (
                     (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
                 ) and _REPORTS.match(text, m.end())
-                initial = kinds[i] == "unknown" and _INITIAL_BEFORE.search(before) is not None  # "D. Phyl"
+                initial = (kinds[i] == "unknown" and _INITIAL_BEFORE.search(before) is not None) or (
+                    kinds[i] == "maybe"  # "J. Long", "R. KING": a capital initial, one space, a capitalised name
+                    and _style(word) in ("T", "U")
+                    and _CAP_INITIAL_BEFORE.search(before) is not None
+                    and lexicon.fold(word) not in lexicon.CLINICAL
+                    and lexicon.fold(word) not in _ROLE_WORDS
+                )
                 family = (  # "KEEP ROMERO FAMILY", "the Costa family"
                     _style(word) != "L"
                     and lexicon.fold(word) in lexicon.LAST
