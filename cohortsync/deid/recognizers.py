@@ -893,6 +893,7 @@ def _check_month(m: re.Match[str]) -> bool:
     return re.search(r"\b(?:in|since|of|during|early|late|mid|end|until|by|last|next|this)\s+$", before, re.I) is not None
 
 
+_GLUED_NEED = re.compile(r"\d/\d{1,2}/\d{1,2}/\d")
 _GLUED_MD = r"(?P<{}>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))"
 
 
@@ -913,10 +914,13 @@ _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
     "md": _check_md, "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
     "md_dot": _check_strict, "mon": _check_month,
 }  # fmt: skip
+#: Cheap patterns a text must hold for a rare date shape's regex to run at all (speed only, never recall).
+_NEEDS = {"mdy_dot": re.compile(r"/\d{1,2}\.\d"), "dmon": re.compile(r"\d-[A-Za-z]")}
 DATE_RULES = [
-    *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date)) for fmt, rx in _DATE_FORMATS),
+    *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date), _NEEDS.get(fmt))
+      for fmt, rx in _DATE_FORMATS),
     # Two month/day dates glued by a slash ("TREATMENTS 10/03/10/04"): each is a date.
-    *(Rule(DATE, re.compile(r"(?<![\w/.])" + a + "/" + b + r"(?![\w/]|\.\d)"), 0.85, _check_glued)
+    *(Rule(DATE, re.compile(r"(?<![\w/.])" + a + "/" + b + r"(?![\w/]|\.\d)"), 0.85, _check_glued, _GLUED_NEED)
       for a, b in ((_GLUED_MD.format("v"), _GLUED_MD.format("w")), (_GLUED_MD.format("w"), _GLUED_MD.format("v")))),
     # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
     Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
@@ -1271,6 +1275,12 @@ _ACRONYM_PLACE = re.compile(
     r"(?:\b(?:from|at)|\b(?:transfer(?:red)?|xfer(?:red)?|sent|went|go|going|back|return(?:ed)?|admitted)[ \t]+to)"
     r"[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b"
 )
+@functools.cache
+def _hospital_first_words() -> frozenset[str]:
+    """First words of the hospital name cores: most tokens are not one, and are skipped at once."""
+    return frozenset(core[0] for core in lexicon.HOSPITAL_CORES)
+
+
 #: A place preposition right before a capitalised word of a hospital's name ("transferred to Sacred").
 _HOSPITAL_PREP = re.compile(r"\b(?:from|at|to|in|by|of)[ \t]+(?:the[ \t]+)?$", re.IGNORECASE)
 #: A hospital's initialism that says so: ``VAMC``, ``UMMC``, ``BIDMC``, ``VAH``.
@@ -1518,10 +1528,13 @@ class LexiconRecognizer(LocalRecognizer):
         Cross``, ``franklin square``; one made only of English words must be capitalised or follow a place
         word) and an initialism of one, or any ``..MC``, in capitals (``BY GBMC``, ``VAMC``)."""
         out: list[tuple[int, int, str]] = []
-        cores, acronyms = lexicon.HOSPITAL_CORES, lexicon.HOSPITAL_ACRONYMS
+        cores, acronyms, firsts = lexicon.HOSPITAL_CORES, lexicon.HOSPITAL_ACRONYMS, _hospital_first_words()
         i = 0
         while i < len(toks):
             word = toks[i].group()
+            if folded[i] not in firsts and not word.isupper():
+                i += 1
+                continue
             if (
                 word.isupper()
                 and ((4 <= len(word) <= 6 and word in acronyms) or _HOSPITAL_ACRONYM.fullmatch(word))
