@@ -238,7 +238,29 @@ def _naive_outputs(texts: Sequence[str]) -> tuple[list[str], list[list[tuple[int
     return outs, found, time.perf_counter() - t0
 
 
-def physionet(directory: Path, workers: int, with_naive: bool) -> None:
+def _leaked_keys(notes: Sequence[dict[str, Any]], outputs: Sequence[str]) -> set[tuple[int, int]]:
+    """(note index, span index) of every scored span that leaks."""
+    out: set[tuple[int, int]] = set()
+    for i, (note, text) in enumerate(zip(notes, outputs, strict=True)):
+        for j, sp in enumerate(note["spans"]):
+            rx = r"(?<![A-Za-z0-9])" + re.escape(sp["value"]) + r"(?![A-Za-z0-9])"
+            if scored(sp) and re.search(rx, text):
+                out.add((i, j))
+    return out
+
+
+def _persisting(notes: Sequence[dict[str, Any]], first: Sequence[str], workers: int) -> Counter[str]:
+    """Leaks per label that persist under another key and date offset: true misses, not a shifted date or a
+    surrogate name that happens to equal a real one (counts only; no value is printed)."""
+    import pyarrow as pa
+
+    with TextScrubber(TextSettings(workers=workers), key=b"another-scoring-key-9876543210fedcba") as s:
+        out, _ = s.scrub(pa.array([n["text"] for n in notes], pa.string()), pa.array([101] * len(notes), pa.int32()))
+    both = _leaked_keys(notes, first) & _leaked_keys(notes, [o or "" for o in out.to_pylist()])
+    return Counter(notes[i]["spans"][j]["label"] for i, j in both)
+
+
+def physionet(directory: Path, workers: int, with_naive: bool, collisions: bool = False) -> None:
     """Print, per half (dev, test) and engine: leaked / total per label and character precision."""
     import pyarrow as pa
 
@@ -268,6 +290,12 @@ def physionet(directory: Path, workers: int, with_naive: bool) -> None:
                 + ", ".join(f"{k} {v:.2f}" for k, v in sorted(prec.items()) if k != "ALL")
                 + f")   {len(notes) / secs:.0f} notes/s"
             )
+            if collisions and name.startswith("cohortsync"):
+                kept = _persisting(notes, outs, workers)
+                print(
+                    f"  {'':<24} of which persist under another key and offset (true misses): {sum(kept.values())}  "
+                    + "  ".join(f"{k} {kept[k]}" for k in sorted(total))
+                )
 
 
 def main() -> None:
@@ -287,9 +315,14 @@ def main() -> None:
         help="score the PhysioNet deid gold standard's dev and test halves instead",
     )
     ap.add_argument("--no-naive", action="store_true", help="with --physionet: skip the naive Presidio loop")
+    ap.add_argument(
+        "--collisions",
+        action="store_true",
+        help="with --physionet: also count the leaks that persist under another key and date offset (true misses)",
+    )
     args = ap.parse_args()
     if args.physionet:
-        physionet(Path(args.physionet), args.workers, not args.no_naive)
+        physionet(Path(args.physionet), args.workers, not args.no_naive, args.collisions)
         return
     es = make_evalset(args.notes, args.seed)
     if args.synth:

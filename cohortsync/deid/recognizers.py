@@ -405,8 +405,10 @@ _SUF = r"(?P<suf>st|nd|rd|th)?"
 _B = r"(?<![\w/.-])"  # left boundary: no digit, letter, slash, dot or dash glued on
 _E = r"(?![\w/-]|\.\d)"  # right boundary
 # A date may follow a word or another date and a dash ("TOXICITY-9/2/92", "8/2-8/10"), not a number ("10-5/5").
-_B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-))"
-_E_MD = r"(?![\w/]|\.\d)"  # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->")
+_B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-)|(?<=[ \t(]-))"  # also "7/22 -7/23"
+# ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->"), a trailing slash ("7/22/ cxr"), a
+# count or a time of day ("cx 7/22x2", "7/22am")
+_E_MD = r"(?!(?!x\d|[ap]m\b)\w|/\w|\.\d)"
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -427,14 +429,21 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
     ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
+    # Month name and a two-digit year that cannot be a day ("OCT 93", "Jul '87", "nov, 96").
+    ("my2_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s*'|,?\s+|-)(?P<y>[4-9]\d)(?![\w:/.'’])")),
+    # A two-digit year after a dot ("11/21.93"): separators mixed as notes type them.
+    ("mdy_dot", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + r"\.(?P<y>\d\d)(?![\w/.])")),
     ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
     # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
     ("my2", re.compile(_B_MD + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
     ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
+    # Day and month name without a year ("22-Jul", "3-DEC"): only with the dash, so "3 dec" (decreased) stays.
+    ("dmon", re.compile(_B + _D + r"(?P<s1>-)(?P<mon>(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec))"
+                        r"(?![\w-])")),
     ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
     # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
     ("mon", re.compile(r"\b(?P<mon>(?i:January|February|March|April|June|July|August|September|October|November"
-                       r"|December)|(?:(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?)(?![\w/-]|\.\w)")),
+                       r"|December)|(?:(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)\.?)(?![\w-]|/\d|\.\w)")),
 ]  # fmt: skip
 _FORMAT_RE = dict(_DATE_FORMATS)
 
@@ -516,7 +525,7 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     nums = [g[k] for k in ("m", "d") if g.get(k)]
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
-    numeric = parsed.fmt in ("iso", "mdy", "md", "md_dash", "md_dot", "my", "my2") or (
+    numeric = parsed.fmt in ("iso", "mdy", "mdy_dot", "md", "md_dash", "md_dot", "my", "my2") or (
         parsed.fmt == "dmony" and g.get("s1") == "-"
     )
     padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
@@ -630,7 +639,20 @@ def _flags(ci: bool = True) -> int:
 def _not_time_range(m: re.Match[str]) -> bool:
     """``1900-0700`` (a shift) and ``100-1112`` (a range) are not identifiers; ``954-1183`` (a phone) is."""
     v = m.group("v")
-    return not (re.fullmatch(r"\d{1,5}-\d{1,5}", v) and not re.fullmatch(r"\d{3}-\d{4}", v))
+    if re.fullmatch(r"\d{3}-\d{4}", v):  # a phone unless it rises after a measure ("SVR 954-1183", "IS 750-1000")
+        low, high = (int(x) for x in v.split("-"))
+        before = m.string[max(0, m.start() - 24) : m.start()].rsplit("\n", 1)[-1]
+        return not (low < high < 4 * low and _MEASURE_BEFORE.search(before) and not _PHONE_CUE.search(before))
+    return not re.fullmatch(r"\d{1,5}-\d{1,5}", v)
+
+
+#: Measures and words that a range of values follows ("SVR 954-1183", "TV IMPROVED TO 900-1000").
+_MEASURE_BEFORE = re.compile(
+    r"\b(?:svr|pvr|hr|tv|vt|is|co|cvp|uo|uop|u/o|map|rate|volumes?|voiding|void|output|ranged?|between|from|to|"
+    r"in\s+the|of|@|~|approx|about|bs|glucose|plt|plts|platelets)\b[^\d\n]{0,12}$",
+    re.IGNORECASE,
+)
+_PHONE_CUE = re.compile(r"\b(?:phone|ph|tel|telephone|call|called|cell|pager|beeper|fax|contact|number|#)", re.IGNORECASE)
 
 
 _PSEP = r"(?:[ \t]*[.-][ \t]*|[ \t]+)?"  # between phone digit groups: any of ". -", with spaces around
@@ -708,8 +730,14 @@ def _street_words_ok(m: re.Match[str]) -> bool:
             break
         words.append(w)
     return bool(words) and not any(
-        lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL for w in words if lexicon.fold(w) not in _US_STATES
+        lexicon.fold(w) in _NEVER_NAME or lexicon.fold(w) in lexicon.CLINICAL or lexicon.fold(w) in _RHYTHM_WORDS
+        for w in words
+        if lexicon.fold(w) not in _US_STATES
     )
+
+
+#: "6 BEAT RUN", "15 SEC RUN", "3 EPISODES ST": counts of a rhythm, not a street with a suffix.
+_RHYTHM_WORDS = frozenset("beat beats sec secs second seconds min mins episode episodes epsiodes run runs".split())  # noqa: SIM905
 
 
 _STATES = (
@@ -753,6 +781,8 @@ ADDRESS_RULES = [
 
 
 def _check_date(m: re.Match[str]) -> bool:
+    if m.re in (_FORMAT_RE["mdy"], _FORMAT_RE["my2"]) and _VENT_AFTER.match(m.string, m.end()):
+        return False  # "PSV 10/5/50%": pressure support, PEEP and FiO2, not 5 Oct 1950
     return _to_date_from_match(m) is not None
 
 
@@ -777,7 +807,7 @@ _NOT_DATE_AFTER = re.compile(
     r"\s*(?:pain|strength|murmur|sem|hsm|systolic|diastolic|holosystolic|tab|tabs|tablets?|pills?|caps?|"
     r"capsules?|of|scale|score|power|reflex|x|ns|nss|normal|strength|mmhg|mm|cm|cmh2o|peep|ps|ratio|bilat|"
     r"bilaterally|b/l|throughout|in\s+(?:all|both|upper|lower|ue|le|bue|ble|arms|legs)|ue|le|bue|ble|rue|lue|rle|"
-    r"lle|extremities|grips?|hand|amp|amps|units?|u|mg|mcg|ml|cc|l|liters?|strength|cup|dose|teaspoons?|tsp)\b",
+    r"lle|extremities|grips?|hand|amp|amps|units?|u|mg|mcg|ml|cc|l|liters?|strength|str|cup|dose|teaspoons?|tsp)\b",
     re.IGNORECASE,
 )
 #: Strict date words for the shapes that are mostly ranges or decimals otherwise (``7-8``, ``7.22``).
@@ -797,6 +827,33 @@ _PAIN_WORDS = re.compile(r"\b(?:pain|discomfort|ha|headache|scale|rates?|rating|
 _FRACTIONS = frozenset({(1, 2), (1, 3), (2, 3), (1, 4), (3, 4), (1, 8)})
 
 
+#: Ventilator settings written as pairs: "PSV 10/5", "flowby 6/2", "5/5 PSV/CPAP", "5/40%". Such a pair is
+#: no date even after a date word ("remained on 5/5"), since "on" is how settings are written.
+_VENT_BEFORE = re.compile(
+    r"\b(?:psv?|ips|cpap|bipap|peep|flow-?by|simv|imv|prvc|settings?|cpap/ps|ps/cpap|"
+    r"cpap/psv|psv/cpap|fio2)\b[^\n/.;]{0,20}$",
+    re.IGNORECASE,
+)
+_VENT_AFTER = re.compile(
+    r"(?:/\d{1,3})?[ \t]*%|[ \t)]*(?:psv?|ips|cpap|bipap|peep|fio2|c[ \t]+\d\d[ \t]*%)\b",
+    re.IGNORECASE,
+)
+#: Date words that no ventilator setting follows ("vent since 7/22").
+_DATE_SINCE = re.compile(
+    r"\b(?:since|until|till|dated?|from|admitted|discharged?|started|stopped|placed|inserted|intubated|extubated|"
+    r"trached|changed|replaced|removed)\s*[:,(]?\s*$",
+    re.IGNORECASE,
+)
+#: Pain named after the pair ("5/10 incisional pain", "CP 4/10", "10/10 angina") as well as before it.
+_PAIN_NEAR = re.compile(r"\b(?:pain|cp|angina|c/o|discomfort|ha|headache|incisional|scale)\b", re.IGNORECASE)
+#: A range or a decimal before a unit or a count is no date ("1-2 DAYS", "4-5 L NC", "7.5 peep").
+_UNIT_AFTER = re.compile(
+    r"[ \t]*(?:days?|hours?|hrs?|weeks?|wks?|months?|times|x|pillows?|l|lpm|liters?|mg|mcg|meq|units?|cc|ml|"
+    r"peep|ps|psv|cm|mm|kg|lbs?|%|lopressor|metoprolol|bid|tid|qd|q\d+h?)\b",
+    re.IGNORECASE,
+)
+
+
 def _check_md(m: re.Match[str]) -> bool:
     """``a/b`` without a year is a date anywhere, unless it is a clinical score or ratio.
 
@@ -805,9 +862,15 @@ def _check_md(m: re.Match[str]) -> bool:
     ``BP 120/80`` is no date anyway: 120 is no month). Only a pair whose second part is at most 10 can
     be such a score, so ``7/22 pain`` stays a date. A date word before (``on 4/10``) wins.
     """
-    if _to_date_from_match(m) is None:
-        return False
+    if _to_date_from_match(m) is None:  # a day the month does not have ("2/31") is still a date: [DATE]
+        return 1 <= int(m.group("m")) <= 12 and 29 <= int(m.group("d")) <= 31
     before = m.string[max(0, m.start() - 25) : m.start()]
+    line_before = before.rsplit("\n", 1)[-1]
+    if _VENT_AFTER.match(m.string, m.end()) or (_VENT_BEFORE.search(line_before) and not _DATE_SINCE.search(before)):
+        return False
+    pair = (int(m.group("m")), int(m.group("d")))
+    if pair in _FRACTIONS and _NOT_DATE_AFTER.match(m.string, m.end()):
+        return False  # "changed to 1/2 NS": a fraction before a dose word, even after "to"
     if _DATE_STRICT.search(before) or _DATE_FROM_TO.search(before):
         return True
     if m.group("m").startswith("0") or m.group("d").startswith("0"):
@@ -822,13 +885,17 @@ def _check_md(m: re.Match[str]) -> bool:
     line = before.rsplit("\n", 1)[-1]
     if dd == 5 and mm <= 5 and _STRENGTH_WORDS.search(line):
         return False
-    return not (dd == 10 and mm <= 10 and _PAIN_WORDS.search(line))
+    after = m.string[m.end() : m.end() + 30].split("\n", 1)[0]
+    return not (dd == 10 and mm <= 10 and (_PAIN_WORDS.search(line) or _PAIN_NEAR.search(line[-12:] + " " + after)))
 
 
 def _check_strict(m: re.Match[str]) -> bool:
     """``7-8`` and ``7.22`` are dates only after a date word (``on 7-8``): otherwise ranges and decimals."""
-    if _to_date_from_match(m) is None:
+    if _to_date_from_match(m) is None or _UNIT_AFTER.match(m.string, m.end()):
         return False
+    mm, dd = m.group("m"), m.group("d")
+    if len(mm) == len(dd) == 2 and (mm.startswith("0") or (dd.startswith("0") and m.re is _FORMAT_RE["md_dash"])):
+        return True  # "07-22", "07.22", "12-03": no range or decimal is written so ("5.06" is a decimal)
     return _DATE_STRICT.search(m.string[max(0, m.start() - 25) : m.start()]) is not None
 
 
@@ -841,11 +908,35 @@ def _check_month(m: re.Match[str]) -> bool:
     return re.search(r"\b(?:in|since|of|during|early|late|mid|end|until|by|last|next|this)\s+$", before, re.I) is not None
 
 
+_GLUED_NEED = re.compile(r"\d/\d{1,2}/\d{1,2}/\d")
+_GLUED_MD = r"(?P<{}>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))"
+
+
+def _check_glued(m: re.Match[str]) -> bool:
+    """Two glued month/day pairs are dates unless either is a fraction or a score, or a ratio word precedes."""
+    pairs = [tuple(int(x) for x in m.group(k).split("/")) for k in ("v", "w")]
+    if any(p in _FRACTIONS or p == (5, 5) for p in pairs):
+        return False
+    return _NOT_DATE_BEFORE.search(m.string[max(0, m.start() - 25) : m.start()]) is None
+
+
+def _check_my2_name(m: re.Match[str]) -> bool:
+    """``OCT 93`` is a date; ``MAY 90`` is too often "may be 90" in ALL-CAPS notes to count."""
+    return m.group("mon").casefold() != "may" and _check_date(m)
+
+
 _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
-    "md": _check_md, "md_dash": _check_strict, "md_dot": _check_strict, "mon": _check_month,
+    "md": _check_md, "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
+    "md_dot": _check_strict, "mon": _check_month,
 }  # fmt: skip
+#: Cheap patterns a text must hold for a rare date shape's regex to run at all (speed only, never recall).
+_NEEDS = {"mdy_dot": re.compile(r"/\d{1,2}\.\d"), "dmon": re.compile(r"\d-[A-Za-z]")}
 DATE_RULES = [
-    *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date)) for fmt, rx in _DATE_FORMATS),
+    *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date), _NEEDS.get(fmt))
+      for fmt, rx in _DATE_FORMATS),
+    # Two month/day dates glued by a slash ("TREATMENTS 10/03/10/04"): each is a date.
+    *(Rule(DATE, re.compile(r"(?<![\w/.])" + a + "/" + b + r"(?![\w/]|\.\d)"), 0.85, _check_glued, _GLUED_NEED)
+      for a, b in ((_GLUED_MD.format("v"), _GLUED_MD.format("w")), (_GLUED_MD.format("w"), _GLUED_MD.format("v")))),
     # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
     Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
                           r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|@)\b))", re.IGNORECASE), 0.85),
@@ -1020,6 +1111,9 @@ class ContextNameRecognizer(LocalRecognizer):
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
             for m in rx.finditer(text):
                 start = scan_name_backward(text, m.start(), require_cap=cap)
+                words_before = text[start : m.start()].split()
+                if words_before and lexicon.fold(words_before[-1]) in _ROLE_WORDS:
+                    continue  # "SKIN CARE RN", "charge RN": a role before the credential, not a name
                 if (
                     start < m.start()
                     and (
@@ -1083,6 +1177,40 @@ _NOT_AFTER_DR = re.compile(
     r"bedside|upset|supportive|involved|concerned|asks|agrees|feels|requests|visits|calls|arrives|leaves|left|came|"
     r"went|is|was|are|were|has|had|does|did|may|might|can|could|should|must|very|too|again|first|last|next|both"
 )
+#: Not a name after "dr" although not a verb: roles, times and clinical nouns ("dr rounds", "dr team").
+_NOT_NAME_AFTER_DR = frozenset(
+    """
+    ok okd notif rounds round visit for about with by team covering call oncall saw see sees wrote gave feels
+    thinks plans plan md np pa rn nurse resident fellow intern attending night day evening am pm pt patient
+    family office note aware order orders unit service consult not now here there this that pts
+    """.split()  # noqa: SIM905
+)
+#: Words that name a role before a credential or a relation ("skin care RN", "charge RN", "decision maker (son)").
+_ROLE_WORDS = frozenset(
+    """
+    care charge staff house floor night day float skin wound team primary unit nurse case triage resource bedside
+    admitting covering evening maker contact proxy health social resp respiratory travel agency float pool
+    """.split()  # noqa: SIM905
+)
+#: Verbs that follow a relation word ("husband went", "daughter brought"): census names too, never one there.
+_NOT_AFTER_RELATION = re.compile(
+    _NOT_AFTER_DR.pattern + r"|brought|took|stayed|left|gave|told|asked|spent|signed|knows|needs|wants|feels|"
+    r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate"
+)
+#: An initial with its period right before a word: "D. Phyl", "j. o'brien" (not "d/c'd. re'd").
+_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[\s(]))[A-Za-z]\.[ \t]?$")
+#: Words that say which family or what about it, not whose ("LOSS FAMILY MEETING", "CLOSE FAMILY").
+_FAMILY_KIND = frozenset(
+    """
+    loss support history hx meeting teaching member members conference dynamics care planning grief bereavement
+    medical nuclear close large young extended immediate whole entire own foster host new good supportive loving
+    concerned big small blended adoptive birth step
+    """.split()  # noqa: SIM905
+)
+#: A capital initial and its period, one space before the word, not "I & O.", "2 L." nor "L. Vent": "J. Long".
+_CAP_INITIAL_BEFORE = re.compile(r"(?:^|(?<=[ \t(]))(?<![&\d][ \t])[AC-KM-QS-Z]\. $")  # not L./R./B.: a side
+#: "family" after a surname written as a name (capitalised): "KEEP ROMERO FAMILY".
+_FAMILY_NEXT = re.compile(r"[ \t]+famil(?:y|ies)\b", re.IGNORECASE)
 #: A first name (or a word on no list) before a reporting verb is a person ("bill called", "LUCY IS ON VACA").
 _REPORTS = re.compile(
     r"[ \t]*,?[ \t]*(?:called|calls|phoned|visited|visits|updated|aware|came|spoke|stated|states|"
@@ -1156,7 +1284,22 @@ _SAINT = re.compile(r"\b(?:to|from|at|in|by)\s+(?P<v>(?:st\.|saint)\s*[A-Za-z]{3
 #: "St. Agnes" anywhere: a saint's name after "St." (a street suffix is never followed by a census name).
 _SAINT_NAME = re.compile(r"(?<![\w.])(?P<v>(?:St\.|ST\.|Saint|SAINT)[ \t]*(?P<n>[A-Za-z]{3,})(?:['’]s)?)\b")
 #: An acronym on no list after a place preposition, in mixed-case text ("from CBS", "at GBMC").
-_ACRONYM_PLACE = re.compile(r"\b(?:from|at|to|by|of)[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b")
+#: "to", "by" and "of" before an acronym are mostly clinical ("Foley to BSD", "A&O to TPP", "tip of SVC"): only
+#: after a movement word do they name a place ("transferred to VAH").
+_ACRONYM_PLACE = re.compile(
+    r"(?:\b(?:from|at)|\b(?:transfer(?:red)?|xfer(?:red)?|sent|went|go|going|back|return(?:ed)?|admitted)[ \t]+to)"
+    r"[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b"
+)
+@functools.cache
+def _hospital_first_words() -> frozenset[str]:
+    """First words of the hospital name cores: most tokens are not one, and are skipped at once."""
+    return frozenset(core[0] for core in lexicon.HOSPITAL_CORES)
+
+
+#: A place preposition right before a capitalised word of a hospital's name ("transferred to Sacred").
+_HOSPITAL_PREP = re.compile(r"\b(?:from|at|to|in|by|of)[ \t]+(?:the[ \t]+)?$", re.IGNORECASE)
+#: A hospital's initialism that says so: ``VAMC``, ``UMMC``, ``BIDMC``, ``VAH``.
+_HOSPITAL_ACRONYM = re.compile(r"[A-Z]{1,4}MC|VAH|VAMC")
 _UNIVERSITY = re.compile(
     r"\b(?P<v>(?:u|univ\.?|university)\s+(?:of\s+)?(?:"
     + "|".join(sorted((w.title() for w in _US_STATES if len(w) > 2), key=len, reverse=True))
@@ -1211,8 +1354,17 @@ def _name_kind(word: str) -> str:
         return "maybe" if w in lexicon.NAMES and _style(word.strip(".,;:'’\"()[]")) == "T" else "stop"
     english = w in lexicon.SAFE
     if w in lexicon.NAMES:
+        if not english and w in lexicon.RARE_LAST and _near_note_word(w):
+            return "maybe"  # "stabel", "STAS", "lipps": a rare surname one typo from a note word is that word
         return "maybe" if english else "strong"
-    return "word" if english or _DRUG_ENDING.search(w) else "unknown"
+    if english or _DRUG_ENDING.search(w) or (len(w) >= 5 and _near_note_word(w)):
+        return "word"  # "toelrated", "duaghter", "NSICU": a misspelt note word is no name by itself
+    return "unknown"
+
+
+def _near_note_word(w: str) -> bool:
+    """One typo away from a clinical or template word (``stabel`` ~ stable, ``stas`` ~ sats)."""
+    return any(e in lexicon.CLINICAL or e in VOCABULARY for e in lexicon.edits1(w))
 
 
 def _style(word: str) -> str:
@@ -1297,11 +1449,20 @@ class LexiconRecognizer(LocalRecognizer):
             word = m.group()
             if kinds[i] == "stop":  # "Dr. Foley", "Bernard Foley CRT": a capitalised word in a name's place
                 after_name = i > 0 and is_name[i - 1] and text[toks[i - 1].end() : m.start()] == " "
+                folded_word = lexicon.fold(word)
                 is_name[i] = (
                     _style(word) == "T"
-                    and lexicon.fold(word) not in _STOP
+                    and folded_word not in _STOP
                     and bool(_TITLE_CUE.search(before) or (after_name and _CRED_NEXT.match(text, m.end())))
+                ) or (  # "dr small", "dr. noone": after "dr" a vocabulary word stands in a name's place too
+                    bool(_DR_CUE.search(before))
+                    and folded_word.isalpha()
+                    and folded_word not in _STOP
+                    and folded_word not in _NOT_NAME_AFTER_DR
+                    and not _NOT_AFTER_DR.fullmatch(folded_word)
                 )
+            elif lexicon.fold(word) in _ROLE_WORDS and (_CRED_NEXT.match(text, m.end()) or _RELATION_AFTER.match(text, m.end())):
+                is_name[i] = False  # "SKIN CARE RN", "HOUSE STAFF", "decision maker (son)": a role, not a name
             elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
                 is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
             elif kinds[i] == "word":  # "dr small": a word in a name's place
@@ -1314,7 +1475,25 @@ class LexiconRecognizer(LocalRecognizer):
                 reports = (
                     (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
                 ) and _REPORTS.match(text, m.end())
-                is_name[i] = bool(_LEX_CUE.search(before) or _RELATION_AFTER.match(text, m.end()) or weak or reports)
+                initial = (kinds[i] == "unknown" and _INITIAL_BEFORE.search(before) is not None) or (
+                    kinds[i] == "maybe"  # "J. Long", "R. KING": a capital initial, one space, a capitalised name
+                    and _style(word) in ("T", "U")
+                    and _CAP_INITIAL_BEFORE.search(before) is not None
+                    and lexicon.fold(word) not in lexicon.CLINICAL
+                    and lexicon.fold(word) not in _ROLE_WORDS
+                )
+                family = (  # "KEEP ROMERO FAMILY", "the Costa family"
+                    _style(word) != "L"
+                    and lexicon.fold(word) in lexicon.LAST
+                    and lexicon.fold(word) not in _FAMILY_KIND
+                    and _FAMILY_NEXT.match(text, m.end())
+                )
+                relation = _LEX_CUE.search(before) is not None and not (
+                    kinds[i] == "maybe" and _NOT_AFTER_RELATION.fullmatch(lexicon.fold(word))
+                )  # "husband went home", "daughter brought": a verb, not a name
+                is_name[i] = bool(
+                    relation or _RELATION_AFTER.match(text, m.end()) or weak or reports or initial or family
+                )
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
             gap = text[toks[a].end() : toks[b].start()]
@@ -1359,6 +1538,54 @@ class LexiconRecognizer(LocalRecognizer):
         return out
 
     @staticmethod
+    def _hospitals(text: str, toks: list[re.Match[str]], folded: list[str]) -> list[tuple[int, int, str]]:
+        """Hospitals by name without a facility noun: a multi-word core of a US hospital's name (``at Holy
+        Cross``, ``franklin square``; one made only of English words must be capitalised or follow a place
+        word) and an initialism of one, or any ``..MC``, in capitals (``BY GBMC``, ``VAMC``)."""
+        out: list[tuple[int, int, str]] = []
+        cores, acronyms, firsts = lexicon.HOSPITAL_CORES, lexicon.HOSPITAL_ACRONYMS, _hospital_first_words()
+        i = 0
+        while i < len(toks):
+            word = toks[i].group()
+            if folded[i] not in firsts and not word.isupper():
+                i += 1
+                continue
+            if (
+                word.isupper()
+                and ((4 <= len(word) <= 6 and word in acronyms) or _HOSPITAL_ACRONYM.fullmatch(word))
+                and _name_kind(word) in ("unknown", "strong")
+            ):
+                out.append((toks[i].start(), toks[i].end(), "FACILITY"))
+            for n in (3, 2, 1):
+                words = tuple(folded[i : i + n])
+                if len(words) < n or words not in cores:
+                    continue
+                if n == 1:  # one word: capitalised in mixed-case text after a place word ("from Harbor", "to Sacred")
+                    line = text[text.rfind("\n", 0, toks[i].start()) + 1 : toks[i].start()]
+                    if (
+                        _style(word) != "T"
+                        or not any(c.islower() for c in line + word[1:])
+                        or words[0] in _US_STATES
+                        or words[0] in ("dr", "st", "mt", "md")
+                        or not _HOSPITAL_PREP.search(line[-16:])
+                    ):
+                        continue
+                    out.append((toks[i].start(), toks[i].end(), "FACILITY"))
+                    break
+                if any(text[toks[k].end() : toks[k + 1].start()] not in (" ", "  ", ". ") for k in range(i, i + n - 1)):
+                    continue
+                if all(_vocab(w) for w in words) and not (
+                    all(toks[k].group()[0].isupper() for k in range(i, i + n))
+                    or _PLACE_CUE.search(text[max(0, toks[i].start() - 30) : toks[i].start()])
+                ):
+                    continue
+                out.append((toks[i].start(), toks[i + n - 1].end(), "FACILITY"))
+                i += n - 1
+                break
+            i += 1
+        return out
+
+    @staticmethod
     def places(text: str) -> list[tuple[int, int, str]]:
         """Place and facility spans by the gazetteer and by context."""
         out: list[tuple[int, int, str]] = []
@@ -1387,12 +1614,14 @@ class LexiconRecognizer(LocalRecognizer):
                 elif n == 1 and not (
                     _PLACE_CUE.search(text[max(0, toks[i].start() - 30) : toks[i].start()])
                     or _PLACE_AFTER.match(text, toks[i].end())
+                    or (len(words[0]) >= 6 and _name_kind(toks[i].group()) == "unknown")
                 ):
-                    continue  # "Nitro", "Destin": a one-word town needs a place word around it
+                    continue  # "Nitro": a one-word town needs a place word around it, unless it is on no word list
                 out.append((toks[i].start(), toks[i + n - 1].end(), "LOCATION"))
                 i += n - 1
                 break
             i += 1
+        out.extend(LexiconRecognizer._hospitals(text, toks, folded))
         for m in _FACILITY_NOUN.finditer(text):
             j = bisect.bisect_right(ends, m.start()) - 1 if ends and ends[0] <= m.start() else None
             taken: list[int] = []
