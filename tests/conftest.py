@@ -18,6 +18,8 @@ from cohortsync.cli import cli
 from cohortsync.config import Settings, load_settings
 from cohortsync.sources.duckdb import create_omop_tables, import_csv_table
 
+pytest_plugins = ["servers.azurite"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 EUNOMIA = SHARED / "eunomia"
