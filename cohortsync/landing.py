@@ -364,6 +364,17 @@ class Landing:
     def display(self, cohort: str, table: str, name: str = "") -> str:
         return self.store.display(self.rel(cohort, table, name))
 
+    def failure(self, e: BaseException, doing: str) -> LandingError:
+        """The error to raise for ``e`` while ``doing``: on Azure, storage unreachable is transient
+        (the table is retried) and refused credentials a configuration error; else a LandingError."""
+        if isinstance(e, LandingError):
+            return e
+        if isinstance(self.store, AzureStore) and isinstance(e, (OSError, pa.ArrowException)):
+            c = classify_azure(self.store.location, e)
+            if type(c) is not LandingError:
+                return c
+        return LandingError(f"{doing}: {_one_line(e)}")
+
     def reconcile(self, cohort: str, table: str, committed: set[str], resumable_lower: datetime | None) -> list[str]:
         """Remove what a crashed run left in a table folder; refuse when the folder disagrees otherwise.
 
@@ -608,9 +619,9 @@ class WindowWriter:
             for f in out:
                 logs.event(log, logging.DEBUG, "landing.file", f"landed {f.name}", rows=f.rows, bytes=f.bytes)
             return out
-        except OSError as e:
+        except (OSError, pa.ArrowException) as e:
             self.abort()
-            raise LandingError(f"cannot finish landing in {self.where}: {safe_message(e)}") from None
+            raise self.landing.failure(e, f"cannot finish landing in {self.where}") from None
         except LandingError:
             self.abort()
             raise
@@ -639,7 +650,7 @@ class _Lane:
 
     def put(self, batch: pa.RecordBatch) -> None:
         if self.error is not None:
-            raise LandingError(f"cannot write {self.owner.where}: {_one_line(self.error)}")
+            raise self.owner.landing.failure(self.error, f"cannot write {self.owner.where}")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="cohortsync-parquet", daemon=True)
             self._thread.start()
@@ -695,7 +706,7 @@ class _Lane:
             self.queue.put(_STOP)
             self._thread.join()
         if self.error is not None:
-            raise LandingError(f"cannot write {self.owner.where}: {_one_line(self.error)}")
+            raise self.owner.landing.failure(self.error, f"cannot write {self.owner.where}")
         return [(tmp, name, rows, *self._sealed[tmp]) for tmp, name, rows in self.parts]
 
     def abort(self) -> None:

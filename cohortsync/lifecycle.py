@@ -224,6 +224,11 @@ def _purge_table(landing: Landing, state: StateStore, cohort: str, table: str, c
         pf = landing.parquet_file(cohort, table, f["name"])
         hits = sum(pc.sum(pc.is_in(b.column(0), value_set=values)).as_py() or 0 for b in pf.iter_batches(columns=[column]))
         if not hits:
+            rel = landing.rel(cohort, table, f["name"])
+            if landing.store.size(rel) != f["bytes"]:  # rewritten by a purge killed before its record: record it now
+                digest, size = landing.store.sha256(rel)
+                updates.append(LandedFile(f["name"], pf.metadata.num_rows, size, digest))
+                removed += f["rows"] - pf.metadata.num_rows
             continue
         tmp = f".tmp-purge-{os.getpid()}-{f['name']}"
         rows = 0

@@ -673,7 +673,13 @@ def _land_with_retries(run: _Run, job: _TableJob) -> _TableResult:
     attempt = 0
     while True:
         try:
-            return _land_table(run, job)
+            try:
+                return _land_table(run, job)
+            except (OSError, pa.ArrowException) as e:  # the landing's storage; on Azure maybe transient
+                failure = run.landing.failure(e, f"{job.table}")
+                if type(failure) is LandingError:
+                    raise
+                raise failure from None
         except CohortsyncError as e:
             if e.transient and attempt < retries and not run.cancel.is_set():
                 logs.event(log, logging.DEBUG, "table.retry", str(e), table=job.table, attempt=attempt + 1)

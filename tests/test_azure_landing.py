@@ -21,8 +21,8 @@ from cohortsync.config import Settings, azure_location, load_settings
 from cohortsync.errors import ConfigError, LandingAuthError, TamperedError, TransientLandingError
 from cohortsync.landing import AzureStore, Landing, WindowWriter, open_landing
 from cohortsync.state import StateStore
-from conftest import CONFIG, TEST_KEY, Project, keep_everything_policy, person_ids
-from servers.azurite import Azurite, AzureLanding
+from conftest import CONFIG, Project, keep_everything_policy, person_ids
+from servers.azurite import AzureLanding
 
 TABLES = ["person", "condition_occurrence", "drug_exposure", "measurement", "observation"]
 EXTRA = f'\n[sync]\ntables = {json.dumps(TABLES)}\nbatch_rows = 4096\nfile_rows = 20000\n'
