@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from cohortsync import logs
 from cohortsync.config import AzureLocation
-from cohortsync.errors import LandingAuthError, LandingError, TamperedError, TransientLandingError, safe_message
+from cohortsync.errors import ConfigError, LandingAuthError, LandingError, TamperedError, TransientLandingError, safe_message
 from cohortsync.faults import fault_point
 
 if TYPE_CHECKING:
@@ -275,7 +275,7 @@ def open_landing(settings: Settings) -> Landing:
     with azure_errors(loc):
         root = fs.get_file_info(loc.container)
     if root.type != pafs.FileType.Directory:
-        raise LandingError(f"Azure landing {loc.display}: container {loc.container!r} does not exist in account {loc.account}")
+        raise ConfigError(f"Azure landing {loc.display}: container {loc.container!r} does not exist in account {loc.account}")
     return Landing(AzureStore(loc, fs), settings.landing.compression)
 
 
@@ -310,22 +310,24 @@ def azure_filesystem(loc: AzureLocation, endpoint: str | None) -> pafs.FileSyste
         raise LandingAuthError(f"Azure landing {loc.display}: bad credentials in the environment ({type(e).__name__})") from None
 
 
-_AUTH = ("403", "401", "AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
-         "InvalidAuthenticationInfo", "credential", "Credential")
-_TRANSIENT = ("Could not connect", "Fail to get a new connection", "Timeout", "timed out", "Connection reset",
-              " 500 ", " 502 ", " 503 ", " 504 ", "ServerBusy", "OperationTimedOut", "Couldn't resolve", "Could not resolve")
+# Matched on the error text with URLs and quoted paths removed (a container name may hold "403").
+_AUTH = re.compile(r"AuthenticationFailed|AuthorizationFailure|AuthorizationPermissionMismatch|InvalidAuthenticationInfo"
+                   r"|\] 40[13] |[Cc]redential")
+_TRANSIENT = re.compile(r"Could not connect|Fail to get a new connection|[Tt]imeout|timed out|Connection reset|ServerBusy"
+                        r"|OperationTimedOut|[Cc]ould(n't| not) resolve|\] 5\d\d ")
+_NOISE = re.compile(r"https?://\S+|'[^']*'")
 
 
 def classify_azure(loc: AzureLocation, e: BaseException) -> LandingError:
     """One line for an Azure failure: credentials refused (fix them), unreachable (retry later)."""
-    text = str(e)
-    if any(a in text for a in _AUTH):
+    text = _NOISE.sub("", str(e))
+    if _AUTH.search(text):
         return LandingAuthError(
             f"Azure storage account {loc.account} refused the credentials from the environment "
             f"(check {AZURE_KEY_ENV}, {AZURE_SAS_ENV} or the identity's role on {loc.container})"
         )
-    if any(t in text for t in _TRANSIENT):
-        return TransientLandingError(f"Azure storage account {loc.account} is unreachable: {safe_message(e, 160)}")
+    if _TRANSIENT.search(text):
+        return TransientLandingError(f"Azure storage account {loc.account} is unreachable or busy: {safe_message(e, 160)}")
     return LandingError(f"Azure landing {loc.display}: {safe_message(e, 200)}")
 
 

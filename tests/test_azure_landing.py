@@ -16,10 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cohortsync.config import Settings, azure_location, load_settings
-from cohortsync.errors import ConfigError, LandingAuthError, TamperedError, TransientLandingError
-from cohortsync.landing import AzureStore, Landing, WindowWriter, open_landing
+from cohortsync.errors import ConfigError, LandingAuthError, LandingError, TamperedError, TransientLandingError
+from cohortsync.landing import AzureStore, Landing, WindowWriter, classify_azure, open_landing
 from cohortsync.state import StateStore
 from conftest import CONFIG, Project, keep_everything_policy, person_ids
 from servers.azurite import AzureLanding
@@ -166,7 +168,7 @@ def test_storage_unreachable_is_transient_and_moves_nothing(
     r = project.cli("sync", "-q")
     assert r.exit_code == 4, r.output
     line = [x for x in r.output.splitlines() if x.strip()]
-    assert len(line) == 1 and "Azure storage account devstoreaccount1 is unreachable" in line[0], r.output
+    assert len(line) == 1 and "Azure storage account devstoreaccount1 is unreachable or busy: " in line[0], r.output
     with open_state(project.settings()) as st:
         assert st.watermarks() == {}
     assert isinstance(TransientLandingError("x"), TransientLandingError) and TransientLandingError.transient
@@ -274,3 +276,16 @@ def test_the_whole_flow_on_azurite_equals_the_local_one(
     assert not any(k.rsplit("/", 1)[1].startswith(".tmp-") for k in azure_landing.files())
 
 
+
+
+@given(st.from_regex(r"[a-z0-9]{3,24}", fullmatch=True), st.from_regex(r"[a-z0-9]{3,40}", fullmatch=True))
+def test_the_error_class_never_depends_on_names_in_the_message(account: str, container: str) -> None:
+    """Names of accounts and containers (which may hold "403" or "500") never decide the class."""
+    loc = azure_location(f"abfss://{container}@{account}.dfs.core.windows.net/x")
+    url = f"http://127.0.0.1:1/{account}/{container}"
+    down = OSError(f"GetProperties for '{url}' failed. Azure Error: [] Fail to get a new connection for: {url}.")
+    denied = OSError(f"ListBlobs failed for prefix='{container}'. Azure Error: [AuthorizationFailure] 403 Server failed")
+    other = OSError(f"GetProperties for '{url}/{container}' failed. Azure Error: [InvalidBlobType] 409 The blob type is invalid")
+    assert type(classify_azure(loc, down)) is TransientLandingError
+    assert type(classify_azure(loc, denied)) is LandingAuthError
+    assert type(classify_azure(loc, other)) is LandingError
