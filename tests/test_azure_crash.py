@@ -119,7 +119,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, eunomia_db: Path, azurite
     root = base / "fresh"
     root.mkdir()
     shutil.copy(eunomia_db, root / "omop.duckdb")
-    (root / "cohortsync.toml").write_text(CONFIG + EXTRA_CONFIG)
+    (root / "cohortsync.toml").write_text(CONFIG + EXTRA_CONFIG + "file_rows = 8192\n")  # several parts per window
     (root / "keep_everything.toml").write_text(keep_everything_policy())
     fresh = AzProject(root, azurite, container, "fresh")
     fresh.write_config()

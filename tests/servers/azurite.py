@@ -1,8 +1,8 @@
 """Azurite, the Azure Storage emulator (npm ``azurite``), for landing tests on real blob storage.
 
 ``tools/install_azurite.sh`` (run by ``.ci/run``) installs it into ``tools/.azurite``. One
-``azurite-blob`` runs per test session on 127.0.0.1 with a random free port and in-memory storage,
-and is stopped at the end. Missing Azurite fails the tests that need it (they never skip).
+``azurite-blob`` runs per test session on 127.0.0.1 with a random free port and in-memory storage
+(telemetry off: nothing leaves the machine), and is stopped at the end. Missing Azurite fails the tests that need it (they never skip).
 
 Public names (to combine these tests with another state backend):
  - fixture ``azurite`` (session): an :class:`Azurite` (``endpoint``, ``account``, ``key``, ``fs``).
@@ -111,7 +111,10 @@ def azurite() -> Iterator[Azurite]:
         port = free_port()
         proc = subprocess.Popen(
             [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-             "--skipApiVersionCheck", "--loose", "--silent"],
+             "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
+             # Node's 5 s default closes idle connections that pyarrow's client may be reusing at that
+             # very moment ("Connection was closed by the server"); Azure keeps them for minutes.
+             "--blobKeepAliveTimeout", "300"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work,
         )
         deadline = time.monotonic() + 60
