@@ -313,7 +313,8 @@ def azure_filesystem(loc: AzureLocation, endpoint: str | None) -> pafs.FileSyste
 # Matched on the error text with URLs and quoted paths removed (a container name may hold "403").
 _AUTH = re.compile(r"AuthenticationFailed|AuthorizationFailure|AuthorizationPermissionMismatch|InvalidAuthenticationInfo"
                    r"|\] 40[13] |[Cc]redential")
-_TRANSIENT = re.compile(r"Could not connect|Fail to get a new connection|[Tt]imeout|timed out|Connection reset|ServerBusy"
+_TRANSIENT = re.compile(r"Could not connect|Fail to get a new connection|Connection was closed|[Tt]imeout|timed out"
+                        r"|Connection reset|ServerBusy"
                         r"|OperationTimedOut|[Cc]ould(n't| not) resolve|\] 5\d\d ")
 _NOISE = re.compile(r"https?://\S+|'[^']*'")
 

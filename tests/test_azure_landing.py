@@ -274,6 +274,10 @@ def test_the_whole_flow_on_azurite_equals_the_local_one(
     monkeypatch.setenv("COHORTSYNC_LANDING__PATH", url)
     assert landing_rows_of(open_landing(az_settings), az_settings) == rows
     assert not any(k.rsplit("/", 1)[1].startswith(".tmp-") for k in azure_landing.files())
+    # Retiring the cohort deletes its blobs.
+    r = p.cli("remove-cohort", "c", "--purge", env=env)
+    assert r.exit_code == 0, r.output
+    assert azure_landing.files() == {}
 
 
 

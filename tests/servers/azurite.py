@@ -2,7 +2,8 @@
 
 ``tools/install_azurite.sh`` (run by ``.ci/run``) installs it into ``tools/.azurite``. One
 ``azurite-blob`` runs per test session on 127.0.0.1 with a random free port and in-memory storage
-(telemetry off: nothing leaves the machine), and is stopped at the end. Missing Azurite fails the tests that need it (they never skip).
+(telemetry off: nothing leaves the machine), and is stopped at the end. Missing Azurite fails the
+tests that need it (they never skip).
 
 Public names (to combine these tests with another state backend):
  - fixture ``azurite`` (session): an :class:`Azurite` (``endpoint``, ``account``, ``key``, ``fs``).
@@ -15,6 +16,7 @@ Public names (to combine these tests with another state backend):
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import socket
 import subprocess
@@ -60,16 +62,28 @@ class Azurite:
     def url(self, container: str, prefix: str = "landing") -> str:
         return f"abfss://{container}@{self.account}.dfs.core.windows.net/{prefix}"
 
+    def _infos(self, root: str) -> list[pafs.FileInfo]:
+        """A recursive listing, tried again if a pooled connection was dropped under it (seen once in
+        ~20 crash trials on a loaded machine: "Connection was closed by the server while trying to
+        read a response"; cohortsync itself classifies that as transient and retries the table)."""
+        for attempt in range(3):
+            try:
+                return list(self.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)))
+            except OSError as e:
+                if "Connection was closed" not in str(e) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def copy_tree(self, src: str, dst: str) -> None:
         """Copy every blob under ``container/prefix`` src to dst (server-side), to clone a landing."""
-        for info in self.fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True)):
+        for info in self._infos(src):
             if info.type == pafs.FileType.File:
                 self.fs.copy_file(info.path, dst + info.path[len(src) :])
 
     def files(self, root: str) -> dict[str, bytes]:
         """Every blob under ``container/prefix`` with its content, by path relative to it."""
         out = {}
-        for info in self.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        for info in self._infos(root):
             if info.type == pafs.FileType.File:
                 with self.fs.open_input_stream(info.path) as f:
                     out[info.path[len(root) + 1 :]] = f.read()
@@ -114,7 +128,9 @@ def azurite() -> Iterator[Azurite]:
              "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
              # Node's 5 s default closes idle connections that pyarrow's client may be reusing at that
              # very moment ("Connection was closed by the server"); Azure keeps them for minutes.
-             "--blobKeepAliveTimeout", "300"],
+             "--blobKeepAliveTimeout", "300",
+             # AZURITE_DEBUG_LOG=FILE keeps Azurite's debug log of every request, to study a failure.
+             *(["--debug", os.environ["AZURITE_DEBUG_LOG"]] if os.environ.get("AZURITE_DEBUG_LOG") else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work,
         )
         deadline = time.monotonic() + 60
