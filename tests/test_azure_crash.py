@@ -29,7 +29,7 @@ from cohortsync.config import load_settings
 from cohortsync.landing import open_landing
 from conftest import CONFIG, TEST_KEY, Project, keep_everything_policy, person_ids
 from servers.azurite import Azurite
-from test_azure_landing import landing_rows_of, open_state
+from test_azure_landing import StateEnv, landing_rows_of, open_state
 from test_faults import EXTRA_CONFIG
 
 NAMED = {
@@ -113,7 +113,7 @@ def finish(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, eunomia_db: Path, azurite: Azurite, az_env: dict[str, str],
-             state_env_module: dict[str, str]) -> dict[str, AzProject]:
+             state_env_module: StateEnv) -> dict[str, AzProject]:
     base = tmp_path_factory.mktemp("azcrash")
     container = azurite.new_container()
     root = base / "fresh"
@@ -125,26 +125,28 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, eunomia_db: Path, azurite
     fresh.write_config()
     p = fresh.project()
     ids = person_ids(p)
-    env = state_env_module
+    env = state_env_module(root)
     assert p.cli("add-cohort", "alpha", "--patients", str(p.write_ids("a.csv", ids[::3])), env=env).exit_code == 0
     assert p.cli("add-cohort", "beta", "--patients", str(p.write_ids("b.csv", ids[::5])), env=env).exit_code == 0
     fresh_done = fresh.clone(base / "fresh_done", "fresh_done")
-    assert fresh_done.project().cli("sync", "-q", env=env).exit_code == 0
+    assert fresh_done.project().cli("sync", "-q", env=state_env_module(fresh_done.root)).exit_code == 0
     incremental = fresh_done.clone(base / "incremental", "incremental")
     incremental.project().add_load()
     incremental_done = incremental.clone(base / "incremental_done", "incremental_done")
-    assert incremental_done.project().cli("sync", "-q", env=env).exit_code == 0
+    assert incremental_done.project().cli("sync", "-q", env=state_env_module(incremental_done.root)).exit_code == 0
     late_done = fresh.clone(base / "late_done", "late_done")
     late_done.project().add_load()
-    assert late_done.project().cli("sync", "-q", env=env).exit_code == 0
+    assert late_done.project().cli("sync", "-q", env=state_env_module(late_done.root)).exit_code == 0
     return {"fresh": fresh, "fresh_done": fresh_done, "incremental": incremental, "incremental_done": incremental_done,
             "late": fresh, "late_done": late_done}
 
 
 @pytest.fixture(scope="module")
-def state_env_module() -> dict[str, str]:
-    """``state_env`` of tests/test_azure_landing.py for module-scoped fixtures (override both together)."""
-    return {}
+def state_env_module() -> StateEnv:
+    """``state_env`` of tests/test_azure_landing.py for module-scoped fixtures (override both together).
+    A clone (:meth:`AzProject.clone`) copies the project folder, so a state kept elsewhere must be
+    copied there too."""
+    return lambda root: {}
 
 
 TRIALS = [(stage, f"named:{p}") for stage, points in NAMED.items() for p in points] + [
@@ -165,21 +167,21 @@ TRIALS_MARKED = [
 
 @pytest.mark.parametrize(("stage", "fault"), TRIALS_MARKED)
 def test_killed_sync_on_azurite_then_rerun_equals_an_uninterrupted_run(
-    prepared: dict[str, AzProject], tmp_path: Path, stage: str, fault: str, state_env_module: dict[str, str]
+    prepared: dict[str, AzProject], tmp_path: Path, stage: str, fault: str, state_env_module: StateEnv
 ) -> None:
     p = prepared[stage].clone(tmp_path / "p")
     kind, _, arg = fault.partition(":")
     if kind == "named":
-        code, out = finish(p.run("sync", "-q", fault=arg, env=state_env_module))
+        code, out = finish(p.run("sync", "-q", fault=arg, env=state_env_module(p.root)))
         assert code == -signal.SIGKILL, out
     else:
-        proc = p.run("sync", "-q", env=state_env_module)
+        proc = p.run("sync", "-q", env=state_env_module(p.root))
         time.sleep(random.Random(int(arg)).uniform(0.5, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=300)
     if stage == "late":
         p.project().add_load()
-    code, out = finish(p.run("sync", "-q", env=state_env_module))
+    code, out = finish(p.run("sync", "-q", env=state_env_module(p.root)))
     assert code == 0, out
     expected = prepared[f"{stage}_done"]
     assert p.state_matches_blobs() == expected.state_matches_blobs()
@@ -196,7 +198,7 @@ def test_killed_sync_on_azurite_then_rerun_equals_an_uninterrupted_run(
     ],
 )
 def test_a_repair_killed_midway_on_azurite_is_finished_by_the_next_command(
-    prepared: dict[str, AzProject], tmp_path: Path, fault: str, recover: str, state_env_module: dict[str, str]
+    prepared: dict[str, AzProject], tmp_path: Path, fault: str, recover: str, state_env_module: StateEnv
 ) -> None:
     p = prepared["fresh_done"].clone(tmp_path / "p")
     before = p.rows()
@@ -204,30 +206,30 @@ def test_a_repair_killed_midway_on_azurite_is_finished_by_the_next_command(
     victim = sorted(k for k in blobs if k.startswith("alpha/condition_occurrence/"))[0]
     with p.azurite.fs.open_output_stream(f"{p.landing_root}/{victim}") as out:
         out.write(blobs[victim][: len(blobs[victim]) // 2])  # truncated
-    code, out = finish(p.run("verify", "alpha", "--repair", fault=fault, env=state_env_module))
+    code, out = finish(p.run("verify", "alpha", "--repair", fault=fault, env=state_env_module(p.root)))
     assert code == -signal.SIGKILL, out
-    code, out = finish(p.run(*recover.split(), "alpha" if recover.startswith("verify") else "-q", env=state_env_module))
+    code, out = finish(p.run(*recover.split(), "alpha" if recover.startswith("verify") else "-q", env=state_env_module(p.root)))
     assert code == 0 and "Traceback" not in out, out
     p.state_matches_blobs()
-    code, out = finish(p.run("verify", "alpha", env=state_env_module))
+    code, out = finish(p.run("verify", "alpha", env=state_env_module(p.root)))
     assert code == 0, out
     assert p.rows() == before
 
 
 def test_a_withdrawal_killed_mid_purge_on_azurite_is_finished_by_the_next_sync(
-    prepared: dict[str, AzProject], tmp_path: Path, state_env_module: dict[str, str]
+    prepared: dict[str, AzProject], tmp_path: Path, state_env_module: StateEnv
 ) -> None:
     p = prepared["fresh_done"].clone(tmp_path / "p")
     members = [int(x) for x in (p.root / "a.csv").read_text().split()[1:]]
     gone = p.project().write_ids("gone.csv", members[:30])
-    code, out = finish(p.run("amend-cohort", "alpha", "--remove", str(gone), fault="mid_purge", env=state_env_module))
+    code, out = finish(p.run("amend-cohort", "alpha", "--remove", str(gone), fault="mid_purge", env=state_env_module(p.root)))
     assert code == -signal.SIGKILL, out
-    code, out = finish(p.run("sync", "-q", env=state_env_module))
+    code, out = finish(p.run("sync", "-q", env=state_env_module(p.root)))
     assert code == 0 and "finished the purge of amendment 1" in out, out
     p.state_matches_blobs()
-    code, out = finish(p.run("verify", "alpha", env=state_env_module))
+    code, out = finish(p.run("verify", "alpha", env=state_env_module(p.root)))
     assert code == 0, out
     # The same withdrawal without a crash, on a local copy of the same start, lands the same rows.
     q = prepared["fresh_done"].clone(tmp_path / "q")
-    assert q.project().cli("amend-cohort", "alpha", "--remove", str(gone), env=state_env_module).exit_code == 0
+    assert q.project().cli("amend-cohort", "alpha", "--remove", str(gone), env=state_env_module(q.root)).exit_code == 0
     assert p.rows() == q.rows()

@@ -8,6 +8,7 @@ that select the state; default: the project's SQLite folder) and :func:`open_sta
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -30,10 +31,14 @@ TABLES = ["person", "condition_occurrence", "drug_exposure", "measurement", "obs
 EXTRA = f'\n[sync]\ntables = {json.dumps(TABLES)}\nbatch_rows = 4096\nfile_rows = 20000\n'
 
 
+StateEnv = Callable[[Path], dict[str, str]]
+
+
 @pytest.fixture
-def state_env() -> dict[str, str]:
-    """Environment variables that choose the state store for the whole-flow and crash tests."""
-    return {}
+def state_env() -> StateEnv:
+    """The environment variables that choose the state store of the project at ``root`` (each project
+    needs its own). Default: none, the project's SQLite folder. Override for another backend."""
+    return lambda root: {}
 
 
 def open_state(settings: Settings) -> StateStore:
@@ -228,7 +233,7 @@ def run_flow(p: Project, env: dict[str, str]) -> dict[str, object]:
 
 
 def test_the_whole_flow_on_azurite_equals_the_local_one(
-    tmp_path: Path, eunomia_db: Path, azure_landing: AzureLanding, state_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, eunomia_db: Path, azure_landing: AzureLanding, state_env: StateEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shutil
 
@@ -242,8 +247,8 @@ def test_the_whole_flow_on_azurite_equals_the_local_one(
         projects[kind] = Project(root, CliRunner())
     url = azure_landing.url
     monkeypatch.delenv("COHORTSYNC_LANDING__PATH")  # each project says where it lands
-    local = run_flow(projects["local"], state_env)
-    azure = run_flow(projects["azure"], {**state_env, "COHORTSYNC_LANDING__PATH": url})
+    local = run_flow(projects["local"], state_env(projects["local"].root))
+    azure = run_flow(projects["azure"], {**state_env(projects["azure"].root), "COHORTSYNC_LANDING__PATH": url})
     assert local == azure
     assert not (projects["azure"].root / "landing").exists()
     monkeypatch.setenv("COHORTSYNC_LANDING__PATH", url)
@@ -260,7 +265,7 @@ def test_the_whole_flow_on_azurite_equals_the_local_one(
     assert all(__import__("hashlib").sha256(blobs[k]).hexdigest() == v for k, v in listed.items())
 
     # A damaged blob: verify names it (exit 5), --repair lands the table again, verify is clean.
-    env = {**state_env, "COHORTSYNC_LANDING__PATH": url}
+    env = {**state_env(projects["azure"].root), "COHORTSYNC_LANDING__PATH": url}
     victim = sorted(k for k in blobs if k.startswith("c/condition_occurrence/"))[0]
     data = blobs[victim]
     with azure_landing.azurite.fs.open_output_stream(f"{azure_landing.root}/{victim}") as out:
