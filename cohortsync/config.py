@@ -8,7 +8,9 @@ working directory. Secrets are never read from the file: they live only in the e
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -93,9 +95,21 @@ class DeidSettings(_Section):
 
 
 class LandingSettings(_Section):
-    path: Path = Path("landing")
+    """Where landed files go: a local folder, or an Azure storage URL (see :func:`azure_location`)."""
+
+    path: str = Field("landing", description="folder, or abfss:// wasbs:// https:// URL of Azure storage")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     writer_threads: int = Field(2, ge=1, le=32, description="Parquet encoder threads per cohort and table")
+    azure_endpoint: str | None = Field(
+        None, pattern=r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?$", description="emulator (Azurite): http://host:port"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_secret(cls, v: str) -> str:
+        if "://" in v:
+            azure_location(v)  # raises ValueError on a malformed URL or one that carries a secret
+        return v
 
 
 class ExportSettings(_Section):
@@ -193,7 +207,14 @@ class Settings(BaseSettings):
 
     @property
     def landing_path(self) -> Path:
-        return self.resolve(self.landing.path)
+        """The local landing folder (a URL landing has none: use :attr:`landing_url`)."""
+        if self.landing_url is not None:
+            raise ConfigError(f"landing.path is a URL ({self.landing_url.display}), not a folder")
+        return self.resolve(Path(self.landing.path))
+
+    @property
+    def landing_url(self) -> AzureLocation | None:
+        return azure_location(self.landing.path) if "://" in self.landing.path else None
 
     @property
     def state_path(self) -> Path:
@@ -206,6 +227,57 @@ class Settings(BaseSettings):
     @property
     def policy_path(self) -> Path | None:
         return self.resolve(self.deid.policy) if self.deid.policy else None
+
+
+@dataclass(frozen=True)
+class AzureLocation:
+    """An Azure storage landing: account, container and a prefix inside it (no secret, ever)."""
+
+    account: str
+    container: str
+    prefix: str  # "" or "a/b", no slashes at either end
+    display: str  # the URL as configured, for messages
+
+    @property
+    def root(self) -> str:
+        """The landing root as a path of pyarrow's AzureFileSystem (the account is its root)."""
+        return f"{self.container}/{self.prefix}".rstrip("/")
+
+
+_AZURE_HOST = re.compile(r"^(?P<account>[a-z0-9]{3,24})\.(?P<kind>blob|dfs)\.core\.windows\.net$")
+_CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+def azure_location(url: str) -> AzureLocation:
+    """Parse ``abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX`` (ADLS Gen2),
+    ``wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/PREFIX`` or
+    ``https://ACCOUNT.(blob|dfs).core.windows.net/CONTAINER/PREFIX``. A URL carrying a secret (a
+    SAS query, a password) is refused: credentials come only from the environment."""
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or parts.password is not None or "sig=" in url.lower():
+        raise ValueError("an Azure landing URL may not carry a secret or a query (SAS, key): "
+                         "put credentials in the environment (docs/configuration.md)")
+    host = (parts.hostname or "").lower()
+    m = _AZURE_HOST.match(host)
+    if parts.port is not None or m is None:
+        raise ValueError("the landing URL's host must be ACCOUNT.blob.core.windows.net or ACCOUNT.dfs.core.windows.net "
+                         "(an emulator is set with landing.azure_endpoint)")
+    path = [p for p in parts.path.split("/") if p]
+    if parts.scheme in ("abfss", "wasbs"):
+        if (parts.scheme == "abfss") != (m["kind"] == "dfs"):
+            kind = "dfs" if parts.scheme == "abfss" else "blob"
+            raise ValueError(f"{parts.scheme}:// goes with ACCOUNT.{kind}.core.windows.net")
+        container = parts.username or ""
+    elif parts.scheme == "https" and parts.username is None:
+        container = path.pop(0) if path else ""
+    else:
+        raise ValueError("an Azure landing URL is abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX, "
+                         "wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/PREFIX or https://ACCOUNT.blob.core.windows.net/CONTAINER/PREFIX")
+    if not _CONTAINER.match(container):
+        raise ValueError(f"{container!r} is not an Azure container name (3-63 of a-z, 0-9 and single hyphens)")
+    if any(p in (".", "..") or p.startswith(".") for p in path):
+        raise ValueError("the landing URL's prefix may not have '.' or '..' segments")
+    return AzureLocation(m["account"], container, "/".join(path), url)
 
 
 def default_config_path() -> Path:

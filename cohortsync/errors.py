@@ -89,6 +89,19 @@ class LandingError(CohortsyncError):
     """Writing to or reading from the landing zone failed."""
 
 
+class TransientLandingError(LandingError):
+    """The landing's storage (Azure) is unreachable or overloaded; a retry later may succeed."""
+
+    transient = True
+    exit_code = ExitCode.RETRY_LATER
+
+
+class LandingAuthError(LandingError):
+    """The landing's storage refuses the credentials from the environment; fix them, do not retry."""
+
+    exit_code = ExitCode.USAGE
+
+
 class StateError(CohortsyncError):
     """The state store is unreadable, unwritable or inconsistent."""
 

@@ -52,7 +52,7 @@ from cohortsync.deid import structured
 from cohortsync.deid.policy import Action, Policy, id_domain, load_policy
 from cohortsync.errors import CohortError, DeidError, InputError, LandingError, TamperedError
 from cohortsync.faults import fault_point
-from cohortsync.landing import dictionary_columns, file_sha256, fsync_and_hash
+from cohortsync.landing import Landing, LocalStore, dictionary_columns, file_sha256, fsync_and_hash, open_landing
 from cohortsync.state import StateStore, iso, now_utc, open_state
 
 Format = Literal["parquet", "csv"]
@@ -471,6 +471,7 @@ def export(
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise InputError(f"{out} is not a cohortsync extract (no {MANIFEST}); --overwrite replaces extracts only")
     policy = load_policy(settings.policy_path)
+    landing = open_landing(settings)
     with open_state(settings) as state:
         known = state.cohort_names()
         if cohort not in known:
@@ -504,7 +505,7 @@ def export(
         try:
             tmp.mkdir(parents=True)
             spill.mkdir()
-            job = _Job(settings, state, cohort, keys, scheme, slot, policy, fmt, load_seq, tmp, spill, uppers, progress)
+            job = _Job(settings, landing, state, cohort, keys, scheme, slot, policy, fmt, load_seq, tmp, spill, uppers, progress)
             manifest_tables: dict[str, Any] = {}
             quality_tables: dict[str, Any] = {}
             for t in chosen:
@@ -628,6 +629,7 @@ class _Job:
     def __init__(
         self,
         settings: Settings,
+        landing: Landing,
         state: StateStore,
         cohort: str,
         keys: structured.Keys,
@@ -642,6 +644,8 @@ class _Job:
         progress: Callable[[str], None] | None,
     ) -> None:
         self.settings = settings
+        self.landing = landing
+        self._views = 0
         self.state = state
         self.cohort = cohort
         self.keys = keys
@@ -667,19 +671,20 @@ class _Job:
 
     def _source(self, table: str, files: list[dict[str, Any]]) -> str:
         """A checked list of the table's committed files as one relation, with each row's window number."""
-        d = self.settings.landing_path / self.cohort / table
-        paths = []
+        store = self.landing.store
         for f in files:
-            p = d / f["name"]
-            if not p.is_file():
+            rel = self.landing.rel(self.cohort, table, f["name"])
+            if store.size(rel) is None:
                 raise LandingError(f"landing file {self.cohort}/{table}/{f['name']} is listed in the state store but missing")
-            digest, _ = file_sha256(p)
+            digest, _ = store.sha256(rel)
             if digest != f["sha256"]:
                 raise TamperedError(
                     f"landing file {self.cohort}/{table}/{f['name']} does not match its SHA-256 in the state store "
                     "(changed after it was landed: tampering or bit rot); export stopped"
                 )
-            paths.append(str(p))
+        if not isinstance(store, LocalStore):
+            return self._dataset_source(table, files)
+        paths = [str(store.path(self.landing.rel(self.cohort, table, f["name"]))) for f in files]
         lst = "[" + ", ".join(_sql_str(p) for p in paths) + "]"
         # A window may have several part files (encoder lanes): all its rows are one load.
         windows = "[" + ", ".join(str(self.window(f)) for f in files) + "]"
@@ -688,6 +693,20 @@ class _Job:
             f"FROM read_parquet({lst}, union_by_name = true, filename = true))"
         )
         return rel
+
+    def _dataset_source(self, table: str, files: list[dict[str, Any]]) -> str:
+        """The same relation over object storage: one pyarrow dataset per window (its parts share one
+        schema), scanned by DuckDB with projection and filters pushed down, windows unioned by name."""
+        by_window: dict[int, list[str]] = {}
+        for f in files:
+            by_window.setdefault(self.window(f), []).append(self.landing.rel(self.cohort, table, f["name"]))
+        parts = []
+        for w, rels in sorted(by_window.items()):
+            self._views += 1
+            view = f"__landed_{self._views}"
+            self.con.register(view, self.landing.store.dataset(rels))
+            parts.append(f"SELECT *, {w} AS {SEQ} FROM {view}")
+        return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
     def window(self, f: dict[str, Any]) -> int:
         """The number of a file's sync window in the cohort (1 = the first), the load_seq shipped."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from cohortsync.deid.policy import Action, Policy, load_policy
 from cohortsync.deid.structured import Keys, deid_keys, pseudonymize
 from cohortsync.errors import CohortError, MembershipError, PolicyError, StateError
 from cohortsync.faults import fault_point
-from cohortsync.landing import LandedFile, Landing, _fsync_dir, dictionary_columns, fsync_and_hash
+from cohortsync.landing import LandedFile, Landing, dictionary_columns, open_landing
 from cohortsync.sources import Source, open_source
 from cohortsync.state import StateStore, open_state
 
@@ -93,7 +92,7 @@ def amend_cohort(
         state.lock(f"amend-cohort {name}")
         if keys is not None:
             state.check_key_fingerprint(keys.fingerprint)
-            state.finish_relandings(Landing(settings.landing_path, settings.landing.compression))
+            state.finish_relandings(open_landing(settings))
         src = source or open_source(settings)
         try:
             old_ids, old_batches = cohort.member_batches()
@@ -138,7 +137,7 @@ def purge(
     assert amendment.remove_file is not None
     withdrawn = pa.array(cohort_files._read_ids(cohort.folder / amendment.remove_file), pa.int64())
     policy = load_policy(settings.policy_path)
-    landing = Landing(settings.landing_path, settings.landing.compression)
+    landing = open_landing(settings)
     marks = state.watermarks()
     tables = [t for t in omop.registry() if (cohort.name, t) in marks or landing.files(cohort.name, t)]
     removed: dict[str, int] = {}
@@ -154,8 +153,8 @@ def purge(
                 # Without the parent landed we cannot tell which rows were the withdrawn persons': drop the
                 # table's landing, so the next sync backfills it for the remaining members only.
                 removed[table] = sum(f["rows"] for f in state.files(cohort.name, table))
-                for p in landing.files(cohort.name, table):
-                    p.unlink()
+                for n in landing.files(cohort.name, table):
+                    landing.delete(cohort.name, table, n)
                 state.forget_table(cohort.name, table)
                 continue
             values = parent_keys.get(parent) or _keys_of(landing, state, cohort.name, parent, column, policy, keys, withdrawn)
@@ -190,7 +189,7 @@ def _keys_of(
     _check_present(landing, state, cohort, table)
     out: list[pa.Array] = []
     for f in state.files(cohort, table):
-        pf = pq.ParquetFile(landing.table_dir(cohort, table) / f["name"])
+        pf = landing.parquet_file(cohort, table, f["name"])
         for b in pf.iter_batches(batch_size=65_536, columns=[key, "person_id"]):
             out.append(b.column(0).filter(pc.is_in(b.column(1), value_set=persons)))
     return pa.concat_arrays(out) if out else pa.array([], pa.int64())
@@ -201,9 +200,10 @@ def _check_present(landing: Landing, state: StateStore, cohort: str, table: str)
     next sync retries the purge). Only presence and readability: a purge that a crash interrupted
     leaves rewritten files whose size the state does not know yet, and finishing it records them."""
     for f in state.files(cohort, table):
-        path = landing.table_dir(cohort, table) / f["name"]
         try:
-            pq.read_metadata(path)
+            if landing.store.size(landing.rel(cohort, table, f["name"])) is None:
+                raise FileNotFoundError
+            landing.parquet_file(cohort, table, f["name"])
         except FileNotFoundError:
             problem = "missing"
         except (OSError, pa.ArrowException):
@@ -217,30 +217,35 @@ def _check_present(landing: Landing, state: StateStore, cohort: str, table: str)
 
 
 def _purge_table(landing: Landing, state: StateStore, cohort: str, table: str, column: str, values: pa.Array) -> int:
-    d = landing.table_dir(cohort, table)
     _check_present(landing, state, cohort, table)
     updates: list[LandedFile] = []
     removed = 0
     for f in state.files(cohort, table):
-        path = d / f["name"]
-        pf = pq.ParquetFile(path)
+        pf = landing.parquet_file(cohort, table, f["name"])
         hits = sum(pc.sum(pc.is_in(b.column(0), value_set=values)).as_py() or 0 for b in pf.iter_batches(columns=[column]))
         if not hits:
+            rel = landing.rel(cohort, table, f["name"])
+            if landing.store.size(rel) != f["bytes"]:  # rewritten by a purge killed before its record: record it now
+                digest, size = landing.store.sha256(rel)
+                updates.append(LandedFile(f["name"], pf.metadata.num_rows, size, digest))
+                removed += f["rows"] - pf.metadata.num_rows
             continue
-        tmp = d / f".tmp-purge-{os.getpid()}-{f['name']}"
+        tmp = f".tmp-purge-{os.getpid()}-{f['name']}"
         rows = 0
-        with pq.ParquetWriter(tmp, pf.schema_arrow, compression="zstd", use_dictionary=dictionary_columns(pf.schema_arrow)) as w:
+        target, seal = landing.create(cohort, table, tmp)
+        schema = pf.schema_arrow
+        with pq.ParquetWriter(target, schema, compression="zstd", use_dictionary=dictionary_columns(schema)) as w:
             for b in pf.iter_batches(batch_size=65_536):
                 keep = b.filter(pc.invert(pc.is_in(b.column(column), value_set=values)))
                 rows += keep.num_rows
                 w.write_batch(keep)
-        digest, size = fsync_and_hash(tmp)
-        os.replace(tmp, path)
+        digest, size = seal()
+        landing.replace(cohort, table, tmp, f["name"])
         updates.append(LandedFile(f["name"], rows, size, digest))
         removed += hits
         fault_point("mid_purge")
     if updates:
-        _fsync_dir(d)
+        landing.store.sync_dir(landing.rel(cohort, table))
         state.update_files(cohort, table, updates, removed)
     logs.event(
         log, logging.INFO, "cohort.purged", f"{cohort}/{table}: {removed:,} withdrawn rows purged",
@@ -279,7 +284,7 @@ def remove_cohort(settings: Settings, name: str, purge_data: bool, source: Sourc
         finally:
             if source is None:
                 src.close()
-        shutil.rmtree(settings.landing_path / name, ignore_errors=True)
+        open_landing(settings).delete_cohort(name)
         state.forget_cohort(name)
         cohort_files.retire(settings.cohorts_path, cohort)
         return what

@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import duckdb
@@ -51,7 +50,7 @@ from cohortsync.errors import (
     safe_message,
 )
 from cohortsync.faults import fault_point
-from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter, dictionary_columns, fsync_and_hash
+from cohortsync.landing import TMP_PREFIX, LandedFile, Landing, WindowWriter, dictionary_columns, open_landing
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches, upper_bound, upper_bounds
 from cohortsync.state import Mark, StateStore, TableOutcome, open_state
@@ -154,7 +153,7 @@ def run_sync(
         state.lock("sync")
         state.check_key_fingerprint(keys.fingerprint)
         selected = _select_cohorts(settings, cohort_names)
-        landing = Landing(settings.landing_path, settings.landing.compression)
+        landing = open_landing(settings)
         state.finish_relandings(landing)  # before any reconcile: it would remove the files still to move
         for c in selected:  # a withdrawal whose purge a crash interrupted is finished before anything else
             for a in lifecycle.pending_purges(state, c):
@@ -321,7 +320,7 @@ class Relanded:
     table: str
     rows: int
     files: int
-    set_aside: Path | None = None  # where files the state did not list were moved
+    set_aside: str | None = None  # where files the state did not list were moved
     set_aside_files: int = 0
     how: str = "re-landed"  # or "rewrote load_dt of": converted in place, from the landing alone
 
@@ -334,7 +333,7 @@ def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str])
     state swap and moves as :func:`reland` (a crash anywhere is finished or undone the same way).
     """
     keys = deid_keys(settings)
-    landing = Landing(settings.landing_path, settings.landing.compression)
+    landing = open_landing(settings)
     out: list[Relanded] = []
     with open_state(settings) as state:
         state.lock(f"verify --repair {cohort_name}")
@@ -358,16 +357,14 @@ def rewrite_load_dt(settings: Settings, cohort_name: str, tables: Sequence[str])
 def _rewrite_table(
     state: StateStore, run_id: str, landing: Landing, keys: Keys, cohort: str, table: omop.Table, upper: datetime
 ) -> Relanded:
-    d = landing.table_dir(cohort, table.name)
-    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
-        p.unlink()
+    landing.remove_temporaries(cohort, table.name)
     key = order_key(table)
     sealed: list[tuple[str, LandedFile]] = []
     unchanged: set[str] = set()
-    written: list[Path] = []
+    written: list[str] = []
     try:
         for f in state.files(cohort, table.name):
-            pf = pq.ParquetFile(d / f["name"])
+            pf = landing.parquet_file(cohort, table.name, f["name"])
             schema = pf.schema_arrow
             i = schema.get_field_index(omop.LOAD_DT)
             if i < 0 or not pa.types.is_timestamp(schema.field(i).type):
@@ -376,26 +373,27 @@ def _rewrite_table(
             if key not in schema.names:
                 raise DeidError(f"{cohort}/{table.name}: {key} is not landed, so load_dt cannot be made order_only in place")
             new_schema = schema.set(i, pa.field(omop.LOAD_DT, pa.int64()))
-            tmp = d / f"{TMP_PREFIX}{os.getpid()}-{f['name']}"
+            tmp = f"{TMP_PREFIX}{os.getpid()}-{f['name']}"
             written.append(tmp)
             rows = 0
             comp = None if landing.compression == "none" else landing.compression
-            with pq.ParquetWriter(tmp, new_schema, compression=comp, write_statistics=True,
+            target, seal = landing.create(cohort, table.name, tmp)
+            with pq.ParquetWriter(target, new_schema, compression=comp, write_statistics=True,
                                   use_dictionary=dictionary_columns(new_schema)) as w:
                 for b in pf.iter_batches(batch_size=65_536):
                     ordered = order_only(keys, table.name, b.column(key), b.column(i))
                     w.write_batch(b.set_column(i, pa.field(omop.LOAD_DT, pa.int64()), ordered))
                     rows += b.num_rows
-            digest, size = fsync_and_hash(tmp)
-            sealed.append((tmp.name, LandedFile(f["name"], rows, size, digest)))
+            digest, size = seal()
+            sealed.append((tmp, LandedFile(f["name"], rows, size, digest)))
     except (OSError, pa.ArrowException) as e:
         for p in written:
-            p.unlink(missing_ok=True)
+            landing.delete(cohort, table.name, p)
         what = type(e).__name__
         raise LandingError(f"cannot rewrite {cohort}/{table.name}: {what}; run 'cohortsync verify {cohort}'") from None
     except BaseException:
         for p in written:
-            p.unlink(missing_ok=True)
+            landing.delete(cohort, table.name, p)
         raise
     fault_point("relanding_sealed")
     state.swap_table(run_id, cohort, table.name, upper, sealed, frozenset(unchanged))
@@ -420,7 +418,7 @@ def reland(
     progress = progress or LogProgress()
     keys = deid_keys(settings)
     policy = load_policy(settings.policy_path)
-    landing = Landing(settings.landing_path, settings.landing.compression)
+    landing = open_landing(settings)
     cohort = _select_cohorts(settings, [cohort_name])[0]
     out: list[Relanded] = []
     with open_state(settings) as state:
@@ -468,13 +466,11 @@ def _reland_table(
     table_plan: TablePlan,
 ) -> Relanded:
     table = omop.table(table_name)
-    d = landing.table_dir(cohort, table_name)
-    for p in d.glob(f"{TMP_PREFIX}*") if d.is_dir() else []:
-        p.unlink()  # a crashed repair's or sync's temporary files: never listed, never read
+    landing.remove_temporaries(cohort, table_name)
     query = plan.extraction(table, table_plan.select, [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
     key = table.primary_key if table.primary_key in table_plan.select else None
     lanes = settings.landing.writer_threads
-    writer = WindowWriter(landing, cohort, table_name, None, mark.wm, settings.sync.file_rows, lanes, key)
+    writer = WindowWriter(landing, cohort, table_name, None, mark.wm, settings.sync.file_rows, lanes, key, rewrite=True)
     try:
         with src.stream(query, settings.sync.batch_rows) as reader:
             for raw in batches(reader):
@@ -485,7 +481,7 @@ def _reland_table(
         raise
     fault_point("relanding_sealed")
     listed = state.committed_files(cohort, table_name)
-    unlisted = [p.name for p in landing.files(cohort, table_name) if p.name not in listed]
+    unlisted = [n for n in landing.files(cohort, table_name) if n not in listed]
     aside = landing.set_aside(cohort, table_name, unlisted, run_id) if unlisted else None
     state.swap_table(run_id, cohort, table_name, mark.wm, sealed)
     fault_point("relanding_swapped")
@@ -677,7 +673,13 @@ def _land_with_retries(run: _Run, job: _TableJob) -> _TableResult:
     attempt = 0
     while True:
         try:
-            return _land_table(run, job)
+            try:
+                return _land_table(run, job)
+            except (OSError, pa.ArrowException) as e:  # the landing's storage; on Azure maybe transient
+                failure = run.landing.failure(e, f"{job.table}")
+                if type(failure) is LandingError:
+                    raise
+                raise failure from None
         except CohortsyncError as e:
             if e.transient and attempt < retries and not run.cancel.is_set():
                 logs.event(log, logging.DEBUG, "table.retry", str(e), table=job.table, attempt=attempt + 1)
@@ -870,14 +872,10 @@ def _oddities(landing: Landing, cohort: str, table: omop.Table, files: list[Land
     """
     if not files or table.primary_key is None:
         return None
-    d = landing.table_dir(cohort, table.name)
-    paths = [str(d / f.name) for f in files]
     pk = table.primary_key.replace('"', '""')
     with duckdb.connect(config={"memory_limit": "256MB", "threads": 2}) as con:  # one per call: tables land on threads
-        row = con.execute(
-            f'SELECT count("{pk}") - count(DISTINCT "{pk}"), count(*) - count("{pk}") FROM read_parquet($paths)',
-            {"paths": paths},
-        ).fetchone()
+        rel = landing.register(con, "landed", cohort, table.name, [f.name for f in files])
+        row = con.execute(f'SELECT count("{pk}") - count(DISTINCT "{pk}"), count(*) - count("{pk}") FROM {rel}').fetchone()
     assert row is not None
     notes = {"repeated_primary_key_rows": int(row[0]), "null_primary_key_rows": int(row[1])}
     return {k: v for k, v in notes.items() if v} or None

@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cohortsync import cohorts as cohort_files
 from cohortsync import logs, omop, plan
@@ -27,7 +25,7 @@ from cohortsync.config import Settings
 from cohortsync.deid.policy import Action, ColumnRule, Policy, load_policy
 from cohortsync.deid.structured import Keys, deid_keys, order_only, pseudonymize
 from cohortsync.errors import CohortError
-from cohortsync.landing import Landing
+from cohortsync.landing import Landing, open_landing
 from cohortsync.sources import Source, open_source
 from cohortsync.sources.base import batches
 from cohortsync.state import Mark, open_state
@@ -95,7 +93,7 @@ def verify(
         raise CohortError(f"unknown cohort {cohort!r}")
     keys = deid_keys(settings)
     policy = load_policy(settings.policy_path)
-    landing = Landing(settings.landing_path, settings.landing.compression)
+    landing = open_landing(settings)
     report = VerifyReport(cohort)
     with open_state(settings) as state:
         state.check_key_fingerprint(keys.fingerprint)
@@ -117,7 +115,7 @@ def verify(
             if problem:
                 report.files.append(FileFinding(cohort, t, f["name"], problem))
                 damaged[t] = damaged.get(t, 0) + 1
-    listed = {t: [landing.table_dir(cohort, t) / f["name"] for f in records[t]] for t in names}
+    listed = {t: [f["name"] for f in records[t]] for t in names}
     src = source or open_source(settings)
     local = duckdb.connect(config={"memory_limit": "512MB", "threads": 2})
     try:
@@ -155,7 +153,7 @@ def _compare(
     cohort: str,
     t: str,
     marks: dict[tuple[str, str], Mark],
-    files: list[Path],
+    files: list[str],
 ) -> TableCheck:
     """The row comparison of one table: (key, load_dt) pairs of source and landing."""
     table = omop.table(t)
@@ -167,7 +165,9 @@ def _compare(
     rule = policy.rules(t).get(pk) if pk else None
     if pk is None or rule is None or rule.action is Action.DROP:
         why = "no primary key in OMOP v5.3" if pk is None else f"{pk} is not landed"
-        raw = sum(pa.types.is_timestamp(pq.read_schema(f).field(omop.LOAD_DT).type) for f in files) if ordered else 0
+        raw = sum(
+            pa.types.is_timestamp(landing.parquet_file(cohort, t, f).schema_arrow.field(omop.LOAD_DT).type) for f in files
+        ) if ordered else 0
         if raw:
             return TableCheck(t, "raw load_dt", note=f"{raw} file(s) hold the raw source load_dt ({why}: rows not compared)")
         return TableCheck(t, "skipped", note=why)
@@ -182,7 +182,7 @@ def _compare(
             k = k.cast(pa.int64())
             ldt = order_only(keys, t, k, b.column(omop.LOAD_DT)) if ordered else b.column(omop.LOAD_DT)
             _insert(local, "src_keys", k, ldt)
-    raw, unordered = _load_landed(local, files, pk, ordered, ldt_type, keys, t, settings.sync.batch_rows)
+    raw, unordered = _load_landed(local, landing, cohort, files, pk, ordered, ldt_type, keys, t, settings.sync.batch_rows)
     row = local.execute(
         """
         WITH s AS (SELECT k, load_dt, count(*) AS n FROM src_keys GROUP BY ALL),
@@ -197,7 +197,7 @@ def _compare(
     ).fetchall()[0]
     n_src, n_land, missing, extra, dupes = (int(x) for x in row)
     lookback = settings.sync.lookback_days > 0
-    unlisted = sorted({p.name for p in landing.files(cohort, t)} - {p.name for p in files})
+    unlisted = sorted(set(landing.files(cohort, t)) - set(files))
     bad = bool(missing or extra or unlisted or unordered or (dupes and not lookback))
     notes = []
     if raw:
@@ -225,7 +225,9 @@ def _insert(local: duckdb.DuckDBPyConnection, table: str, k: pa.Array, ldt: pa.A
 
 def _load_landed(
     local: duckdb.DuckDBPyConnection,
-    files: list[Path],
+    landing: Landing,
+    cohort: str,
+    files: list[str],
     pk: str,
     ordered: bool,
     ldt_type: str,
@@ -241,8 +243,8 @@ def _load_landed(
     """
     local.execute(f"CREATE OR REPLACE TABLE landed_keys (k BIGINT, load_dt {ldt_type})")
     raw = unordered = 0
-    for path in files:
-        pf = pq.ParquetFile(path)
+    for name in files:
+        pf = landing.parquet_file(cohort, table, name)
         is_raw = pa.types.is_timestamp(pf.schema_arrow.field(omop.LOAD_DT).type)
         if is_raw and ordered:
             raw += 1

@@ -18,8 +18,9 @@ from cohortsync.cli import cli
 from cohortsync.config import Settings, load_settings
 from cohortsync.sources.duckdb import create_omop_tables, import_csv_table
 
-# Real servers the tests start once per session (tests/servers/): PostgreSQL for the state.
-pytest_plugins = ["servers.postgres"]
+# Real servers the tests start once per session (tests/servers/): PostgreSQL for the state, Azurite
+# for a landing on Azure storage.
+pytest_plugins = ["servers.postgres", "servers.azurite"]
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -416,6 +416,62 @@ def _(p: Project) -> None:
     one_line(r.output, "holds no manifest.json: not a cohortsync extract")
 
 
+# Landing on Azure storage (Azurite, tests/servers/azurite.py): the environment points at a fresh container.
+NEEDS_AZURE = {"azure-unreachable", "azure-bad-key", "azure-secret-in-url", "azure-no-container"}
+
+
+def synced_nothing(p: Project) -> None:
+    from cohortsync.state import StateStore
+
+    with StateStore(p.root / "state") as st:
+        assert st.watermarks() == {}
+
+
+@case("azure-unreachable")
+def _(p: Project) -> None:
+    from servers.azurite import free_port
+
+    assert p.cli("add-cohort", "c", "--patients", str(p.write_ids("c.csv", person_ids(p)[:50]))).exit_code == 0
+    r = p.cli("sync", "-q", env={"COHORTSYNC_LANDING__AZURE_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    assert r.exit_code == 4
+    one_line(r.output, "error: Azure storage account devstoreaccount1 is unreachable or busy: ")
+    synced_nothing(p)
+
+
+@case("azure-bad-key")
+def _(p: Project) -> None:
+    assert p.cli("add-cohort", "c", "--patients", str(p.write_ids("c.csv", person_ids(p)[:50]))).exit_code == 0
+    bad = "A" * 16 + os.environ["AZURE_STORAGE_ACCOUNT_KEY"][16:]
+    r = p.cli("sync", "-q", env={"AZURE_STORAGE_ACCOUNT_KEY": bad})
+    assert r.exit_code == 2
+    one_line(r.output, "error: Azure storage account devstoreaccount1 refused the credentials from the environment "
+                       "(check AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN or the identity's role on ")
+    assert bad[10:30] not in r.output
+    synced_nothing(p)
+
+
+@case("azure-secret-in-url")
+def _(p: Project) -> None:
+    url = os.environ["COHORTSYNC_LANDING__PATH"].replace("abfss://", "https://").split("@")
+    https = f"https://{url[1].split('/')[0].replace('.dfs.', '.blob.')}/{url[0][len('https://'):]}/landing?sv=2024-05-04&sig=c2VjcmV0"
+    r = p.cli("sync", "-q", env={"COHORTSYNC_LANDING__PATH": https})
+    assert r.exit_code == 2
+    one_line(r.output, "landing.path: Value error, an Azure landing URL may not carry a secret or a query (SAS, key): "
+                       "put credentials in the environment (docs/configuration.md)")
+    assert "c2VjcmV0" not in r.output
+
+
+@case("azure-no-container")
+def _(p: Project) -> None:
+    assert p.cli("add-cohort", "c", "--patients", str(p.write_ids("c.csv", person_ids(p)[:50]))).exit_code == 0
+    url = os.environ["COHORTSYNC_LANDING__PATH"].replace("abfss://", "abfss://nosuch")
+    r = p.cli("sync", "-q", env={"COHORTSYNC_LANDING__PATH": url})
+    assert r.exit_code == 2
+    one_line(r.output, "container 'nosuch")
+    one_line(r.output, "' does not exist in account devstoreaccount1")
+    synced_nothing(p)
+
+
 def test_every_row_has_a_test_and_every_test_a_row() -> None:
     assert set(CASES) | set(PG_CASES) == ROWS
 
@@ -439,5 +495,7 @@ def test_bad_state_on_postgres(name: str, project: Project, postgres_state: Post
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input(name: str, project: Project) -> None:
+def test_bad_input(name: str, project: Project, request: pytest.FixtureRequest) -> None:
+    if name in NEEDS_AZURE:
+        request.getfixturevalue("azure_landing")
     CASES[name](project)
