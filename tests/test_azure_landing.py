@@ -24,6 +24,7 @@ from cohortsync.config import Settings, azure_location, load_settings
 from cohortsync.errors import ConfigError, LandingAuthError, LandingError, TamperedError, TransientLandingError
 from cohortsync.landing import AzureStore, Landing, WindowWriter, classify_azure, open_landing
 from cohortsync.state import StateStore
+from cohortsync.state import open_state as state_factory
 from conftest import CONFIG, Project, keep_everything_policy, person_ids
 from servers.azurite import AzureLanding
 
@@ -42,8 +43,8 @@ def state_env() -> StateEnv:
 
 
 def open_state(settings: Settings) -> StateStore:
-    """The state store of a project (the one place to change for another state backend)."""
-    return StateStore(settings.state_path)
+    """The state store of a project, whichever backend its settings name (SQLite or PostgreSQL)."""
+    return state_factory(settings)
 
 
 def landing_rows_of(landing: Landing, settings: Settings) -> dict[str, list[tuple[object, ...]]]:
