@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -299,3 +300,17 @@ def test_the_error_class_never_depends_on_names_in_the_message(account: str, con
     assert type(classify_azure(loc, down)) is TransientLandingError
     assert type(classify_azure(loc, denied)) is LandingAuthError
     assert type(classify_azure(loc, other)) is LandingError
+
+
+def test_the_tests_plain_http_listing_agrees_with_pyarrows(azure_landing: AzureLanding) -> None:
+    """The crash trials fall back to a plain HTTP listing when pyarrow's fails (tests/servers/azurite.py):
+    it must see exactly the files pyarrow sees, and skip directory markers."""
+    fs, root = azure_landing.azurite.fs, azure_landing.root
+    for name in ("c/person/a.parquet", "c/person/b.parquet", "c/note/x.parquet"):
+        with fs.open_output_stream(f"{root}/{name}") as out:
+            out.write(b"x")
+    fs.delete_file(f"{root}/c/note/x.parquet")  # pyarrow leaves a directory marker for c/note
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    via_pyarrow = sorted(i.path for i in infos if i.type == pafs.FileType.File)
+    expected = [f"{root}/c/person/a.parquet", f"{root}/c/person/b.parquet"]
+    assert via_pyarrow == sorted(azure_landing.azurite.list_blobs(root)) == expected
