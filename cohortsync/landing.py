@@ -23,7 +23,7 @@ import queue
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -542,8 +542,12 @@ class WindowWriter:
         lanes: int = 2,
         key: str | None = None,
         rewrite: bool = False,
+        taken: Collection[str] = (),
     ) -> None:
         self.landing = landing
+        # Committed names of this table: a window can repeat its bounds (members added twice while
+        # the source has no new load land twice as (W, W]), and a new part must never reuse one.
+        self.taken = frozenset(taken)
         # Parts go to temporary names unless the store writes final names directly (object storage)
         # and this is not a rewrite of committed names (a re-landing, which seals and swaps).
         self.direct = landing.store.direct and not rewrite
@@ -565,9 +569,11 @@ class WindowWriter:
     def new_part(self) -> tuple[str, str]:
         """(the name written now, relative to the landing root; the part's final name)."""
         with self._lock:
-            part = self._next_part
-            self._next_part += 1
-        name = file_name(self.table, self.lower, self.upper, part)
+            while True:
+                name = file_name(self.table, self.lower, self.upper, self._next_part)
+                self._next_part += 1
+                if name not in self.taken:
+                    break
         return f"{self.dir}/{name if self.direct else f'{TMP_PREFIX}{os.getpid()}-{name}'}", name
 
     def write(self, batch: pa.RecordBatch) -> None:

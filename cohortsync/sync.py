@@ -741,6 +741,7 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
             s.cohort: WindowWriter(
                 landing, s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads,
                 table.primary_key if table.primary_key in table_plan.select else None,
+                taken=job.committed[s.cohort],
             )
             for s in due
         }

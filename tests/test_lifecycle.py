@@ -65,6 +65,26 @@ def test_an_amendment_adding_10_to_1000_pulls_their_history_and_the_new_load(pro
     con.close()
 
 
+def test_two_amendments_without_a_new_load_between_them_lose_nothing(project: Project) -> None:
+    """Both amendments land as the window (W, W] of an unchanged source: the second must not reuse
+    the first one's file name (it once replaced that file, silently dropping its rows)."""
+    ids = person_ids(project)
+    members, first, second = ids[:300], ids[1500:1540], ids[1600:1640]
+    assert project.cli("add-cohort", "k", "--patients", str(project.write_ids("k.csv", members))).exit_code == 0
+    assert project.cli("sync", "-q").exit_code == 0
+    for n, batch in enumerate((first, second)):
+        r = project.cli("amend-cohort", "k", "--add", str(project.write_ids(f"add{n}.csv", batch)))
+        assert r.exit_code == 0, r.output
+        r = project.cli("sync", "-q")
+        assert r.exit_code == 0, r.output
+    with StateStore(project.root / "state") as st:
+        names = [f["name"] for f in st.files("k", "condition_occurrence")]
+    assert len(names) == len(set(names)) == 3, names
+    for t in TABLES:
+        assert landed_count(project, "k", t) == source_count(project, t, members + first + second), t
+    assert project.cli("verify", "k").exit_code == 0
+
+
 def test_withdrawn_patients_leave_every_landed_file(project: Project) -> None:
     structured_only(project)  # pseudonymized ids: the purge must find them through the key
     ids = person_ids(project)[:400]
