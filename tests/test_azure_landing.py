@@ -8,6 +8,7 @@ that select the state; default: the project's SQLite folder) and :func:`open_sta
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -234,19 +235,23 @@ def run_flow(p: Project, env: dict[str, str]) -> dict[str, object]:
     return counts
 
 
-def test_the_whole_flow_on_azurite_equals_the_local_one(
-    tmp_path: Path, eunomia_db: Path, azure_landing: AzureLanding, state_env: StateEnv, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import shutil
-
+def flow_projects(tmp_path: Path, eunomia_db: Path, *kinds: str) -> dict[str, Project]:
+    """One Eunomia project per kind, side by side, for the whole flow (each says where it lands)."""
     projects = {}
-    for kind in ("local", "azure"):
+    for kind in kinds:
         root = tmp_path / kind
         root.mkdir()
         shutil.copy(eunomia_db, root / "omop.duckdb")
         (root / "cohortsync.toml").write_text(CONFIG + EXTRA, encoding="utf-8")
         (root / "keep_everything.toml").write_text(keep_everything_policy(), encoding="utf-8")
         projects[kind] = Project(root, CliRunner())
+    return projects
+
+
+def test_the_whole_flow_on_azurite_equals_the_local_one(
+    tmp_path: Path, eunomia_db: Path, azure_landing: AzureLanding, state_env: StateEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    projects = flow_projects(tmp_path, eunomia_db, "local", "azure")
     url = azure_landing.url
     monkeypatch.delenv("COHORTSYNC_LANDING__PATH")  # each project says where it lands
     local = run_flow(projects["local"], state_env(projects["local"].root))

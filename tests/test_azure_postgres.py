@@ -15,10 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from cohortsync.landing import open_landing
-from conftest import CONFIG, Project, keep_everything_policy
 from servers.azurite import AzureLanding
 from servers.postgres import PASSWORD_ENV, PostgresServer, PostgresState
 from test_azure_crash import (  # noqa: F401  (fixtures and tests collected again here, on PostgreSQL)
@@ -28,7 +26,7 @@ from test_azure_crash import (  # noqa: F401  (fixtures and tests collected agai
     test_a_withdrawal_killed_mid_purge_on_azurite_is_finished_by_the_next_sync,
     test_killed_sync_on_azurite_then_rerun_equals_an_uninterrupted_run,
 )
-from test_azure_landing import EXTRA, StateEnv, landing_rows_of, open_state, run_flow
+from test_azure_landing import StateEnv, flow_projects, landing_rows_of, open_state, run_flow
 
 MARKER = ".pgdb"  # which database holds this project folder's state; copied along with the folder
 
@@ -70,16 +68,7 @@ def test_the_whole_flow_on_azurite_and_postgresql_equals_local_and_sqlite(
     tmp_path: Path, eunomia_db: Path, azure_landing: AzureLanding, postgres_state: PostgresState,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import shutil
-
-    projects = {}
-    for kind in ("local", "deployed"):
-        root = tmp_path / kind
-        root.mkdir()
-        shutil.copy(eunomia_db, root / "omop.duckdb")
-        (root / "cohortsync.toml").write_text(CONFIG + EXTRA, encoding="utf-8")
-        (root / "keep_everything.toml").write_text(keep_everything_policy(), encoding="utf-8")
-        projects[kind] = Project(root, CliRunner())
+    projects = flow_projects(tmp_path, eunomia_db, "local", "deployed")
     url = azure_landing.url
     monkeypatch.delenv("COHORTSYNC_LANDING__PATH")
     point_state_at(projects["deployed"].root, postgres_state.url)
