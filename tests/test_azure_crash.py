@@ -4,7 +4,7 @@ names, the state as the only commit record; rewrites via temporary blobs, a serv
 redo record). After each kill the next run resumes exactly: the landing equals an uninterrupted
 run's, every blob is a listed file with its SHA-256, and nothing is left over.
 
-The state comes from ``state_env`` and ``open_state`` of tests/test_azure_landing.py (SQLite by default).
+The state comes from ``state_env_module`` (SQLite by default; tests/test_azure_postgres.py overrides it).
 """
 
 from __future__ import annotations

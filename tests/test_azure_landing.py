@@ -2,7 +2,7 @@
 results as on a local folder, against a real Azurite (tests/servers/azurite.py; never skipped).
 
 To run the whole flow with another state backend, override ``state_env`` (environment variables
-that select the state; default: the project's SQLite folder) and :func:`open_state`.
+that select the state; default: the project's SQLite folder); tests/test_azure_postgres.py does.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from cohortsync.config import Settings, azure_location, load_settings
 from cohortsync.errors import ConfigError, LandingAuthError, LandingError, TamperedError, TransientLandingError
 from cohortsync.landing import AzureStore, Landing, WindowWriter, classify_azure, open_landing
-from cohortsync.state import StateStore
-from cohortsync.state import open_state as state_factory
+from cohortsync.state import open_state
 from conftest import CONFIG, Project, keep_everything_policy, person_ids
 from servers.azurite import AzureLanding
 
@@ -42,11 +41,6 @@ def state_env() -> StateEnv:
     """The environment variables that choose the state store of the project at ``root`` (each project
     needs its own). Default: none, the project's SQLite folder. Override for another backend."""
     return lambda root: {}
-
-
-def open_state(settings: Settings) -> StateStore:
-    """The state store of a project, whichever backend its settings name (SQLite or PostgreSQL)."""
-    return state_factory(settings)
 
 
 def landing_rows_of(landing: Landing, settings: Settings) -> dict[str, list[tuple[object, ...]]]:
