@@ -298,6 +298,34 @@ def physionet(directory: Path, workers: int, with_naive: bool, collisions: bool 
                 )
 
 
+def show_dev(directory: Path, workers: int) -> None:
+    """Print every leaked span of the **dev** half with its context, and the words scrubbed most often
+    that no gold span covers (precision losses): what rules and lists are written from. There is no
+    such view of the test half on purpose: test is scored, never read."""
+    import pyarrow as pa
+
+    notes = [json.loads(line) for line in (directory / "gold.dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [n["text"] for n in notes]
+    with TextScrubber(TextSettings(workers=workers), key=b"corpus-scoring-key-0123456789abcdef") as s:
+        out, _ = s.scrub(pa.array(texts, pa.string()), pa.array([17] * len(texts), pa.int32()))
+        det = s.detect(texts)
+    outs = [o or "" for o in out.to_pylist()]
+    for i, j in sorted(_leaked_keys(notes, outs)):
+        sp = notes[i]["spans"][j]
+        ctx = notes[i]["text"][max(0, sp["start"] - 50) : sp["end"] + 50].replace("\n", " | ")
+        print(f"LEAK {sp['label']:<5} {sp['orig_label']:<18} {sp['value']!r:<24} {notes[i]['id']}: ...{ctx}...")
+    wasted: Counter[tuple[str, str]] = Counter()
+    for note, ds in zip(notes, det, strict=True):
+        gold = bytearray(len(note["text"]))
+        for sp in note["spans"]:
+            gold[sp["start"] : sp["end"]] = b"\x01" * (sp["end"] - sp["start"])
+        for d in ds or []:
+            if not any(gold[d.start : d.end]):
+                wasted[(d.entity, note["text"][d.start : d.end])] += 1
+    for (entity, value), n in wasted.most_common(120):
+        print(f"FALSE {n:>4} {entity:<14} {value!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--notes", type=int, default=240)
@@ -320,7 +348,15 @@ def main() -> None:
         action="store_true",
         help="with --physionet: also count the leaks that persist under another key and date offset (true misses)",
     )
+    ap.add_argument(
+        "--show-dev",
+        action="store_true",
+        help="print the PhysioNet dev half's leaks in context and its most frequent false positives",
+    )
     args = ap.parse_args()
+    if args.show_dev:
+        show_dev(Path(args.physionet or PHYSIONET), args.workers)
+        return
     if args.physionet:
         physionet(Path(args.physionet), args.workers, not args.no_naive, args.collisions)
         return

@@ -330,6 +330,8 @@ FORMATS = [
     ("%m/%d", False),
     ("%-d %B", False),
     ("%B %-d", False),
+    ("%-m / %-d", False),
+    ("%-d%b", True),
 ]
 
 
@@ -423,6 +425,17 @@ def _found(text: str, entity: str | None = None) -> list[str]:
         ("S/P CABG OCT 93 AT OSH", "OCT 93"),  # month name and a two-digit year that is no day
         ("MI Jul '87", "Jul '87"),
         ("admit 07-22 from OSH", "07-22"),  # a leading zero: no range is written so
+        ("Jul 22: family meeting held", "Jul 22"),  # a colon after the day is no time of day
+        ("22 JUL: FAMILY MEETING", "22 JUL"),
+        ("LAST BM Jul '99.", "Jul '99"),
+        ("CATH DONE 7/22AM, STENT X2", "7/22"),  # a capital AM glued on
+        ("pt seen on 22jul for f/u", "22jul"),  # day and month name glued
+        ("PT ADMITTED 3NOV FROM OSH", "3NOV"),
+        ("cath done 7 /22, stent x2", "7 /22"),  # spaces around the slash
+        ("LAST BM 7/ 22.", "7/ 22"),
+        ("s/p cabg 7 / 22", "7 / 22"),
+        ("seen in clinic 7-2099", "7-2099"),  # month and year with a dash
+        ("pt seen on the 22nd for f/u", "22nd"),
     ],
 )
 def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:
@@ -471,6 +484,12 @@ def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:
         "SBP MAY 90S",
         "HR 60-70 and temp 37.5",
         "CI 5.06 and tmin 06.2, ca~1.08",
+        "on PSV 10/ 5 PEEP 40% fio2",  # a spaced pair after a ventilator word
+        "ABG 7.36/ 29/ 103/ -7/ 17 on AC",  # one link of a blood gas chain
+        "given 1-2000 ml bolus",  # a range before a unit is no month and year
+        "3dec from yesterday",  # lower-case "dec" glued is "decreased"
+        "gave 2may if needed",
+        "rec'd the 2nd unit of prbc",  # an ordinal before a noun is no day
     ],
 )
 def test_each_clinical_exception_is_not_a_date(text: str) -> None:

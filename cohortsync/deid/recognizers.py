@@ -408,7 +408,7 @@ _E = r"(?![\w/-]|\.\d)"  # right boundary
 _B_MD = r"(?<![\w/.])(?:(?<!-)|(?<=[A-Za-z)\]]-)|(?<=/\d-)|(?<=/\d\d-)|(?<=[ \t(]-))"  # also "7/22 -7/23"
 # ... for a short date, which may run into a dash ("7/81-ECHO", "3/16->"), a trailing slash ("7/22/ cxr"), a
 # count or a time of day ("cx 7/22x2", "7/22am")
-_E_MD = r"(?!(?!x\d|[ap]m\b)\w|/\w|\.\d)"
+_E_MD = r"(?!(?!x\d|(?i:[ap]m)\b)\w|/\w|\.\d)"
 _DATE_CONTEXT = re.compile(
     r"(?:\b(?:on|since|from|to|until|till|through|thru|dated?|dos|dob|born|seen|admitted|admit|"
     r"discharged?|visit|effective|starting|started|start|stopped|last|next|scheduled|returns?|"
@@ -424,22 +424,28 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("dmony", re.compile(_B + _D + r"(?P<s1>[- ]?)(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)"
                          r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E, re.IGNORECASE)),
     ("mdy_name", re.compile(r"\b" + _MON + r"(?P<s1>\s+|-)" + _D + _SUF + r"(?:(?P<s2>,\s*|\s+|,)(?P<y>(?:19|20)\d\d))?"
-                            r"(?![\d:])")),
+                            r"(?!\d|:\d)")),  # "Jul 22: family meeting", not "Jul 22:30"
     ("dmy_name", re.compile(r"(?<![\w.])" + _D + _SUF + r"(?P<s1>\s+(?:of\s+)?)" + _MON
-                            + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?![\d:])")),
+                            + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?!\d|:\d)")),
     ("my_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s+|-)(?P<y>(?:19|20)\d\d)(?!\d)")),
-    ("my", re.compile(_B + r"(?P<m>[01]?\d)/(?P<y>(?:19|20)\d\d)" + _E)),
+    ("my", re.compile(_B + r"(?P<m>[01]?\d)[/-](?P<y>(?:19|20)\d\d)" + _E)),
     # Month name and a two-digit year that cannot be a day ("OCT 93", "Jul '87", "nov, 96").
-    ("my2_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s*'|,?\s+|-)(?P<y>[4-9]\d)(?![\w:/.'’])")),
+    ("my2_name", re.compile(r"\b" + _MON + r"(?P<s1>,?\s*'|,?\s+|-)(?P<y>[4-9]\d)(?![\w/'’]|[:.]\d)")),
     # A two-digit year after a dot ("11/21.93"): separators mixed as notes type them.
     ("mdy_dot", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + r"\.(?P<y>\d\d)(?![\w/.])")),
     ("md", re.compile(_B_MD + r"(?P<m>[01]?\d)/" + _D + _E_MD)),
+    # The same with spaces around the slash, as notes type them ("7 /22", "7/ 22"); never inside a chain of
+    # slashes ("PSV 10/ 5", "7.36/ 29/ 103/ -7/ 17": a blood gas).
+    ("md_sp", re.compile(_B_MD + r"(?P<m>[01]?\d)(?P<s1>[ \t]+/[ \t]*|/[ \t]+)" + _D + _E_MD)),
     # Month and two-digit year ("s/p MI 8/88"): the second part cannot be a day.
     ("my2", re.compile(_B_MD + r"(?P<m>[01]?\d)/(?P<y>[4-9]\d)" + _E_MD)),
     ("md_dash", re.compile(_B + r"(?P<m>[01]?\d)-" + _D + _E)),
     # Day and month name without a year ("22-Jul", "3-DEC"): only with the dash, so "3 dec" (decreased) stays.
     ("dmon", re.compile(_B + _D + r"(?P<s1>-)(?P<mon>(?i:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec))"
                         r"(?![\w-])")),
+    # Day and month glued without a year ("22jul", "3NOV"); never "may", nor lower-case "mar"/"dec".
+    ("dmon_glued", re.compile(_B + _D + r"(?P<mon>(?i:Jan|Feb|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov)|Mar|MAR|Dec|DEC)"
+                              r"(?![\w-])")),
     ("md_dot", re.compile(r"(?<![\w/.,-])(?P<m>[01]?\d)\." + _D + r"(?![\w/.-])")),
     # A month name alone ("in sept.", "MARCH OF 1993"): a date element under Safe Harbor; never "May".
     ("mon", re.compile(r"\b(?P<mon>(?i:January|February|March|April|June|July|August|September|October|November"
@@ -525,7 +531,7 @@ def format_like(parsed: ParsedDate, new: dt.date) -> str:
     nums = [g[k] for k in ("m", "d") if g.get(k)]
     # Zero-padded if a part shows it (03/04), or if every part has two digits in a numeric format
     # (12/28/2020 reads as MM/DD/YYYY); a single-digit part (1/2/21, 4 Mar 2021) means no padding.
-    numeric = parsed.fmt in ("iso", "mdy", "mdy_dot", "md", "md_dash", "md_dot", "my", "my2") or (
+    numeric = parsed.fmt in ("iso", "mdy", "mdy_dot", "md", "md_sp", "md_dash", "md_dot", "my", "my2") or (
         parsed.fmt == "dmony" and g.get("s1") == "-"
     )
     padded = any(len(n) == 2 and n.startswith("0") for n in nums) or (numeric and bool(nums) and all(len(n) == 2 for n in nums))
@@ -889,6 +895,19 @@ def _check_md(m: re.Match[str]) -> bool:
     return not (dd == 10 and mm <= 10 and (_PAIN_WORDS.search(line) or _PAIN_NEAR.search(line[-12:] + " " + after)))
 
 
+def _check_md_spaced(m: re.Match[str]) -> bool:
+    """``7 / 22`` is a date as ``7/22`` is, unless it is one link of a chain of slashes (a gas, a setting)."""
+    before = m.string[max(0, m.start() - 8) : m.start()]
+    if re.search(r"\d[ \t]*/[ \t]*-?$", before) or re.match(r"[ \t]*/", m.string[m.end() :]):
+        return False
+    return _check_md(m)
+
+
+def _check_month_year(m: re.Match[str]) -> bool:
+    """``7-2099`` is a month and year, but ``1-2000 ml`` is a range before a unit."""
+    return _to_date_from_match(m) is not None and not _UNIT_AFTER.match(m.string, m.end())
+
+
 def _check_strict(m: re.Match[str]) -> bool:
     """``7-8`` and ``7.22`` are dates only after a date word (``on 7-8``): otherwise ranges and decimals."""
     if _to_date_from_match(m) is None or _UNIT_AFTER.match(m.string, m.end()):
@@ -926,11 +945,14 @@ def _check_my2_name(m: re.Match[str]) -> bool:
 
 
 _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
-    "md": _check_md, "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
+    "md": _check_md, "md_sp": _check_md_spaced, "my": _check_month_year, "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
     "md_dot": _check_strict, "mon": _check_month,
 }  # fmt: skip
 #: Cheap patterns a text must hold for a rare date shape's regex to run at all (speed only, never recall).
-_NEEDS = {"mdy_dot": re.compile(r"/\d{1,2}\.\d"), "dmon": re.compile(r"\d-[A-Za-z]")}
+_NEEDS = {
+    "mdy_dot": re.compile(r"/\d{1,2}\.\d"), "dmon": re.compile(r"\d-[A-Za-z]"), "md_sp": re.compile(r"\d[ \t]+/|/[ \t]+\d"),
+    "dmon_glued": re.compile(r"\d[A-Za-z]"),
+}  # fmt: skip
 DATE_RULES = [
     *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date), _NEEDS.get(fmt))
       for fmt, rx in _DATE_FORMATS),
@@ -939,7 +961,8 @@ DATE_RULES = [
       for a, b in ((_GLUED_MD.format("v"), _GLUED_MD.format("w")), (_GLUED_MD.format("w"), _GLUED_MD.format("v")))),
     # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
     Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
-                          r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|@)\b))", re.IGNORECASE), 0.85),
+                          r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|for|from|with|in|per|until|thru|through|after|before|"
+                          r"pt|she|he|we|they|but|so|then|which|as|@)\b|\s-))", re.IGNORECASE), 0.85),
 ]  # fmt: skip
 
 
