@@ -515,6 +515,9 @@ def test_each_clinical_exception_is_not_a_date(text: str) -> None:
         ("nsg (d. renna and j. o'brien) verified", ["o'brien"]),  # an initial before a word on no list
         ("Reported to D. Phyl. Coags ok.", ["Phyl"]),
         ("Reported to J. Long at 3pm", ["Long"]),  # a capital initial before a name that is a word
+        ("nephew-Therese called x2; DTR-JEAN IN", ["Therese", "JEAN"]),  # a relation glued on by a dash
+        ("pt's daughter, ted ganes, is hcp; SISTER HOLLY CALLED", ["ted", "ganes", "HOLLY"]),  # first names shaped as verbs
+        ("Rita from case management aware; SAL FROM SW CALLED", ["Rita", "SAL"]),  # a first name from a service
     ],
 )
 def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> None:
@@ -541,6 +544,8 @@ def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> Non
         "called out to floor with stabel dose of milrinone",  # a rare surname one typo from a note word
         "REMAINS ON RA STAS 99%",
         "pt's husband went home; daughter brought clothes",  # verbs after a relation word
+        "husband worried, son-in-law here, wife feeling better",
+        "pain from surgery; drainage from PT site",
         "fields on L. Vent settings; I & O. Check K+; New A.line placed; SKIN CARE RN",
     ],
 )

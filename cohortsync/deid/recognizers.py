@@ -1167,7 +1167,12 @@ class ContextNameRecognizer(LocalRecognizer):
 # Names and places by word lists, in any letter case (lexicon.py)
 # ---------------------------------------------------------------------------------------------------
 
-_LEX_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*")
+#: A word, hyphenated parts together ("Stord-Painter"), except a relation glued to what follows by a dash
+#: ("nephew-Therese", "DTR-ANN" are two words; "son-in-law" stays one).
+_LEX_TOKEN = re.compile(
+    r"\b(?i:wife|husband|son|daughter|dtr|mother|mom|father|dad|sister|brother|niece|nephew|grandson|granddaughter|"
+    r"friend|cousin|aunt|uncle|spouse|partner)(?=-[A-Za-z]{3,}\b(?!-))|[A-Za-z][A-Za-z'’]*(?:-[A-Za-z]+)*"
+)
 #: Words after which the next census-name or unknown word is a person, in any case: relations and roles.
 _LEX_CUE = re.compile(
     r"(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|rrt|crt|sw|lcsw|licsw|rncm|nurse|caseworker|chaplain|"
@@ -1219,6 +1224,26 @@ _ROLE_WORDS = frozenset(
 _NOT_AFTER_RELATION = re.compile(
     _NOT_AFTER_DR.pattern + r"|brought|took|stayed|left|gave|told|asked|spent|signed|knows|needs|wants|feels|"
     r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate"
+)
+#: The verb shape alone (``-ed``, ``-ing``, ``-ly``), which census first names share ("TED", "holly", "Beverly").
+_VERB_SHAPE = re.compile(r"\w+(?:ed|ing|ly)")
+
+
+def _verb_after_relation(word: str) -> bool:
+    """A verb after a relation word ("husband worried"); a first name of the verb's shape is a name there
+    ("sister holly", "daughter, ted"), save ``spring``."""
+    if word in lexicon.FIRST and word != "spring" and _VERB_SHAPE.fullmatch(word):
+        return False
+    return _NOT_AFTER_RELATION.fullmatch(word) is not None
+
+
+#: A person from a service ("Rita from case management aware", "ANN FROM SW CALLED").
+_FROM_SERVICE = re.compile(
+    r"[ \t]+from[ \t]+(?:the[ \t]+)?(?:case[ \t]*manage?ment|cm|social[ \t]*work|sw|pt|ot|physical[ \t]+therapy|"
+    r"occupational[ \t]+therapy|pharmacy|nutrition|dietary|admitting|hospice|vna|home[ \t]+care|rehab|pastoral[ \t]+care|"
+    r"chaplaincy|ethics|palliative(?:[ \t]+care)?|transplant|renal|cardiology|neurology|surgery|anesthesia|"
+    r"blood[ \t]+bank|lab|radiology|ir|ep|patient[ \t]+relations|security|interpret\w*|billing|insurance)\b",
+    re.IGNORECASE,
 )
 #: An initial with its period right before a word: "D. Phyl", "j. o'brien" (not "d/c'd. re'd").
 _INITIAL_BEFORE = re.compile(r"(?:^|(?<=[\s(]))[A-Za-z]\.[ \t]?$")
@@ -1497,7 +1522,7 @@ class LexiconRecognizer(LocalRecognizer):
                 )
                 reports = (
                     (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
-                ) and _REPORTS.match(text, m.end())
+                ) and bool(_REPORTS.match(text, m.end()) or _FROM_SERVICE.match(text, m.end()))
                 initial = (kinds[i] == "unknown" and _INITIAL_BEFORE.search(before) is not None) or (
                     kinds[i] == "maybe"  # "J. Long", "R. KING": a capital initial, one space, a capitalised name
                     and _style(word) in ("T", "U")
@@ -1512,7 +1537,7 @@ class LexiconRecognizer(LocalRecognizer):
                     and _FAMILY_NEXT.match(text, m.end())
                 )
                 relation = _LEX_CUE.search(before) is not None and not (
-                    kinds[i] == "maybe" and _NOT_AFTER_RELATION.fullmatch(lexicon.fold(word))
+                    kinds[i] == "maybe" and _verb_after_relation(lexicon.fold(word))
                 )  # "husband went home", "daughter brought": a verb, not a name
                 is_name[i] = bool(
                     relation or _RELATION_AFTER.match(text, m.end()) or weak or reports or initial or family
