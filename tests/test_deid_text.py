@@ -596,6 +596,13 @@ def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:
         ("pt transferred to Sacred for rehab", "Sacred"),  # one word of a hospital's name after a place word
         ("came from Harbor this am", "Harbor"),
         ("son lives near Reisterstown now", "Reisterstown"),  # a town on no word list needs no cue
+        ("pt lives alone in long branch, independent", "long branch"),  # English words after a cue only a place follows
+        ("FAMILY DRIVING IN FROM PELL LAKE TOMORROW", "PELL LAKE"),
+        ("med flighted from battle mountain.", "battle mountain"),
+        ("seen at holts summit ER last night", "holts summit"),  # a place before a facility noun, any case
+        ("WAS AT TULARE GENERAL X 3 DAYS", "TULARE"),
+        ("f/u with cardiology at novant", "novant"),  # a hospital's one-word name on no word list, any case
+        ("TRANSFERRED FROM FISHER FOR CATH", "FISHER"),  # ... or a word, after a cue only a place follows
     ],
 )
 def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
@@ -606,7 +613,8 @@ def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
 def test_generic_care_places_are_not_facilities() -> None:
     for text in ("transfer to cardiac rehab", "went to the general hospital", "go home today", "cath lab at 3",
                  "the holy cross on the wall", "a high point of the day", "PT HAS CHF AND COPD, SEE PMH",
-                 "Sacred heart image", "GOING TO HARBOR"):  # fmt: skip
+                 "Sacred heart image", "GOING TO HARBOR", "FAMILY IN EARLY DURING SHIFT", "BC X 1 SENT FROM NEW TLC",
+                 "transferred to floor", "moved to the unit"):  # fmt: skip
         assert not _found(text, "FACILITY") + _found(text, "LOCATION"), text
 
 

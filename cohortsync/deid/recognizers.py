@@ -1223,7 +1223,8 @@ _ROLE_WORDS = frozenset(
 #: Verbs that follow a relation word ("husband went", "daughter brought"): census names too, never one there.
 _NOT_AFTER_RELATION = re.compile(
     _NOT_AFTER_DR.pattern + r"|brought|took|stayed|left|gave|told|asked|spent|signed|knows|needs|wants|feels|"
-    r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate"
+    r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate|"
+    r"near|nearby|into|onto|about|over|under|out|up|down|back|all"
 )
 #: The verb shape alone (``-ed``, ``-ing``, ``-ly``), which census first names share ("TED", "holly", "Beverly").
 _VERB_SHAPE = re.compile(r"\w+(?:ed|ing|ly)")
@@ -1322,6 +1323,23 @@ _PLACE_CUE_WORD = re.compile(
 _PLACE_CUE = re.compile(
     r"\b(?:lives?|living|resides?|residing|moved|from|born|in|at|to|near|nearby|of|transfer(?:red)?|tx'?d|"
     r"xfer(?:red)?|admitted|arrived|sent|taken|went|brought|presented|returned|visiting)\s+(?:in\s+|at\s+|to\s+|from\s+)?$",
+    re.IGNORECASE,
+)
+#: Cues that only a place follows ("lives alone in", "med flighted from", "driving in from"): after one, a
+#: gazetteer place is taken in any case, even when its words are English words ("lives in LONG BRANCH").
+_PLACE_STRONG_CUE = re.compile(
+    r"\b(?:(?:lives?|living|resides?|residing|stays?|staying)(?:[ \t]+(?!in\b)[A-Za-z']+){0,3}[ \t]+(?:in|near|outside(?:[ \t]+of)?)"
+    r"|(?:home|house)[ \t]+is[ \t]+in|(?:moved|relocated|born|raised|grew[ \t]+up)[ \t]+(?:to|from|in)"
+    r"|(?:originally|is|are|was|were)[ \t]+from"
+    r"|(?:driv(?:e|es|ing)|drove|flown|fl(?:y|ying|ew)|(?:med[ \t]*)?flight(?:ed)?|came|coming|arriv(?:ed|ing)|"
+    r"travel(?:l?ed|l?ing)?|transfer(?:red)?|xfer(?:red)?|tx'?d|transported|sent)[ \t]+(?:in[ \t]+|up[ \t]+|down[ \t]+|back[ \t]+)?"
+    r"(?:from|to))[ \t]+(?:the[ \t]+)?$",
+    re.IGNORECASE,
+)
+#: A facility or unit noun right after a place names it ("long branch ER", "WAS AT TULARE GENERAL").
+_PLACE_FACILITY_AFTER = re.compile(
+    r"[ \t]+(?:hosp(?:ital)?|general|medical[ \t]+(?:center|ctr)|med[ \t]+(?:center|ctr)|memorial|regional|er|ed|"
+    r"e\.r\.|clinic|rehab|nursing[ \t]+(?:home|facility)|community[ \t]+hosp(?:ital)?|va|vamc)\b",
     re.IGNORECASE,
 )
 #: A ward or unit named by a word and a number after a movement word ("transfer to QUARTERMAIN 2").
@@ -1610,12 +1628,24 @@ class LexiconRecognizer(LocalRecognizer):
                     continue
                 if n == 1:  # one word: capitalised in mixed-case text after a place word ("from Harbor", "to Sacred")
                     line = text[text.rfind("\n", 0, toks[i].start()) + 1 : toks[i].start()]
+                    # ... or in any case when it is no word ("at crozer", "FROM NOVANT") or follows a cue only a
+                    # place follows ("transferred from fisher")
+                    any_case = (not _vocab(word) and bool(_HOSPITAL_PREP.search(line[-16:]))) or bool(
+                        _PLACE_STRONG_CUE.search(line[-40:])
+                    )
                     if (
-                        _style(word) != "T"
-                        or not any(c.islower() for c in line + word[1:])
-                        or words[0] in _US_STATES
+                        words[0] in _US_STATES
                         or words[0] in ("dr", "st", "mt", "md")
-                        or not _HOSPITAL_PREP.search(line[-16:])
+                        or lexicon.fold(word) in lexicon.CLINICAL
+                        or lexicon.fold(word) in _NEVER_NAME
+                        or not (
+                            any_case
+                            or (
+                                _style(word) == "T"
+                                and any(c.islower() for c in line + word[1:])
+                                and _HOSPITAL_PREP.search(line[-16:])
+                            )
+                        )
                     ):
                         continue
                     out.append((toks[i].start(), toks[i].end(), "FACILITY"))
@@ -1652,7 +1682,15 @@ class LexiconRecognizer(LocalRecognizer):
                     continue
                 cased = all(t.group()[0].isupper() for t in toks[i : i + n])
                 allwords = all(_vocab(w) for w in words)
-                if allwords:  # "Laurel", "Union": a place only written as one, in mixed-case text, after a place cue
+                before = text[max(0, toks[i].start() - 40) : toks[i].start()]
+                strong = (
+                    bool(_PLACE_STRONG_CUE.search(before) or _PLACE_FACILITY_AFTER.match(text, toks[i + n - 1].end()))
+                    and piece.casefold() not in _US_STATES
+                    and not (n == 1 and (folded[i] in _NEVER_NAME or folded[i] in lexicon.CLINICAL or folded[i] in _GENERIC_PLACE))
+                )
+                if strong:  # "lives in linden", "FROM SYCAMORE", "holts summit ER": a cue only a place follows
+                    pass
+                elif allwords:  # "Laurel", "Union": a place only written as one, in mixed-case text, after a place cue
                     before = text[max(0, toks[i].start() - 30) : toks[i].start()]
                     cased = cased and not any(t.group().isupper() for t in toks[i : i + n])
                     if not (cased and (n > 1 or _PLACE_CUE_WORD.search(before))) or piece.casefold() in _US_STATES:
