@@ -260,11 +260,13 @@ def _persisting(notes: Sequence[dict[str, Any]], first: Sequence[str], workers: 
     return Counter(notes[i]["spans"][j]["label"] for i, j in both)
 
 
-def physionet(directory: Path, workers: int, with_naive: bool, collisions: bool = False) -> None:
+def physionet(
+    directory: Path, workers: int, with_naive: bool, collisions: bool = False, halves: Sequence[str] = ("dev", "test")
+) -> None:
     """Print, per half (dev, test) and engine: leaked / total per label and character precision."""
     import pyarrow as pa
 
-    for half in ("dev", "test"):
+    for half in halves:
         path = directory / f"gold.{half}.jsonl"
         notes = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         texts = [n["text"] for n in notes]
@@ -349,6 +351,9 @@ def main() -> None:
         help="with --physionet: also count the leaks that persist under another key and date offset (true misses)",
     )
     ap.add_argument(
+        "--half", choices=("dev", "test"), default=None, help="with --physionet: score one half only (dev while writing rules)"
+    )
+    ap.add_argument(
         "--show-dev",
         action="store_true",
         help="print the PhysioNet dev half's leaks in context and its most frequent false positives",
@@ -358,7 +363,8 @@ def main() -> None:
         show_dev(Path(args.physionet or PHYSIONET), args.workers)
         return
     if args.physionet:
-        physionet(Path(args.physionet), args.workers, not args.no_naive, args.collisions)
+        halves = (args.half,) if args.half else ("dev", "test")
+        physionet(Path(args.physionet), args.workers, not args.no_naive, args.collisions, halves)
         return
     es = make_evalset(args.notes, args.seed)
     if args.synth:

