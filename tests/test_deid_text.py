@@ -646,6 +646,12 @@ def test_generic_care_places_are_not_facilities() -> None:
         ("from 2001:db8:0:0:0:ff00:42:8329 today", "IP_ADDRESS"),
         ("from fe80::1ff:fe23:4567:890a today", "IP_ADDRESS"),
         ("see hospital.org/patients/123 for it", "URL"),
+        ("ph 476 8356 (home)", "PHONE"),  # seven digits with a space after a phone word
+        ("TEL 410/555-0199", "PHONE"),  # an area code before a slash
+        ("page at 5-4321 when back", "PHONE"),  # an internal extension with its exchange digit
+        ("call 4-8356 with results", "PHONE"),
+        ("lives at 12 oak st apt 4b", "ADDRESS"),  # a street line in lower case after an address word
+        ("LIVES ON 5 CEDAR LANE", "ADDRESS"),
     ],
 )
 def test_contact_and_identifier_shapes(text: str, entity: str) -> None:
@@ -653,8 +659,9 @@ def test_contact_and_identifier_shapes(text: str, entity: str) -> None:
 
 
 def test_shift_times_and_doses_are_not_identifiers_or_pagers() -> None:
-    for text in ("nursing note 1900-0700", "given x 1000 ml", "page 2 of 3", "Pager"):
-        assert not _found(text, "ID") + _found(text, "PHONE"), text
+    for text in ("nursing note 1900-0700", "given x 1000 ml", "page 2 of 3", "Pager", "call 1-2 times a day",
+                 "home on 2 l nc", "lives at home with 3 way foley"):  # fmt: skip
+        assert not _found(text, "ID") + _found(text, "PHONE") + _found(text, "ADDRESS"), text
 
 
 def test_a_rising_range_after_a_measure_is_no_phone_and_a_rhythm_run_no_street() -> None:

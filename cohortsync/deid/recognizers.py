@@ -689,9 +689,12 @@ IDENTIFIER_RULES = [
     Rule("PHONE", re.compile(r"(?<![\w+])(?P<v>(?:\+?1[\s.-]?)?(?:\(\d{3}\)|\b[2-9]\d{2})" + _PSEP + r"\d{3}" + _PSEP
                              + r"\d{4,5}"
                              r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?)(?![\d-])", re.IGNORECASE), 0.9),
-    Rule("PHONE", re.compile(r"\b(?:phone|tel|telephone|cell|mobile|fax|pager|pgr|call|contact)\s*(?:#|no\.?|number)?"
-                             r"\s*[:#]?\s*(?P<v>\d{3}[\s.-]?\d{4}|\d{3}[\s.-]?\d{3}[\s.-]?\d{4})(?!\d)",
+    Rule("PHONE", re.compile(r"\b(?:phone|ph|tel|telephone|cell|mobile|fax|pager|pgr|call|contact|home|work)\s*"
+                             r"(?:#|no\.?|number)?\s*[:#]?\s*(?P<v>\d{3}[\s.-]?\d{4}|\d{3}[\s./-]?\d{3}[\s.-]?\d{4})(?!\d)",
                              re.IGNORECASE), 0.9),
+    # An internal extension written with its exchange digit ("page at 5-4321", "call 4-8356"), after a phone word.
+    Rule("PHONE", re.compile(r"\b(?:call|calls|called|phone|ph|tel|page|paged|pager|pgr|pg|beeper|ext|extension|x)\.?"
+                             r"[ \t]*(?:at|#|:)?[ \t]*(?P<v>\d-\d{4})(?![\d/:-]|\.\d)", re.IGNORECASE), 0.85),
     # Pagers and extensions: 4-6 digits after a pager word ("Pager #54321", "PG 33445", "beeper number 55037").
     Rule("PHONE", re.compile(r"\b(?:pager|pgr|pg|beeper|beep|page|paged|ext|extension|x(?=\d))\.?[ \t]*"
                              r"(?:#|no\.?|number|num)?[ \t]*[:#]?[ \t]*#?[ \t]*(?P<v>\d{4,6})"
@@ -778,6 +781,12 @@ ADDRESS_RULES = [
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9,
          _street_words_ok),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
+    # A street line in any case after a word that says an address follows ("lives at 12 oak st apt 4b").
+    Rule("ADDRESS", re.compile(r"\b(?:lives|living|resides|residing|address|addr|home|moved|staying)\s*(?:alone\s+)?"
+                               r"(?:at|on|is|to)?\s*:?\s*(?P<v>\d{1,6}[a-z]?(?:-\d+)?[ \t]+(?:[nsew]\.?[ \t]+)?"
+                               r"(?:[a-z][a-z'.-]*[ \t]+){1,3}(?:" + _SUFFIXES + r")\b\.?"
+                               r"(?:,?[ \t]*(?:apt|apartment|suite|ste|unit|rm|room|fl|floor|#)\.?[ \t]*#?[ \t]*[\w-]+)?)",
+                               re.IGNORECASE), 0.9, _street_words_ok),
     Rule("ADDRESS", re.compile(r"\b(?P<v>[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},\s+(?:" + _STATES
                                + r")\s+\d{5}(?:-\d{4})?)(?!\d)"), 0.9),
     Rule("ZIP", re.compile(r"\b(?:zip|zip\s*code|postal\s+code)\s*:?\s*(?P<v>\d{5}(?:-\d{4})?)(?!\d)",
