@@ -525,6 +525,7 @@ def test_each_clinical_exception_is_not_a_date(text: str) -> None:
         ("nsg (d. renna and j. o'brien) verified", ["o'brien"]),  # an initial before a word on no list
         ("Reported to D. Phyl. Coags ok.", ["Phyl"]),
         ("Reported to J. Long at 3pm", ["Long"]),  # a capital initial before a name that is a word
+        ("seen by Kowalczyk, PT today; JANE KOWALSKI OT", ["Kowalczyk", "KOWALSKI"]),  # a name before a therapist's credential
         ("nephew-Therese called x2; DTR-JEAN IN", ["Therese", "JEAN"]),  # a relation glued on by a dash
         ("pt's daughter, ted ganes, is hcp; SISTER HOLLY CALLED", ["ted", "ganes", "HOLLY"]),  # first names shaped as verbs
         ("Rita from case management aware; SAL FROM SW CALLED", ["Rita", "SAL"]),  # a first name from a service
@@ -558,6 +559,9 @@ def test_names_by_census_lists_cues_and_case(text: str, names: list[str]) -> Non
         "MOVES BOTH LEGS EQUALLY MD AWARE; PATIENT WITH APHASIA, MD CALLED",  # an English word before a credential
         "If necessary, pt's dtr is hopeful",  # an English word before "pt's dtr"
         "GIVEN ALLEGRA PO FOR ITCHING; takes Oxycontin and Ativan; on cipro for uti",  # drugs
+        "I SPOKE WITH HOUSE STAFF REGARDING SITE",  # a role after a phrase
+        "SENT LATER TONIGHT. OVERALL, PT APPROX 1400 IN; FOCUS ON GETTING PT ON ORAL REGIMEN",  # PT is the patient
+        "Has been examined by Neuro several times",  # a clinical word after a phrase
         "pain from surgery; drainage from PT site",
         "fields on L. Vent settings; I & O. Check K+; New A.line placed; SKIN CARE RN",
     ],

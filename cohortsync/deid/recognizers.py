@@ -1019,6 +1019,8 @@ _BEFORE_AGE = re.compile(
     r"(?:years?|yrs?|yo\b|y/o|y\.o\.|months?|weeks?|days?)",
     re.IGNORECASE,
 )
+#: Credentials that are also common note words ("PT" is mostly the patient): a name before one must be no word.
+_AMBIGUOUS_CRED = frozenset({"PT", "OT", "MA", "OD", "DO", "PA", "RD", "SLP"})
 _CRED_AFTER = re.compile(r",?[ \t]*(?<![\w.])" + _CRED + r"(?![\w])")
 _CRED_AFTER_CI = re.compile(
     r",?[ \t]*(?<![\w.])(?:md|m\.d\.|rn|np|phd|pa-c|dds|aprn|fnp|rrt|crt|licsw|lcsw|msw|rncm)(?![\w])", re.IGNORECASE
@@ -1114,6 +1116,8 @@ def _name_prefix_end(text: str, start: int, end: int) -> int:
             break
         if not (_name_kind(m.group()) in ("strong", "maybe", "unknown") or len(m.group()) == 1):
             break
+        if lexicon.fold(m.group()) in _ROLE_WORDS and _name_kind(m.group()) != "strong":
+            break  # "SPOKE WITH HOUSE STAFF", "d/w CASE MANAGER": a role, not a name
         last = m.end()
     while last > start and text[last - 1] in " \t":
         last -= 1
@@ -1145,6 +1149,9 @@ class ContextNameRecognizer(LocalRecognizer):
                     # lower-case or ALL-CAPS text after a phrase ("d/w FAMILY REGARDING"): only name-like words;
                     # after a label with a colon ("RE: HUNTER, WILL") the field is the name
                     end = _name_prefix_end(text, m.end(), end)
+                words = _LEX_TOKEN.findall(text, m.end(), end)
+                if words and not _TITLE_CUE.search(m.group()) and all(_name_kind(w) == "stop" for w in words):
+                    continue  # "examined by Neuro": a clinical word after a phrase, not a name (after "Dr." it is)
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
@@ -1153,6 +1160,10 @@ class ContextNameRecognizer(LocalRecognizer):
                 words_before = text[start : m.start()].split()
                 if words_before and lexicon.fold(words_before[-1]) in _ROLE_WORDS:
                     continue  # "SKIN CARE RN", "charge RN": a role before the credential, not a name
+                if m.group().strip(" \t,.").upper() in _AMBIGUOUS_CRED and not any(
+                    _name_kind(w) in ("strong", "unknown") for w in _LEX_TOKEN.findall(text, start, m.start())
+                ):
+                    continue  # "OVERALL, PT APPROX", "FOCUS ON GETTING PT ON": PT is the patient there
                 if (
                     start < m.start()
                     and (
