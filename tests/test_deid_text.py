@@ -194,6 +194,11 @@ def test_lowercase_names_and_names_that_are_words(scrubber: TextScrubber) -> Non
         assert word not in out
 
 
+def test_eponyms_and_devices_the_model_calls_persons_are_kept(scrubber: TextScrubber) -> None:
+    text = "Pt is in hospice care, has a Hickman Cath rt fem. Await Swallow Study. Cheyne-Stokes breathing noted."
+    assert scrub1(scrubber, [text]) == [text]
+
+
 def test_drug_names_given_as_drugs_are_not_names_but_the_same_name_is(scrubber: TextScrubber) -> None:
     """A brand that is also a census first name (Allegra) stays where it is given as a drug, model or not;
     the same word after a relation is a person. A drug on no name list is never one (Oxycontin)."""

@@ -371,6 +371,9 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
         if entity == PERSON:
             s, e = _widen_name(text, s, e)
+            words_now = _LEX_TOKEN.findall(text, s, e)
+            if _EPONYM_NEXT.match(text, e) or (len(words_now) > 1 and _EPONYM_NEXT.match(" " + words_now[-1])):
+                continue  # "Hickman Cath", "Swallow Study", "Foley catheter": an eponym or a device, not a person
         out.append((s, e))
     return out
 
@@ -1297,7 +1300,8 @@ _REPORTS = re.compile(
 _EPONYM_NEXT = re.compile(
     r"(?:['’]s)?[ \t]+(?:criteria|catheter|cath|sign|syndrome|disease|score|scale|test|maneuver|manoeuvre|procedure|"
     r"classification|fracture|reflex|operation|repair|shunt|tube|valve|stocking|stockings|position|ulcer|filter|"
-    r"needle|drain|bag|mask|tree|formula|equation|rule|rules|protocol|method|type|stage|grade|phenomenon)\b",
+    r"needle|drain|bag|mask|tree|formula|equation|rule|rules|protocol|method|type|stage|grade|phenomenon|study|"
+    r"studies|transplant|precautions|hugger|pump|boots?|mattress|respirations?|breathing|tear|line|port)\b",
     re.IGNORECASE,
 )
 _DETERMINER = re.compile(r"\b(?:the|a|an|this|that|his|her|your|my|our|their|per|of|no|any)\s+$", re.IGNORECASE)
