@@ -735,6 +735,8 @@ class LocalRules:
                 return [text] * len(shifts), {}
             counts = dict(Counter(d.entity for d in found))
             roles = name_roles(text[d.start : d.end] for d in found if d.entity == R.PERSON)
+            if R.DATE not in counts:  # only a date moves with the row's shift: one output serves every row
+                return [self._replace(text, found, None, roles)] * len(shifts), counts
             return [self._replace(text, found, shift, roles) for shift in shifts], counts
         except Exception:  # the worker path reports it (fail closed there)
             return None
