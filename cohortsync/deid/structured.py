@@ -74,7 +74,7 @@ def prf64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:
     # Encrypted straight into a buffer numpy owns: no bytes copies of the column on either side.
     out = np.empty(blocks.nbytes + 15, dtype=np.uint8)  # update_into wants a block's slack
     enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    done = enc.update_into(memoryview(blocks).cast("B"), out)
+    done = enc.update_into(blocks.data.cast("B"), out.data)
     if done != blocks.nbytes or enc.finalize():
         raise DeidError("AES returned an unexpected length")  # ECB of whole blocks: never
     return out[:done].view("<u8").reshape(n, 2)[:, 0]
@@ -115,7 +115,7 @@ def pseudonymize(keys: Keys, domain: str, arr: pa.Array | pa.ChunkedArray) -> pa
         raise DeidError(f"cannot pseudonymize a column of type {a.type}")
     out = prf64(keys.pseudonym, domain, _numbers(a)) & MASK63
     out[out == 0] = 1  # 0 is not a positive id; one in 2**63
-    return _nulls_from(a, pa.array(out.astype("<i8"), type=pa.int64()))
+    return _nulls_from(a, pa.array(out.view("<i8"), type=pa.int64()))  # below 2**63: the same number
 
 
 def shift_days(keys: Keys, person_ids: pa.Array | pa.ChunkedArray, max_days: int = 182, min_days: int = 1) -> pa.Array:
@@ -125,8 +125,8 @@ def shift_days(keys: Keys, person_ids: pa.Array | pa.ChunkedArray, max_days: int
         raise DeidError(f"cannot derive date shifts from a column of type {a.type}")
     r = prf64(keys.shift, "person", _numbers(a))
     span = np.uint64(max_days - min_days + 1)
-    magnitude = (r >> np.uint64(1)) % span + np.uint64(min_days)
-    signed = np.where((r & np.uint64(1)) == 1, magnitude.astype("<i8"), -magnitude.astype("<i8")).astype("<i4")
+    signed = ((r >> np.uint64(1)) % span + np.uint64(min_days)).astype("<i4")  # at most max_days: fits
+    np.negative(signed, out=signed, where=(r & np.uint64(1)) == 0)  # the low bit is the sign
     return _nulls_from(a, pa.array(signed, type=pa.int32()))
 
 
