@@ -105,7 +105,9 @@ def test_pseudonyms_and_shifts_match_the_one_value_definition(values: list[int |
 
 @given(
     st.lists(
-        st.tuples(st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2100, 1, 1))), st.one_of(st.none(), st.integers(-400, 400))),
+        st.tuples(
+            st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2100, 1, 1))), st.one_of(st.none(), st.integers(-400, 400))
+        ),
         max_size=40,
     ),
     st.integers(0, 3),
@@ -126,7 +128,8 @@ def test_date_shifts_with_nulls_on_either_side_and_offsets(rows: list[tuple[date
 def test_order_only_matches_the_one_value_definition(keys: list[int | None], cut: int) -> None:
     t0 = datetime(2026, 10, 4, 2)
     stamps = [t0 + timedelta(days=7 * i, microseconds=i) for i in range(len(keys))]
-    out = structured.order_only(KEYS, "condition_occurrence", _sliced(keys, cut, pa.int64()), pa.array(stamps, pa.timestamp("us")))
+    loads = pa.array(stamps, pa.timestamp("us"))
+    out = structured.order_only(KEYS, "condition_occurrence", _sliced(keys, cut, pa.int64()), loads)
     for k, t, o in zip(keys, stamps, out.to_pylist(), strict=True):
         if k is None:
             assert o is None
