@@ -103,8 +103,9 @@ def _nulls_from(source: pa.Array, out: pa.Array) -> pa.Array:
     """
     if not source.null_count:
         return out
-    if source.offset == 0 and out.offset == 0 and out.null_count == 0 and len(out.buffers()) == 2:
-        return pa.Array.from_buffers(out.type, len(out), [source.buffers()[0], out.buffers()[1]], source.null_count)
+    validity = source.buffers()[0]
+    if validity is not None and source.offset == 0 and out.offset == 0 and out.null_count == 0 and len(out.buffers()) == 2:
+        return pa.Array.from_buffers(out.type, len(out), [validity, out.buffers()[1]], source.null_count)
     return pc.if_else(pc.is_valid(source), out, pa.scalar(None, out.type))
 
 
