@@ -69,6 +69,76 @@ def test_date_shift_preserves_intervals_within_a_person(person: int, dates: list
     assert all(s - d == offset for s, d in zip(shifted_ts, stamps, strict=True))
 
 
+def _prf_one(key: bytes, domain: str, v: int) -> int:
+    """The keyed function for one value, written out with the AES primitive (the spec the vectorised code must meet)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    tag = hashlib.sha256(domain.encode()).digest()[:8]
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    block = enc.update(tag + (v % 2**64).to_bytes(8, "little")) + enc.finalize()
+    return int.from_bytes(block[:8], "little")
+
+
+def _sliced(values: list[int | None], cut: int, typ: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array, behind ``cut`` leading values sliced off (a non-zero offset)."""
+    return pa.array([0] * cut + values, typ).slice(cut)
+
+
+@given(ids, st.integers(0, 3))
+def test_pseudonyms_and_shifts_match_the_one_value_definition(values: list[int | None], cut: int) -> None:
+    """Whole-column results (nulls, sliced arrays, in-place reads) equal the keyed function value by value."""
+    arr = _sliced(values, cut, pa.int64())
+    pseudo = structured.pseudonymize(KEYS, "visit_occurrence", arr).to_pylist()
+    days = structured.shift_days(KEYS, arr, 182, 1).to_pylist()
+    for v, p, d in zip(values, pseudo, days, strict=True):
+        if v is None:
+            assert p is None and d is None
+            continue
+        expect = _prf_one(KEYS.pseudonym, "visit_occurrence", v) & (2**63 - 1)
+        assert p == (expect or 1)
+        r = _prf_one(KEYS.shift, "person", v)
+        magnitude = (r >> 1) % 182 + 1
+        assert d == (magnitude if r & 1 else -magnitude)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2100, 1, 1))), st.one_of(st.none(), st.integers(-400, 400))
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 3),
+)
+def test_date_shifts_with_nulls_on_either_side_and_offsets(rows: list[tuple[date | None, int | None]], cut: int) -> None:
+    """A date moves by its row's days; a null date or a null offset gives a null (never the real date)."""
+    dates = [d for d, _ in rows]
+    days = _sliced([n for _, n in rows], cut, pa.int32())
+    stamps = [None if d is None else datetime.combine(d, datetime.min.time()) + timedelta(hours=5) for d in dates]
+    for arr, originals in ((_sliced(dates, cut, pa.date32()), dates), (_sliced(stamps, cut, pa.timestamp("ms")), stamps)):  # type: ignore[arg-type]
+        out = structured.shift_dates(arr, days)
+        assert out.type == arr.type
+        for o, d, (_, n) in zip(out.to_pylist(), originals, rows, strict=True):
+            assert o == (None if d is None or n is None else d + timedelta(days=n))
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(1, 2**62)), max_size=30), st.integers(0, 2))
+def test_order_only_matches_the_one_value_definition(keys: list[int | None], cut: int) -> None:
+    t0 = datetime(2026, 10, 4, 2)
+    stamps = [t0 + timedelta(days=7 * i, microseconds=i) for i in range(len(keys))]
+    loads = pa.array(stamps, pa.timestamp("us"))
+    out = structured.order_only(KEYS, "condition_occurrence", _sliced(keys, cut, pa.int64()), loads)
+    for k, t, o in zip(keys, stamps, out.to_pylist(), strict=True):
+        if k is None:
+            assert o is None
+            continue
+        r = _prf_one(KEYS.order, "condition_occurrence", k)
+        us = (t - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+        assert o == ((r >> 55) + 1) * us + (r & (2**60 - 1))
+
+
 def test_year_of_birth_is_top_coded() -> None:
     out = structured.top_code_year_of_birth(pa.array([1920, 1935, 1936, 2000, None], pa.int32()), 2026)
     assert out.to_pylist() == [1936, 1936, 1936, 2000, None]

@@ -96,6 +96,30 @@ def test_a_name_anywhere_in_a_code_or_mixed_value_reaches_ner(
     assert gate(value), value
 
 
+def test_each_row_of_a_repeated_value_lands_as_a_worker_writes_it(workers_only: TextScrubber) -> None:
+    """One call, each value on rows with different offsets (and none): a value with a date moves per
+    row, one without is replaced once for all its rows, and every row equals the worker's output."""
+    values = [v for v in RULE_VALUES if not gate(v) and not could_be_card(v)]
+    shifts = [7, None, -30, 7, 200]
+    texts = [v for v in values for _ in shifts]
+    offsets = pa.array(shifts * len(values), pa.int32())
+    with TextScrubber(TextSettings(workers=1), KEY, lazy=True) as local:
+        mine, stats = local.scrub(pa.array(texts, pa.string()), offsets)
+        assert stats.sent == 0 and not local.started
+    theirs, _ = workers_only.scrub(pa.array(texts, pa.string()), offsets)
+    assert mine.to_pylist() == theirs.to_pylist()
+    moved = {t: set(mine.to_pylist()[i * len(shifts) : (i + 1) * len(shifts)]) for i, t in enumerate(values)}
+    assert len(moved["E11.9 03/04/2021"]) == 4 and len(moved["MRN 1234567"]) == 1  # 7 twice: four outputs
+
+
+def test_row_offsets_are_read_only_when_used() -> None:
+    from cohortsync.deid.text import _Offsets
+
+    offsets: list[int | None] = [5, -3]
+    view = _Offsets([0 * 3 + 1, 4 * 3 + 0, 4 * 3 + 2], offsets)  # keys: value * (offsets + 1) + offset index
+    assert len(view) == 3 and list(view) == [-3, 5, None] and view[1:] == (5, None) and tuple(view) == (-3, 5, None)
+
+
 @given(
     parts=st.lists(
         st.one_of(

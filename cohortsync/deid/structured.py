@@ -64,16 +64,20 @@ def _domain_tag(domain: str) -> np.uint64:
 
 
 def prf64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:
-    """AES-256 of (domain, value) blocks for a whole int64 column; returns uint64s."""
+    """AES-256 of (domain, value) blocks for a whole int64 column; returns uint64s (maybe a strided view)."""
     n = len(values)
     if n == 0:
         return np.empty(0, dtype="<u8")
     blocks = np.empty((n, 2), dtype="<u8")
     blocks[:, 0] = _domain_tag(domain)
-    blocks[:, 1] = np.ascontiguousarray(values, dtype="<i8").view("<u8")
+    blocks[:, 1] = np.asarray(values, dtype="<i8").view("<u8")
+    # Encrypted straight into a buffer numpy owns: no bytes copies of the column on either side.
+    out = np.empty(blocks.nbytes + 15, dtype=np.uint8)  # update_into wants a block's slack
     enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    out = enc.update(blocks.tobytes()) + enc.finalize()
-    return np.frombuffer(out, dtype="<u8").reshape(n, 2)[:, 0].copy()
+    done = enc.update_into(blocks.data.cast("B"), out.data)
+    if done != blocks.nbytes or enc.finalize():
+        raise DeidError("AES returned an unexpected length")  # ECB of whole blocks: never
+    return out[:done].view("<u8").reshape(n, 2)[:, 0]
 
 
 def _array(a: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -81,15 +85,27 @@ def _array(a: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _numbers(a: pa.Array) -> np.ndarray:
-    """A column's values as int64 numpy, nulls as 0 (a null-free numeric array converts without a copy)."""
-    out: np.ndarray = a.cast(pa.int64()).fill_null(0).to_numpy()
+    """A column's values as int64 numpy, nulls as 0. A null-free int64 column (most ids and every
+    timestamp, viewed as int64) is read in place: no cast, no fill, no copy."""
+    if a.type != pa.int64():
+        a = a.view(pa.int64()) if pa.types.is_timestamp(a.type) else a.cast(pa.int64())
+    if a.null_count:
+        a = a.fill_null(0)
+    out: np.ndarray = a.to_numpy(zero_copy_only=False)
     return out
 
 
 def _nulls_from(source: pa.Array, out: pa.Array) -> pa.Array:
-    """Give ``out`` the nulls of ``source`` (same length), in Arrow, without a Python pass."""
+    """Give ``out`` the nulls of ``source`` (same length), in Arrow, without a Python pass.
+
+    Where both start at offset 0 (arrays built from numpy, columns of a fresh batch) ``out`` takes
+    ``source``'s validity bitmap as it is; otherwise a kernel builds one.
+    """
     if not source.null_count:
         return out
+    validity = source.buffers()[0]
+    if validity is not None and source.offset == 0 and out.offset == 0 and out.null_count == 0 and len(out.buffers()) == 2:
+        return pa.Array.from_buffers(out.type, len(out), [validity, out.buffers()[1]], source.null_count)
     return pc.if_else(pc.is_valid(source), out, pa.scalar(None, out.type))
 
 
@@ -100,7 +116,7 @@ def pseudonymize(keys: Keys, domain: str, arr: pa.Array | pa.ChunkedArray) -> pa
         raise DeidError(f"cannot pseudonymize a column of type {a.type}")
     out = prf64(keys.pseudonym, domain, _numbers(a)) & MASK63
     out[out == 0] = 1  # 0 is not a positive id; one in 2**63
-    return _nulls_from(a, pa.array(out.astype("<i8"), type=pa.int64()))
+    return _nulls_from(a, pa.array(out.view("<i8"), type=pa.int64()))  # below 2**63: the same number
 
 
 def shift_days(keys: Keys, person_ids: pa.Array | pa.ChunkedArray, max_days: int = 182, min_days: int = 1) -> pa.Array:
@@ -110,8 +126,8 @@ def shift_days(keys: Keys, person_ids: pa.Array | pa.ChunkedArray, max_days: int
         raise DeidError(f"cannot derive date shifts from a column of type {a.type}")
     r = prf64(keys.shift, "person", _numbers(a))
     span = np.uint64(max_days - min_days + 1)
-    magnitude = (r >> np.uint64(1)) % span + np.uint64(min_days)
-    signed = np.where((r & np.uint64(1)) == 1, magnitude.astype("<i8"), -magnitude.astype("<i8")).astype("<i4")
+    signed = ((r >> np.uint64(1)) % span + np.uint64(min_days)).astype("<i4")  # at most max_days: fits
+    np.negative(signed, out=signed, where=(r & np.uint64(1)) == 0)  # the low bit is the sign
     return _nulls_from(a, pa.array(signed, type=pa.int32()))
 
 
@@ -123,12 +139,12 @@ def shift_dates(arr: pa.Array | pa.ChunkedArray, days: pa.Array) -> pa.Array:
     a = _array(arr)
     d = _numbers(days)
     if pa.types.is_date32(a.type):
-        moved = pa.array((a.cast(pa.int32()).cast(pa.int64()).fill_null(0).to_numpy() + d).astype("<i4"), type=pa.int32())
-        return _nulls_from(days, _nulls_from(a, moved.cast(a.type)))
+        moved = pa.array((_numbers(a.view(pa.int32())) + d).astype("<i4"), type=pa.int32())
+        return _nulls_from(days, _nulls_from(a, moved.view(a.type)))
     if pa.types.is_timestamp(a.type):
         per_day = {"s": 86_400, "ms": 86_400_000, "us": US_PER_DAY, "ns": US_PER_DAY * 1000}[a.type.unit]
         moved = pa.array(_numbers(a) + d * per_day, type=pa.int64())
-        return _nulls_from(days, _nulls_from(a, moved.cast(a.type)))
+        return _nulls_from(days, _nulls_from(a, moved.view(a.type)))
     if pa.types.is_date64(a.type):
         return shift_dates(a.cast(pa.timestamp("ms")), days).cast(a.type)
     raise DeidError(f"cannot shift a column of type {a.type}")

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -735,6 +736,8 @@ class LocalRules:
                 return [text] * len(shifts), {}
             counts = dict(Counter(d.entity for d in found))
             roles = name_roles(text[d.start : d.end] for d in found if d.entity == R.PERSON)
+            if R.DATE not in counts:  # only a date moves with the row's shift: one output serves every row
+                return [self._replace(text, found, None, roles)] * len(shifts), counts
             return [self._replace(text, found, shift, roles) for shift in shifts], counts
         except Exception:  # the worker path reports it (fail closed there)
             return None
@@ -895,6 +898,33 @@ class Verdict(NamedTuple):
 
 #: Longest scrubbed output kept in the verdict cache (codes and short source values, not notes).
 CACHED_OUTPUT_CHARS = 256
+
+
+class _Offsets(Sequence[int | None]):
+    """One value's row offsets, from its (value, offset) pair keys, read only when used: most values
+    hold no date, so their output does not depend on the offset and the offsets are never read."""
+
+    __slots__ = ("_keys", "_offsets")
+
+    def __init__(self, keys: list[int], offsets: list[int | None]) -> None:
+        self._keys = keys
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _at(self, key: int) -> int | None:
+        j = key % (len(self._offsets) + 1)
+        return self._offsets[j] if j < len(self._offsets) else None  # the last slot: a null offset
+
+    @overload
+    def __getitem__(self, i: int) -> int | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[int | None, ...]: ...
+    def __getitem__(self, i: int | slice) -> int | tuple[int | None, ...] | None:
+        if isinstance(i, slice):
+            return tuple(self._at(k) for k in self._keys[i])
+        return self._at(self._keys[i])
 
 
 class TextScrubber:
@@ -1103,7 +1133,7 @@ class TextScrubber:
 
     # -- the verdict cache ----------------------------------------------------------------------------
     def _digest(self, text: str) -> bytes:
-        return hmac.new(self._cache_key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()[:16]
+        return hmac.digest(self._cache_key, text.encode("utf-8", "surrogatepass"), "sha256")[:16]  # one-shot C path
 
     def _verdict(self, digest: bytes) -> Verdict | None:
         with self._lock:
@@ -1152,11 +1182,10 @@ class TextScrubber:
         encoded = pc.dictionary_encode(texts)
         dictionary: list[str] = encoded.dictionary.to_pylist()
         indices = encoded.indices
-        rows_per = [0] * len(dictionary)
-        vc = pc.value_counts(indices)
-        for idx, n in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True):
-            if idx is not None:
-                rows_per[idx] = n
+        # Rows per distinct value (nulls have no index): a count over the int32 indices, not a hash.
+        rows_per: list[int] = np.bincount(
+            indices.drop_null().to_numpy(zero_copy_only=False), minlength=len(dictionary)
+        ).tolist()
         empty = distinct = 0
         todo: list[int] = []
         digests: dict[int, bytes] = {}
@@ -1199,10 +1228,7 @@ class TextScrubber:
             for key in pair_keys:
                 keys_of.setdefault(key // width, []).append(key)
             order = list(keys_of)
-            items = [
-                (dictionary[i], tuple(offsets[k % width] if k % width < len(offsets) else None for k in keys_of[i]))
-                for i in order
-            ]
+            items: list[tuple[str, Sequence[int | None]]] = [(dictionary[i], _Offsets(keys_of[i], offsets)) for i in order]
             local = self._local_rules()
             results: list[tuple[list[str], dict[str, int]] | None] = [
                 local.scrub(t, shift_keys) if local is not None else None for t, shift_keys in items
@@ -1210,7 +1236,7 @@ class TextScrubber:
             remote = [k for k, r in enumerate(results) if r is None]
             sent = len(remote)
             if remote:
-                out_items = [items[k] for k in remote]
+                out_items = [(items[k][0], tuple(items[k][1])) for k in remote]
                 small = len(out_items) <= 2 * self.settings.batch_size and sum(len(t) for t, _ in out_items) <= 65_536
                 batches = self._batches(out_items, lambda it: len(it[0]))
                 done = [r for b in self._map(_scrub_batch, batches, 1 if small else self.settings.workers) for r in b]
