@@ -552,15 +552,17 @@ def _propagate_names(text: str, spans: Sequence[tuple[int, int, str]], R: Any) -
 def _resolve(
     text: str, spans: Iterable[tuple[int, int, str]], priority: Mapping[str, int], weak: set[int]
 ) -> list[Detection]:
-    """Non-overlapping spans. Rule-based spans go first (longest, then by type priority); the NER model's
+    """Non-overlapping spans. Rule-based spans go first (longest, then by type priority, then earliest); the NER model's
     spans (indices in ``weak``) fill in around them. A span that loses an overlap keeps its uncovered
     pieces (without edge spaces and commas), so no detected character
     is left in the output.
     """
     items = list(spans)
+    # Ties go to the earlier span, then by type name: the outcome must not depend on the order the spans
+    # came in (Presidio's analyzer in a worker returns them score-first, the in-process rule pass does not).
     order = sorted(
         range(len(items)),
-        key=lambda k: (k not in weak, items[k][1] - items[k][0], priority.get(items[k][2], 0)),
+        key=lambda k: (k not in weak, items[k][1] - items[k][0], priority.get(items[k][2], 0), -items[k][0], items[k][2]),
         reverse=True,
     )
     covered: list[tuple[int, int]] = []
