@@ -625,6 +625,8 @@ def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:
         ("WAS AT TULARE GENERAL X 3 DAYS", "TULARE"),
         ("f/u with cardiology at novant", "novant"),  # a hospital's one-word name on no word list, any case
         ("TRANSFERRED FROM FISHER FOR CATH", "FISHER"),  # ... or a word, after a cue only a place follows
+        ("HUSBAND CEO OF IBM.  SMOKER", "IBM"),  # an employer after a word that names one
+        ("WORKS AT BETHLEHEM STEEL AS WELDER", "BETHLEHEM STEEL"),
     ],
 )
 def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
@@ -636,7 +638,8 @@ def test_generic_care_places_are_not_facilities() -> None:
     for text in ("transfer to cardiac rehab", "went to the general hospital", "go home today", "cath lab at 3",
                  "the holy cross on the wall", "a high point of the day", "PT HAS CHF AND COPD, SEE PMH",
                  "Sacred heart image", "GOING TO HARBOR", "FAMILY IN EARLY DURING SHIFT", "BC X 1 SENT FROM NEW TLC",
-                 "transferred to floor", "moved to the unit"):  # fmt: skip
+                 "transferred to floor", "moved to the unit", "WORKS FOR THE CITY", "pt works for himself",
+                 "manager of ICU aware"):  # fmt: skip
         assert not _found(text, "FACILITY") + _found(text, "LOCATION"), text
 
 

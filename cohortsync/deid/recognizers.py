@@ -754,6 +754,12 @@ def _street_words_ok(m: re.Match[str]) -> bool:
     )
 
 
+def _check_employer(m: re.Match[str]) -> bool:
+    """An employer's name holds a capitalised word that is on no word list ("IBM", "Raytheon"), not "THE CITY"."""
+    words = [w for w in _LEX_TOKEN.findall(m.group("v")) if w[0].isupper()]
+    return any(not _vocab(w) and lexicon.fold(w) not in _US_STATES for w in words)
+
+
 #: "6 BEAT RUN", "15 SEC RUN", "3 EPISODES ST": counts of a rhythm, not a street with a suffix.
 _RHYTHM_WORDS = frozenset("beat beats sec secs second seconds min mins episode episodes epsiodes run runs".split())  # noqa: SIM905
 
@@ -792,6 +798,11 @@ ADDRESS_RULES = [
                                re.IGNORECASE), 0.9, _street_words_ok),
     Rule("ADDRESS", re.compile(r"\b(?P<v>[A-Z][a-zA-Z.'-]+(?:\s+[A-Z][a-zA-Z.'-]+){0,2},\s+(?:" + _STATES
                                + r")\s+\d{5}(?:-\d{4})?)(?!\d)"), 0.9),
+    # An employer after a word that names one ("CEO OF IBM", "works at Acme Tool"): where a person is found.
+    Rule("LOCATION", re.compile(r"\b(?:works?|working|worked|employed|employee|retired|ceo|owner|president|manager|"
+                                r"job)\s+(?:at|for|of|by|from|with)\s+(?:the\s+)?(?P<v>(?-i:[A-Z][A-Za-z&'-]*"
+                                r"(?:[ \t](?!(?i:as|and|in|at|on|for|of|to|with|but|or|since|until|x|is|was|who|pt|s/p)\b)"
+                                r"[A-Z][A-Za-z&'-]*){0,2}))(?![\w&])", re.IGNORECASE), 0.8, _check_employer),
     Rule("ZIP", re.compile(r"\b(?:zip|zip\s*code|postal\s+code)\s*:?\s*(?P<v>\d{5}(?:-\d{4})?)(?!\d)",
                            re.IGNORECASE), 0.9),
     Rule("ZIP", re.compile(r"\b(?:" + _STATES + r")\s+(?P<v>\d{5}(?:-\d{4})?)(?!\d)"), 0.8),
