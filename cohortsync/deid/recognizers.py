@@ -1164,8 +1164,13 @@ class ContextNameRecognizer(LocalRecognizer):
                     # after a label with a colon ("RE: HUNTER, WILL") the field is the name
                     end = _name_prefix_end(text, m.end(), end)
                 words = _LEX_TOKEN.findall(text, m.end(), end)
-                if words and not _TITLE_CUE.search(m.group()) and all(_name_kind(w) == "stop" for w in words):
-                    continue  # "examined by Neuro": a clinical word after a phrase, not a name (after "Dr." it is)
+                if (
+                    rx is _NAME_PREFIX
+                    and words
+                    and not _TITLE_CUE.search(m.group())
+                    and all(lexicon.fold(w) in lexicon.CLINICAL or lexicon.fold(w) in ALLOW_LIST for w in words)
+                ):
+                    continue  # "examined by Neuro": a clinical word after a phrase; not after "Dr." or "brother"
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
