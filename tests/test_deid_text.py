@@ -98,10 +98,12 @@ def test_recall_and_precision_on_the_evaluation_set(scrubber: TextScrubber, eval
     rep = evaluate(scrubber, evalset.notes)
     assert rep.notes >= 300
     assert rep.failures == 0
-    assert rep.overall.recall >= 0.97, rep.format()
-    for cat in ("NAME", "DATE", "IDENTIFIER"):
-        assert rep.by_category[cat].recall >= 0.95, rep.format()
-    assert rep.overall.precision >= 0.85, rep.format()
+    # Close to today's figures (1.000 / 0.994, NAME 0.995): a rule that loses what worked fails here.
+    assert rep.overall.recall >= 0.998, rep.format()
+    assert rep.by_category["NAME"].recall >= 0.99, rep.format()
+    for cat in ("DATE", "IDENTIFIER"):
+        assert rep.by_category[cat].recall >= 0.999, rep.format()
+    assert rep.overall.precision >= 0.99, rep.format()
     assert rep.keep_damaged == 0, rep.format()
 
 
