@@ -104,8 +104,8 @@ def test_recall_and_precision_on_the_evaluation_set(scrubber: TextScrubber, eval
     for cat in ("DATE", "IDENTIFIER"):
         assert rep.by_category[cat].recall >= 0.999, rep.format()
     assert rep.overall.precision >= 0.99, rep.format()
-    # Every kind but names only in prose (other_name, 0.951) holds 0.99 or more.
-    assert all(sc.recall >= 0.99 for kind, sc in rep.by_kind.items() if kind != "other_name"), rep.format()
+    # Every kind but names only in prose (other_name, 0.980) holds 0.998 or more (a lost "brother Will" is 0.991).
+    assert all(sc.recall >= 0.998 for kind, sc in rep.by_kind.items() if kind != "other_name"), rep.format()
     assert rep.keep_damaged == 0, rep.format()
 
 
