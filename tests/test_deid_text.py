@@ -209,6 +209,9 @@ def test_drug_names_given_as_drugs_are_not_names_but_the_same_name_is(scrubber: 
     drug, person = scrub1(scrubber, ["SKIN ITCHY. GIVEN ALLEGRA PO WITH GOOD EFFECT.", "daughter Allegra called twice"])
     assert drug == "SKIN ITCHY. GIVEN ALLEGRA PO WITH GOOD EFFECT."
     assert person is not None and "Allegra" not in person
+    for text in ("spoke with Camila and Kendrick at length", "sister on phone: Dona aware"):  # names that are brands
+        [named] = scrub1(scrubber, [text])
+        assert named is not None and not {"Camila", "Kendrick", "Dona"} & set(re.findall(r"\w+", named)), named
     [out] = scrub1(scrubber, ["She takes Oxycontin and Ativan regularly at home."])
     assert out == "She takes Oxycontin and Ativan regularly at home."
 

@@ -1506,7 +1506,7 @@ _DOSE_AFTER = re.compile(
 )
 _DOSE_BEFORE = re.compile(
     r"\b(?:given|gave|give|takes|taking|took|started|start|restarted|resumed|received|rec'?d|dose[ \t]+of|"
-    r"on|off|prn|po|iv|with|w/|and|increased|decreased|cont(?:inue|inued|inuing)?|held|hold|d/c'?d?)[ \t]+$",
+    r"prn|po|iv|increased|decreased|cont(?:inue|inued|inuing)?|held|hold|d/c'?d?)[ \t]+$",  # not "with", "and", "on"
     re.IGNORECASE,
 )
 
