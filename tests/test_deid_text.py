@@ -539,6 +539,7 @@ def test_each_clinical_exception_is_not_a_date(text: str) -> None:
         ("Reported to J. Long at 3pm", ["Long"]),  # a capital initial before a name that is a word
         ("seen by Kowalczyk, PT today; JANE KOWALSKI OT", ["Kowalczyk", "KOWALSKI"]),  # before a therapist's credential
         ("Accompanied by brother Will. Transport home arranged", ["Will"]),  # a stop word after a relation
+        ("CALLED GREEN (DAUGHTER) AT HOME", ["GREEN"]),  # a surname that is a word before "(daughter)"
         ("nephew-Therese called x2; DTR-JEAN IN", ["Therese", "JEAN"]),  # a relation glued on by a dash
         ("pt's daughter, ted ganes, is hcp; SISTER HOLLY CALLED", ["ted", "ganes", "HOLLY"]),  # first names shaped as verbs
         ("Rita from case management aware; SAL FROM SW CALLED", ["Rita", "SAL"]),  # a first name from a service

@@ -1272,6 +1272,17 @@ _NOT_AFTER_RELATION = re.compile(
     r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate|"
     r"near|nearby|into|onto|about|over|under|out|up|down|back|all"
 )
+def _relation_after(text: str, m: re.Match[str], kind: str) -> bool:
+    """A relation written after the word: ``GREEN (DAUGHTER)`` makes any census name a name; the looser
+    ``bill, pt's son`` only a first name or a word on no list (not "If necessary, pt's dtr")."""
+    after = _RELATION_AFTER.match(text, m.end())
+    if after is None:
+        return False
+    if after.group().lstrip(" \t").startswith("("):
+        return True
+    return kind == "unknown" or lexicon.fold(m.group()) in lexicon.FIRST
+
+
 #: The verb shape alone (``-ed``, ``-ing``, ``-ly``), which census first names share ("TED", "holly", "Beverly").
 _VERB_SHAPE = re.compile(r"\w+(?:ed|ing|ly)")
 
@@ -1633,9 +1644,7 @@ class LexiconRecognizer(LocalRecognizer):
                 )  # "husband went home", "daughter brought": a verb, not a name
                 is_name[i] = bool(
                     relation
-                    or (  # "bill, pt's son"; not "If necessary, pt's dtr"
-                        (kinds[i] == "unknown" or lexicon.fold(word) in lexicon.FIRST) and _RELATION_AFTER.match(text, m.end())
-                    )
+                    or _relation_after(text, m, kinds[i])
                     or weak
                     or reports
                     or initial
