@@ -540,6 +540,7 @@ def test_each_clinical_exception_is_not_a_date(text: str) -> None:
         ("seen by Kowalczyk, PT today; JANE KOWALSKI OT", ["Kowalczyk", "KOWALSKI"]),  # before a therapist's credential
         ("Accompanied by brother Will. Transport home arranged", ["Will"]),  # a stop word after a relation
         ("CALLED GREEN (DAUGHTER) AT HOME", ["GREEN"]),  # a surname that is a word before "(daughter)"
+        ("SPOKE WITH DORIS DAY RE: PLAN", ["DORIS", "DAY"]),  # a role word after a first name is a surname
         ("nephew-Therese called x2; DTR-JEAN IN", ["Therese", "JEAN"]),  # a relation glued on by a dash
         ("pt's daughter, ted ganes, is hcp; SISTER HOLLY CALLED", ["ted", "ganes", "HOLLY"]),  # first names shaped as verbs
         ("Rita from case management aware; SAL FROM SW CALLED", ["Rita", "SAL"]),  # a first name from a service
@@ -737,3 +738,10 @@ def test_names_by_reporting_verb_and_between_name_and_credential() -> None:
     assert "LUCY" in _found("CASE MANAGEMENT ON MONDAY (LUCY IS ON VACATION) AND", R.PERSON)
     assert "Foley" in _found("same settings.\nBernard Foley CRT\n", R.PERSON)
     assert not _found("Foley catheter draining well, RN aware", R.PERSON)
+
+
+def test_a_role_word_ends_a_name_after_a_phrase_only_where_the_name_would_start() -> None:
+    text = "SPOKE WITH HOUSE STAFF; SPOKE WITH DORIS DAY RE: PLAN"
+    first, second = (m.end() for m in re.finditer(r"SPOKE WITH ", text))
+    assert R._name_prefix_end(text, first, first + len("HOUSE STAFF")) == first
+    assert text[second : R._name_prefix_end(text, second, second + len("DORIS DAY"))] == "DORIS DAY"

@@ -1130,8 +1130,8 @@ def _name_prefix_end(text: str, start: int, end: int) -> int:
             break
         if not (_name_kind(m.group()) in ("strong", "maybe", "unknown") or len(m.group()) == 1):
             break
-        if lexicon.fold(m.group()) in _ROLE_WORDS and _name_kind(m.group()) != "strong":
-            break  # "SPOKE WITH HOUSE STAFF", "d/w CASE MANAGER": a role, not a name
+        if last == start and lexicon.fold(m.group()) in _ROLE_WORDS and _name_kind(m.group()) != "strong":
+            break  # "SPOKE WITH HOUSE STAFF", "d/w CASE MANAGER": a role, not a name (but "d/w DORIS DAY" is one)
         last = m.end()
     while last > start and text[last - 1] in " \t":
         last -= 1
