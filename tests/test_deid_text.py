@@ -541,6 +541,7 @@ def test_each_clinical_exception_is_not_a_date(text: str) -> None:
         ("Accompanied by brother Will. Transport home arranged", ["Will"]),  # a stop word after a relation
         ("CALLED GREEN (DAUGHTER) AT HOME", ["GREEN"]),  # a surname that is a word before "(daughter)"
         ("SPOKE WITH DORIS DAY RE: PLAN", ["DORIS", "DAY"]),  # a role word after a first name is a surname
+        ("Baker, PT to follow up today", ["Baker"]),  # a capitalised surname that is a word before an ambiguous credential
         ("nephew-Therese called x2; DTR-JEAN IN", ["Therese", "JEAN"]),  # a relation glued on by a dash
         ("pt's daughter, ted ganes, is hcp; SISTER HOLLY CALLED", ["ted", "ganes", "HOLLY"]),  # first names shaped as verbs
         ("Rita from case management aware; SAL FROM SW CALLED", ["Rita", "SAL"]),  # a first name from a service

@@ -1180,9 +1180,10 @@ class ContextNameRecognizer(LocalRecognizer):
                 if words_before and lexicon.fold(words_before[-1]) in _ROLE_WORDS:
                     continue  # "SKIN CARE RN", "charge RN": a role before the credential, not a name
                 if m.group().strip(" \t,.").upper() in _AMBIGUOUS_CRED and not any(
-                    _name_kind(w) in ("strong", "unknown") for w in _LEX_TOKEN.findall(text, start, m.start())
+                    _name_kind(w) in ("strong", "unknown") or (_name_kind(w) == "maybe" and _style(w) == "T")
+                    for w in _LEX_TOKEN.findall(text, start, m.start())
                 ):
-                    continue  # "OVERALL, PT APPROX", "FOCUS ON GETTING PT ON": PT is the patient there
+                    continue  # "OVERALL, PT APPROX", "FOCUS ON GETTING PT ON": PT is the patient there ("Baker, PT" is one)
                 if (
                     start < m.start()
                     and (
