@@ -361,11 +361,7 @@ def clean_ner_spans(text: str, start: int, end: int, entity: str) -> list[tuple[
             continue  # one word opening a line or field ("Lungsounds:", "Alert"): a label, not a name
         if piece.isupper() and "strong" not in kinds:
             continue  # an ALL-CAPS line read in title case: the model calls "YELLOW URINE" a person
-        if (
-            len(piece_words) == 1
-            and lexicon.fold(piece) in lexicon.DRUGS
-            and (_DOSE_AFTER.match(text, e) or _DOSE_BEFORE.search(text[max(0, s - 20) : s]))
-        ):
+        if len(piece_words) == 1 and _given_as_drug(text, s, e):
             continue  # a drug's name that is also a census name, given as a drug ("GIVEN ALLEGRA PO")
         if entity == PERSON and not any(k in ("strong", "unknown") for k in kinds) and kinds.count("maybe") < 2 and opens:
             continue  # one census name that is also a word opening a line or field ("Alert", "Swan"): not enough
@@ -1523,11 +1519,11 @@ _DOSE_BEFORE = re.compile(
 )
 
 
-def _given_as_drug(text: str, m: re.Match[str]) -> bool:
-    """A census name that is also a drug's name, used as one: with a dose or route after it, or after a giving word."""
-    if lexicon.fold(m.group()) not in lexicon.DRUGS:
+def _given_as_drug(text: str, start: int, end: int) -> bool:
+    """``text[start:end]`` is a drug's name used as one: a dose or route after it, or a giving word before."""
+    if lexicon.fold(text[start:end]) not in lexicon.DRUGS:
         return False
-    return bool(_DOSE_AFTER.match(text, m.end()) or _DOSE_BEFORE.search(text[max(0, m.start() - 20) : m.start()]))
+    return bool(_DOSE_AFTER.match(text, end) or _DOSE_BEFORE.search(text[max(0, start - 20) : start]))
 
 
 def is_not_name(word: str) -> bool:
@@ -1591,7 +1587,7 @@ class LexiconRecognizer(LocalRecognizer):
         toks = list(_LEX_TOKEN.finditer(text))
         kinds = [_name_kind(m.group()) for m in toks]
         is_name = [
-            k == "strong" and not _EPONYM_NEXT.match(text, m.end()) and not _given_as_drug(text, m)
+            k == "strong" and not _EPONYM_NEXT.match(text, m.end()) and not _given_as_drug(text, m.start(), m.end())
             for k, m in zip(kinds, toks, strict=True)
         ]
         for i, m in enumerate(toks):
