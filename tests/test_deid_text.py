@@ -697,6 +697,33 @@ def test_a_rising_range_after_a_measure_is_no_phone_and_a_rhythm_run_no_street()
     assert _found("lives at 12 Mill Run Rd", "ADDRESS")
 
 
+def test_states_countries_and_continents_stand_unless_they_name_a_facility(scrubber: TextScrubber) -> None:
+    """Safe Harbor lets a state (and anything larger) stand; a town, a city-state and a facility do not."""
+    kept = ["Niece lives in California, phone 858-492-5403", "ANOTHER SON WHO IS IN EUROPE AT PRESENT",
+            "pt came to visit sister in Massachusetts", "a sister on Illinois was called"]  # fmt: skip
+    for text, out in zip(kept, scrub1(scrubber, kept), strict=True):
+        place = next(w for w in ("California", "EUROPE", "Massachusetts", "Illinois") if w in text)
+        assert out is not None and place in out, (text, out)
+    masked = {"services at Maryland Rehab, will notify": "Maryland", "per U Maryland scale": "Maryland",
+              "lives in Catonsville now": "Catonsville", "moved to New York last year": "New York",
+              "daughter Georgia visited": "Georgia", "lives in Washington now": "Washington"}  # fmt: skip
+    for (text, value), out in zip(masked.items(), scrub1(scrubber, list(masked)), strict=True):
+        assert out is not None and value not in out, (text, out)
+
+
+def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
+    """A relation glued to a name, a two-word relation's first word and a possessive stay as written."""
+    [out] = scrub1(scrubber, ["SOCIAL:DAUGHTER-KRISSY---301 944-5032 & GRAND DAUGHTER-LUCI---301 343-2822."])
+    assert out is not None and "KRISSY" not in out and "LUCI" not in out, out
+    assert out.startswith("SOCIAL:DAUGHTER-") and "& GRAND DAUGHTER-" in out, out
+    [out] = scrub1(scrubber, ["PT'S WIFE HELEN AND STEP DAUGHTER MAUREEN IN TO VISIT"])
+    assert out is not None and "STEP DAUGHTER" in out and "HELEN" not in out and "MAUREEN" not in out, out
+    [out] = scrub1(scrubber, ["rectal tube placed per dr. white's order."])
+    assert out is not None and "white" not in out and re.search(r"per dr\. \S+'s order\.$", out), out
+    spans = R.tidy_spans("DAUGHTER-KRISSY and wife: mary", [(0, 15, R.PERSON), (20, 30, R.PERSON)])
+    assert spans == [(9, 15, R.PERSON), (26, 30, R.PERSON)]
+
+
 def test_misspelt_note_words_and_unit_acronyms_are_not_names_or_places() -> None:
     for word in ("toelrated", "duaghter", "visisted", "HOSPIATAL", "NSICU", "Banadryl"):
         assert R._name_kind(word) == "word", word  # one typo from a clinical or template word

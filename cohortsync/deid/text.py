@@ -498,7 +498,7 @@ def _finish(
         for span in _propagate_names(text, spans, R):
             weak.add(len(spans))
             spans.append(span)
-    return _resolve(text, spans, R.PRIORITY, weak)
+    return [Detection(*span) for span in R.tidy_spans(text, _resolve(text, spans, R.PRIORITY, weak))]
 
 
 def _presidio_adapter(rec: Any) -> Any:
