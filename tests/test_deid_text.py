@@ -724,6 +724,14 @@ def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
     assert spans == [(9, 15, R.PERSON), (26, 30, R.PERSON)]
 
 
+def test_a_sentence_end_after_a_relation_and_a_regarding_label_start_no_name() -> None:
+    for text in ("visit from son. Found out that pt was separated", "CONTIN DISCUSSION W FAMILY RE:OVERALL PX"):
+        assert not _found(text, R.PERSON), text
+    for text, name in (("visit from dtr. Mary called", "Mary"), ("RE: HUNTER, WILL", "HUNTER, WILL"),
+                       ("re: Przybylo", "Przybylo"), ("Re: Will Hunter", "Will Hunter"), ("son, Found", "Found")):  # fmt: skip
+        assert name in _found(text, R.PERSON), text
+
+
 def test_misspelt_note_words_and_unit_acronyms_are_not_names_or_places() -> None:
     for word in ("toelrated", "duaghter", "visisted", "HOSPIATAL", "NSICU", "Banadryl"):
         assert R._name_kind(word) == "word", word  # one typo from a clinical or template word

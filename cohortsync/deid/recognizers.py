@@ -1167,6 +1167,14 @@ class ContextNameRecognizer(LocalRecognizer):
                     and all(lexicon.fold(w) in lexicon.CLINICAL or lexicon.fold(w) in ALLOW_LIST for w in words)
                 ):
                     continue  # "examined by Neuro": a clinical word after a phrase; not after "Dr." or "brother"
+                if (
+                    rx is _NAME_PREFIX
+                    and re.fullmatch(r"re[ \t]*:[ \t]*", m.group(), re.IGNORECASE)
+                    and not labelled_pair
+                    and not any(_name_kind(w) in ("strong", "unknown") for w in words)
+                    and not all(_style(w) == "T" for w in words)
+                ):
+                    continue  # "RE:OVERALL PX": "re:" is mostly "regarding" in notes; a name field holds a name
                 if end > m.end():
                     spans.append((m.end(), end, 0.9))
         for rx, cap in ((_CRED_AFTER, False), (_CRED_AFTER_CI, False), (_BEFORE_ID, True), (_BEFORE_AGE, True)):
@@ -1218,11 +1226,12 @@ _LEX_TOKEN = re.compile(
 )
 #: Words after which the next census-name or unknown word is a person, in any case: relations and roles.
 _LEX_CUE = re.compile(
-    r"(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|rrt|crt|sw|lcsw|licsw|rncm|nurse|caseworker|chaplain|"
-    r"attending|resident|fellow|intern|pcp|hcp|wife|husband|son|sons|daughter|daughters|dtr|mother|mom|"
-    r"father|dad|sister|sisters|brother|brothers|bro|sis|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
+    r"(?:(?:\b(?:dr|drs|doctor|mr|mrs|ms|miss|np|rn|md|rrt|crt|sw|lcsw|licsw|rncm|nurse|caseworker|chaplain|"
+    r"attending|resident|fellow|intern|pcp|hcp|dtr|bro|sis)\b\.?|"
+    r"\b(?:wife|husband|son|sons|daughter|daughters|mother|mom|"  # a full word's period ends its sentence ("son. Found")
+    r"father|dad|sister|sisters|brother|brothers|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
     r"nephew|grandson|granddaughter|grandaughter|grand\s+daughter|grand\s+son|grandmother|grandfather|aunt|uncle|"
-    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named)\b\.?"
+    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named)\b)"
     r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
     re.IGNORECASE,
 )
