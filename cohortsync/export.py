@@ -44,7 +44,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cohortsync import __version__, omop
 from cohortsync.config import Settings
@@ -164,24 +163,8 @@ def _prf(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:
         change = np.flatnonzero(values[1:] != values[:-1]) + 1
         if len(change) < n // 4:
             starts = np.concatenate((np.zeros(1, np.int64), change))
-            return np.repeat(_aes64(key, domain, values[starts]), np.diff(np.append(starts, n)))
-    return _aes64(key, domain, values)
-
-
-def _aes64(key: bytes, domain: str, values: np.ndarray) -> np.ndarray:
-    """structured.prf64 (the same blocks, the same cipher), encrypting into a preallocated array
-    instead of through two bytes copies."""
-    n = len(values)
-    if n == 0:
-        return np.empty(0, dtype="<u8")
-    blocks = np.empty((n, 2), dtype="<u8")
-    blocks[:, 0] = structured._domain_tag(domain)
-    blocks[:, 1] = np.ascontiguousarray(values, dtype="<i8").view("<u8")
-    out = np.empty(2 * n + 2, dtype="<u8")  # update_into wants room for one more block
-    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    enc.update_into(blocks.data.cast("B"), out.data.cast("B"))
-    enc.finalize()
-    return out[: 2 * n : 2].copy()
+            return np.repeat(structured.prf64(key, domain, values[starts]), np.diff(np.append(starts, n)))
+    return structured.prf64(key, domain, values)
 
 
 def _ints(a: pa.Array) -> np.ndarray:
