@@ -1898,6 +1898,16 @@ _GENERIC_PLACE = frozenset(
 
 #: States that are also a large city's name stay tagged: "New York" and "Washington" often mean the city.
 _CITY_STATES = frozenset({"new york", "ny", "washington", "wa", "dc"})
+#: Eponyms of two names that notes write as one term, in any case and spacing ("PASSY MUIR VALVE", "mallory
+#: weiss tear", "CHEYNE -STOKE RESPS"): a device, a sign or a syndrome, never a person in the note.
+_EPONYM_TERM = re.compile(
+    r"\b(?:passy[ \t]*-?[ \t]*muir|mallory[ \t]*-?[ \t]*weiss|cheyne[ \t]*-?[ \t]*stokes?|swan[ \t]*-?[ \t]*ganz|"
+    r"jackson[ \t]*-?[ \t]*pratt|guillain[ \t]*-?[ \t]*barr[eé]|stevens[ \t]*-?[ \t]*johnson|"
+    r"wolff[ \t]*-?[ \t]*parkinson[ \t]*-?[ \t]*white|sengstaken[ \t]*-?[ \t]*blakemore|"
+    r"child[ \t]*-?[ \t]*pugh|roux[ \t]*-?[ \t]*en[ \t]*-?[ \t]*y|"
+    r"parkinson['’]?s?(?=[ \t]+(?:disease|dz|tremors?|syndrome)\b))\b",
+    re.IGNORECASE,
+)
 #: A state or country in a facility's name: before a facility noun or after "U"/"University of".
 _IN_FACILITY_NAME = re.compile(
     r"['’]?s?[ \t]+(?:hospitals?|hosp|rehab\w*|medical|med|clinics?|general|memorial|regional|health\w*|center|"
@@ -1919,11 +1929,14 @@ def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[i
     """Found spans cut to their identifying part, and those with none dropped (each case tested).
 
     Safe Harbor lets a state, a country and a continent stand ("lives in California", "SON IN EUROPE")
-    unless it names a facility ("Maryland Rehab"); a glued relation and a possessive are no part of a
-    name. A collaborator's own known PHI (``KNOWN_PHI``) is never cut.
+    unless it names a facility ("Maryland Rehab"); a two-name eponym (``Passy-Muir``) is no person; a glued
+    relation and a possessive are no part of a name. A collaborator's own known PHI (``KNOWN_PHI``) is never cut.
     """
     out: list[tuple[int, int, str]] = []
+    terms = [(m.start(), m.end()) for m in _EPONYM_TERM.finditer(text)] if any(sp[2] == PERSON for sp in spans) else []
     for s, e, entity in spans:
+        if entity == PERSON and any(ts <= s and e <= te for ts, te in terms):
+            continue
         core = lexicon.fold(text[s:e])
         wide = core not in _CITY_STATES and (
             (core in _US_STATES and (entity != PERSON or len(core) > 2))
