@@ -146,6 +146,23 @@ def test_a_missing_concept_table_keeps_nothing_fails_nothing_and_says_so_once(pr
     assert p.exit_code == 0 and "EXISTS" not in p.output, p.output
 
 
+def test_a_repair_lands_the_codes_as_a_sync_does(project: Project) -> None:
+    """verify --repair extracts again through the same plan: codes kept, flags dropped."""
+    _default_policy(project, ["condition_occurrence"])
+    ids = _members(project)
+    assert project.cli("sync", "-q").exit_code == 0
+    synced = Counter(_landed(project, "condition_occurrence").column("condition_source_value").to_pylist())
+    for f in (project.landing / "c" / "condition_occurrence").glob("*.parquet"):
+        f.unlink()
+    r = project.cli("verify", "c", "--repair")
+    assert r.exit_code == 0 and "re-landed c/condition_occurrence" in r.output, r.output
+    files = sorted((project.landing / "c" / "condition_occurrence").glob("*.parquet"))
+    assert files and not [n for f in files for n in pq.read_schema(f).names if n.startswith("__")]
+    repaired = Counter(_landed(project, "condition_occurrence").column("condition_source_value").to_pylist())
+    want = _vouched(project, ids, "condition_occurrence", "condition_source_value", "condition_source_concept_id")
+    assert want and repaired == synced and Counter({v: n for v, n in repaired.items() if v in want}) == want
+
+
 def test_a_concept_table_in_its_own_schema(project: Project) -> None:
     """source.vocabulary_schema: a site keeping the vocabulary apart from the CDM tables."""
     _default_policy(project, ["condition_occurrence"])
@@ -295,15 +312,16 @@ class _Recording:
     def scrub(self, texts: pa.Array, shift_days: pa.Array, column: str | None = None) -> tuple[pa.Array, object]:
         assert len(texts) == len(shift_days)
         self.seen += texts.to_pylist()
-        return pa.array(["[SCRUBBED]" if v is not None else None for v in texts.to_pylist()], pa.string()), {}
+        return pa.array(["[SCRUBBED]" if v is not None else None for v in texts.to_pylist()], texts.type), {}
 
 
+@pytest.mark.parametrize("text_type", [pa.string(), pa.large_string(), pa.string_view()])
 @pytest.mark.parametrize("flags", [[True, False, None, True], [True, True, True, True], [False, False, None, False]])
-def test_kept_codes_never_reach_the_scrubber_and_the_flag_never_lands(flags: list[bool | None]) -> None:
+def test_kept_codes_never_reach_the_scrubber_and_the_flag_never_lands(flags: list[bool | None], text_type: pa.DataType) -> None:
     t = omop.table("condition_occurrence")
     values = ["72892002", "72892002 John Smith", "1234567", "444814009"]
     batch = pa.RecordBatch.from_arrays(
-        [pa.array(["c"] * 4), pa.array([1, 2, 3, 4], pa.int64()), pa.array(values), pa.array(flags, pa.bool_())],
+        [pa.array(["c"] * 4), pa.array([1, 2, 3, 4], pa.int64()), pa.array(values, text_type), pa.array(flags, pa.bool_())],
         names=[plan.COHORT_COLUMN, "person_id", "condition_source_value", plan.code_flag("condition_source_value")],
     )
     scrubber = _Recording()
@@ -311,6 +329,7 @@ def test_kept_codes_never_reach_the_scrubber_and_the_flag_never_lands(flags: lis
     assert deid.policy.rules(t.name)["condition_source_value"].action is Action.SCRUB_TEXT
     out = deid.apply(t, batch, 2026)
     assert out.schema.names == [plan.COHORT_COLUMN, "person_id", "condition_source_value"]
+    assert out.schema.field("condition_source_value").type == text_type
     kept = [bool(f) for f in flags]
     assert scrubber.seen == [v for v, k in zip(values, kept, strict=True) if not k]
     assert out.column("condition_source_value").to_pylist() == [

@@ -151,5 +151,9 @@ def _scrub(scrubber: TextScrubber, col: pa.Array, days: pa.Array, column: str, i
     rest = pc.invert(keep)
     if not pc.any(rest).as_py():
         return col
-    scrubbed, _stats = scrubber.scrub(col.filter(rest), days.filter(rest), column)
-    return pc.replace_with_mask(col, rest, scrubbed.cast(col.type))
+    # filter and replace_with_mask have no kernels for string_view: such a column is split as large_string
+    plain = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    work = col if plain else col.cast(pa.large_string())
+    scrubbed, _stats = scrubber.scrub(work.filter(rest), days.filter(rest), column)
+    merged = pc.replace_with_mask(work, rest, scrubbed.cast(work.type))
+    return merged if plain else merged.cast(col.type)
