@@ -196,17 +196,6 @@ def _vouched_in(project: Project, ids: list[int], schema: str) -> Counter[str]:
     return Counter(str(v) for (v,) in rows)
 
 
-def test_a_source_column_named_like_a_flag_is_refused(project: Project) -> None:
-    _default_policy(project, ["condition_occurrence"])
-    _members(project)
-    con = project.con()
-    con.execute("ALTER TABLE omop.omop.condition_occurrence ADD COLUMN __code_condition_source_value BOOLEAN")
-    con.close()
-    r = project.cli("sync")
-    assert r.exit_code != 0
-    assert "names starting __code_ are reserved" in r.output, r.output
-
-
 # -- the pairs and the SQL -------------------------------------------------------------------------
 
 
