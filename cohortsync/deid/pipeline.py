@@ -143,7 +143,8 @@ def _scrub(scrubber: TextScrubber, col: pa.Array, days: pa.Array, column: str, i
     """Scrub a text column, except the values the query found equal to their own source concept's
     code (``is_code`` true): those land as written and never reach the scrubber. A null flag is
     false, so a value is kept only on the query's explicit word."""
-    if is_code is None:
+    text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type)
+    if is_code is None or not text:  # a source value typed as a number: scrubbed as it always was
         return scrubber.scrub(col, days, column)[0]
     keep = pc.fill_null(is_code, False)
     if not pc.any(keep).as_py():
