@@ -100,6 +100,8 @@ def build_eunomia(path: Path, copies: int) -> dict[str, int]:
                         f"(SELECT range AS k FROM range({copies})) AS r")
             con.execute("DROP TABLE one")
             counts[t] = int(con.execute(f"SELECT count(*) FROM omop.omop.{t}").fetchall()[0][0])
+        for t in omop.vocabulary_tables():  # once, not per copy: the copies share their concepts
+            import_csv_table(con, EUNOMIA / f"{t}.csv", t, None)
         return counts
     finally:
         con.close()

@@ -23,7 +23,7 @@ from cohortsync.export import ExportResult, VerifyResult, export, verify_export
 from cohortsync.lifecycle import AmendResult, RemovalPlan, amend_cohort, check_missing, remove_cohort
 from cohortsync.sources import Source, open_source
 from cohortsync.state import DB_NAME, CopyReport, StateStore, copy_state, open_state
-from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, windows
+from cohortsync.sync import Progress, SyncReport, inspect_tables, run_sync, vocabulary_check, windows
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,11 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
     src = source or open_source(settings)
     try:
         out = []
-        found = inspect_tables(src, policy, list(settings.sync.tables), workers=settings.sync.parallel_tables)
+        vocabulary = vocabulary_check(src, policy, settings.sync.tables)
+        if vocabulary is not None:
+            logs.event(log, logging.WARNING, "note", vocabulary)
+        found = inspect_tables(src, policy, list(settings.sync.tables), workers=settings.sync.parallel_tables,
+                               vocabulary=vocabulary is None)
         chosen = [known[n] for n in names]
         for t in settings.sync.tables:
             checked = found[t]
@@ -138,7 +142,7 @@ def plan_next(settings: Settings, cohorts: Sequence[str] | None = None, source: 
             due, up_to_date = windows(chosen, t, upper, marks, timedelta(days=settings.sync.lookback_days))
             sql = None
             if due and upper is not None:
-                q = plan.extraction(omop.table(t), table_plan.select, due, upper, src.names)
+                q = plan.extraction(omop.table(t), table_plan.select, due, upper, src.names, table_plan.codes)
                 sql = plan.render(q, src.dialect, pretty=True)
             out.append(PlannedTable(t, upper, [(s.cohort, s.lower) for s in due], [n for n, _ in up_to_date], sql))
         return out

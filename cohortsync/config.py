@@ -44,6 +44,9 @@ class SourceSettings(_Section):
     omop_schema: str = Field("omop", pattern=IDENTIFIER)
     sandbox_schema: str = Field("sandbox", pattern=IDENTIFIER)
     members_table: str = Field("cohortsync_members", pattern=IDENTIFIER)
+    vocabulary_schema: str | None = Field(
+        None, pattern=IDENTIFIER, description="schema of the concept table; default: omop_schema"
+    )
     # DuckDB
     database: Path = Path("omop.duckdb")
     threads: int | None = Field(None, ge=1, description="DuckDB worker threads; default: all cores")

@@ -39,6 +39,10 @@ DEFAULT_TABLES: tuple[str, ...] = (
     "note",
 )
 
+# Vocabulary tables kept in the registry: concept, whose concept_code decides whether a source value
+# is a code the collaborator's vocabulary vouches for (docs/deidentification.md). Never synced.
+VOCABULARY_TABLES = ("concept",)
+
 # Tables that reach a person only through another table. The spec lists foreign keys but not which
 # one is "the" person link, so this one rule is stated here. fact_relationship links two arbitrary
 # facts and cost links via a polymorphic cost_event_id: both are out of scope (docs/omop.md).
@@ -114,7 +118,13 @@ def build_registry(spec_dir: Path) -> dict[str, Any]:
             }
         )
     out: dict[str, Any] = {}
+    vocabulary: dict[str, Any] = {}
     for table, cols in by_table.items():
+        if schema_of.get(table) == "VOCAB" and table in VOCABULARY_TABLES:
+            keys = [c["name"] for c in cols if c["primary_key"]]
+            vocabulary[table] = {"columns": cols, "primary_key": keys[0] if len(keys) == 1 else None,
+                                 "links_person": False, "via_parent": None}
+            continue
         if schema_of.get(table) != "CDM":
             continue
         names = [c["name"] for c in cols]
@@ -126,7 +136,7 @@ def build_registry(spec_dir: Path) -> dict[str, Any]:
             "links_person": "person_id" in names or via is not None,
             "via_parent": via,
         }
-    return {"cdm_version": "5.3", "source": [TABLE_CSV, FIELD_CSV], "tables": out}
+    return {"cdm_version": "5.3", "source": [TABLE_CSV, FIELD_CSV], "tables": out, "vocabulary": vocabulary}
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -138,10 +148,22 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @cache
+def _document() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(resources.files("cohortsync").joinpath(REGISTRY_FILE).read_text("utf-8"))
+    return doc
+
+
+@cache
 def all_tables() -> dict[str, Table]:
     """Every CDM-schema table of the spec (vocabulary tables excluded), in the spec's order."""
-    doc = json.loads(resources.files("cohortsync").joinpath(REGISTRY_FILE).read_text("utf-8"))
-    return {name: _table(name, t) for name, t in doc["tables"].items()}
+    return {name: _table(name, t) for name, t in _document()["tables"].items()}
+
+
+@cache
+def vocabulary_tables() -> dict[str, Table]:
+    """The vocabulary tables cohortsync reads (``concept`` only), as the spec defines them: the demo
+    and the tests create them from here, never from a hand-typed column list."""
+    return {name: _table(name, t) for name, t in _document()["vocabulary"].items()}
 
 
 @cache
@@ -154,6 +176,32 @@ def _table(name: str, t: dict[str, Any]) -> Table:
     cols = tuple(Column(**c) for c in t["columns"])
     via = t["via_parent"]
     return Table(name, cols, t["primary_key"], t["links_person"], (via[0], via[1]) if via else None)
+
+
+CONCEPT_TABLE = "concept"
+"""The vocabulary table whose ``concept_code`` vouches for a source value (a VOCAB table of the spec)."""
+CONCEPT_ID = "concept_id"
+CONCEPT_CODE = "concept_code"
+SOURCE_VALUE = "_source_value"
+SOURCE_CONCEPT_ID = "_source_concept_id"
+
+
+def source_code_pairs(table: Table) -> tuple[tuple[str, str], ...]:
+    """``(x_source_value, x_source_concept_id)`` for every source value whose sibling column in the
+    same table is a foreign key to the concept table, in the spec's column order.
+
+    Derived from the registry (the spec's foreign keys), never listed by hand: condition_source_value
+    pairs with condition_source_concept_id, while e.g. route_source_value has no sibling and no pair.
+    """
+    out = []
+    names = set(table.column_names)
+    for c in table.columns:
+        if not c.name.endswith(SOURCE_VALUE):
+            continue
+        sibling = c.name.removesuffix(SOURCE_VALUE) + SOURCE_CONCEPT_ID
+        if sibling in names and table.column(sibling).fk_table == CONCEPT_TABLE:
+            out.append((c.name, sibling))
+    return tuple(out)
 
 
 def table(name: str) -> Table:

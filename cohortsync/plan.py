@@ -27,6 +27,14 @@ CANONICAL_DIALECT = "databricks"
 # when the module loads, not inside the first sync or plan.
 Dialect.get_or_raise(CANONICAL_DIALECT)
 COHORT_COLUMN = "__cohort"
+CODE_FLAG_PREFIX = "__code_"
+"""Prefix of the per-pair booleans ``__code_<x_source_value>`` (sql_templates/source_code.sql): no
+OMOP column starts with an underscore, and sync refuses a source column that starts with this."""
+
+
+def code_flag(value_column: str) -> str:
+    """The name of the boolean saying ``value_column`` equals its source concept's code."""
+    return CODE_FLAG_PREFIX + value_column.lower()
 
 
 @dataclass(frozen=True)
@@ -37,9 +45,13 @@ class Names:
     omop_schema: str
     sandbox_schema: str
     members_table: str
+    vocabulary_schema: str | None = None  # where the concept table lives; None: the OMOP schema
 
     def omop(self, table: str) -> exp.Table:
         return _table(self.catalog, self.omop_schema, table)
+
+    def concept(self) -> exp.Table:
+        return _table(self.catalog, self.vocabulary_schema or self.omop_schema, omop.CONCEPT_TABLE)
 
     def members(self) -> exp.Table:
         return _table(self.catalog, self.sandbox_schema, self.members_table)
@@ -135,8 +147,19 @@ def _fill(
     return out
 
 
-def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper: datetime, names: Names) -> exp.Select:
-    """The one-scan extraction of ``table`` for ``slices``; columns are the source's, in its order."""
+def extraction(
+    table: omop.Table,
+    columns: list[str],
+    slices: list[Slice],
+    upper: datetime,
+    names: Names,
+    codes: Sequence[tuple[str, str]] = (),
+) -> exp.Select:
+    """The one-scan extraction of ``table`` for ``slices``; columns are the source's, in its order.
+
+    ``codes``: ``(x_source_value, x_source_concept_id)`` pairs, as the source spells them, for which
+    a boolean :func:`code_flag` column is appended (sql_templates/source_code.sql).
+    """
     if not slices:
         raise ValueError("no cohort is due")
     src_cols: list[exp.Expression] = [column(c, "src") for c in columns]
@@ -183,8 +206,21 @@ def extraction(table: omop.Table, columns: list[str], slices: list[Slice], upper
     items: list[exp.Expression] = []
     for e in filled.expressions:
         items.extend(e.expressions if isinstance(e, exp.Tuple) else [e])
+    for value_column, concept_column in codes:
+        flag = _fill(
+            template("source_code"),
+            tables={"concept_table": names.concept()},
+            rename_columns={"value_column": value_column, "concept_column": concept_column},
+        )
+        items.append(exp.Alias(this=flag, alias=exp.to_identifier(code_flag(value_column), quoted=True)))
     filled.set("expressions", items)
     return _simplify_true(filled)
+
+
+def concept_probe(names: Names) -> exp.Select:
+    """``SELECT concept_id, concept_code ... LIMIT 0``: fails unless both columns can be read."""
+    cols = [column(omop.CONCEPT_ID, "vocab"), column(omop.CONCEPT_CODE, "vocab")]
+    return exp.select(*cols).from_(names.concept().as_("vocab"), copy=False).limit(exp.Literal.number(0), copy=False)
 
 
 def _or(conds: list[exp.Expression]) -> exp.Expression:

@@ -170,9 +170,14 @@ def run_sync(
             report.notes += restore_membership(src, selected)
             for n in report.notes:
                 progress.note(n)
+            vocabulary = vocabulary_check(src, policy, settings.sync.tables, settings.source.retries)
+            if vocabulary is not None:
+                report.notes.append(vocabulary)
+                progress.note(vocabulary)
             # Fix every table's upper bound before reading any rows: what loads during the run waits.
             bounds = inspect_tables(
-                src, policy, list(settings.sync.tables), settings.source.retries, settings.sync.parallel_tables
+                src, policy, list(settings.sync.tables), settings.source.retries, settings.sync.parallel_tables,
+                vocabulary is None,
             )
             marks = state.watermarks()
             if any(
@@ -436,7 +441,10 @@ def reland(
         try:
             for n in restore_membership(src, [cohort]):
                 progress.note(n)
-            plans = {t: prepare(policy, omop.table(t), _source_columns(src, omop.table(t))) for t in todo}
+            vocabulary = vocabulary_check(src, policy, todo, settings.source.retries)
+            if vocabulary is not None:
+                progress.note(vocabulary)
+            plans = {t: prepare(policy, omop.table(t), _source_columns(src, omop.table(t)), vocabulary is None) for t in todo}
             if any(p.text_columns for p in plans.values()):
                 deid.scrubber = start_text_scrubber(settings, src, keys)
             for t in todo:
@@ -467,7 +475,8 @@ def _reland_table(
 ) -> Relanded:
     table = omop.table(table_name)
     landing.remove_temporaries(cohort, table_name)
-    query = plan.extraction(table, table_plan.select, [plan.Slice(cohort, None, max_batch=mark.batch)], mark.wm, src.names)
+    slices = [plan.Slice(cohort, None, max_batch=mark.batch)]
+    query = plan.extraction(table, table_plan.select, slices, mark.wm, src.names, table_plan.codes)
     key = table.primary_key if table.primary_key in table_plan.select else None
     lanes = settings.landing.writer_threads
     writer = WindowWriter(landing, cohort, table_name, None, mark.wm, settings.sync.file_rows, lanes, key, rewrite=True)
@@ -590,21 +599,47 @@ def windows(
     return due, fresh
 
 
+def vocabulary_check(src: Source, policy: Policy, tables: Sequence[str], retries: int = 0) -> str | None:
+    """None if the source's concept table can be read (source values equal to their own source
+    concept's code may then land as written); else the note saying why every source value is scrubbed.
+
+    Checked once a run, and only if a table to sync has a scrubbed source value with a source
+    concept id beside it. Fail closed: a missing or unreadable table keeps nothing and fails nothing.
+    """
+    if not any(
+        policy.rules(t).get(v) is not None and policy.rules(t)[v].action is Action.SCRUB_TEXT
+        for t in tables
+        for v, _ in omop.source_code_pairs(omop.table(t))
+    ):
+        return None
+    try:
+        retrying(lambda: src.rows(plan.concept_probe(src.names)), retries)
+    except CohortsyncError as e:
+        where = f"{src.names.vocabulary_schema or src.names.omop_schema}.{omop.CONCEPT_TABLE}"
+        logs.event(log, logging.DEBUG, "vocabulary.unreadable", type(e).__name__, table=where)
+        return (
+            f"no readable concept table at {where} (source.vocabulary_schema): every *_source_value is "
+            "scrubbed as free text this run, codes included"
+        )
+    return None
+
+
 def inspect_tables(
-    src: Source, policy: Policy, tables: list[str], retries: int = 0, workers: int = 1
+    src: Source, policy: Policy, tables: list[str], retries: int = 0, workers: int = 1, vocabulary: bool = False
 ) -> dict[str, tuple[TablePlan, datetime | None] | CohortsyncError]:
     """Each table's policy-checked columns and upper bound, or the error that fails that table only.
 
     The columns are checked table by table (drift in one must not stop the others), ``workers`` at
     a time (on a warehouse each check is a round trip); the upper bounds of the tables that passed
-    come from one query, falling back to one per table if it fails.
+    come from one query, falling back to one per table if it fails. ``vocabulary``: the concept
+    table is readable (:func:`vocabulary_check`), so the plans check source values against codes.
     """
     out: dict[str, tuple[TablePlan, datetime | None] | CohortsyncError] = {}
 
     def check(table: str) -> TablePlan | CohortsyncError:
         t = omop.table(table)
         try:
-            return retrying(lambda: prepare(policy, t, _source_columns(src, t)), retries)
+            return retrying(lambda: prepare(policy, t, _source_columns(src, t), vocabulary), retries)
         except CohortsyncError as e:
             return e
 
@@ -736,7 +771,7 @@ def _land_table(run: _Run, job: _TableJob) -> _TableResult:
             removed = landing.reconcile(s.cohort, table_name, job.committed[s.cohort], s.lower)
             if removed:
                 progress.note(f"{s.cohort}/{table_name}: removed {len(removed)} uncommitted file(s) of a crashed run")
-        query = plan.extraction(table, table_plan.select, due, upper, run.src.names)
+        query = plan.extraction(table, table_plan.select, due, upper, run.src.names, table_plan.codes)
         writers = {
             s.cohort: WindowWriter(
                 landing, s.cohort, table_name, s.lower, upper, settings.sync.file_rows, settings.landing.writer_threads,
@@ -785,6 +820,9 @@ def _source_columns(src: Source, table: omop.Table) -> list[str]:
         raise SchemaDriftError(f"{table.name} has no {link} column to reach a person")
     if plan.COHORT_COLUMN in lowered:
         raise SchemaDriftError(f"{table.name} has a column named {plan.COHORT_COLUMN}, which cohortsync reserves")
+    flags = [n for n in names if n.lower().startswith(plan.CODE_FLAG_PREFIX)]
+    if flags:
+        raise SchemaDriftError(f"{table.name} has a column named {flags[0]}; names starting {plan.CODE_FLAG_PREFIX} are reserved")
     return list(names)
 
 

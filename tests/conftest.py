@@ -60,6 +60,8 @@ def build_eunomia(path: Path) -> dict[str, int]:
             csv = EUNOMIA / f"{t}.csv"
             if csv.exists():
                 counts[t] = import_csv_table(con, csv, t, eunomia_load_dt_sql(t))
+        for t in omop.vocabulary_tables():  # Eunomia ships the concepts its rows use: codes then land as written
+            counts[t] = import_csv_table(con, EUNOMIA / f"{t}.csv", t, None)
         return counts
     finally:
         con.close()

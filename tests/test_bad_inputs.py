@@ -270,6 +270,21 @@ def _(p: Project) -> None:
     assert r.output.splitlines()[-1] == "error: 1 cohort table(s) failed: c/note (see above)"
 
 
+@case("reserved-column")
+def _(p: Project) -> None:
+    registered(p)
+    con = p.con()
+    con.execute("ALTER TABLE omop.omop.condition_occurrence ADD COLUMN __code_condition_source_value BOOLEAN")
+    con.close()
+    r = p.cli("sync", "-q")
+    assert r.exit_code == 5, r.output
+    assert (
+        "condition_occurrence: FAILED: condition_occurrence has a column named __code_condition_source_value; "
+        "names starting __code_ are reserved" in r.output
+    ), r.output
+    assert r.output.splitlines()[-1] == "error: 1 cohort table(s) failed: c/condition_occurrence (see above)"
+
+
 @case("unknown-ids")
 def _(p: Project) -> None:
     before = snapshot(p.root / "cohorts")

@@ -7,10 +7,11 @@ cohortsync's own process, never in SQL sent to the source (its query history wou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cohortsync import omop, plan
 from cohortsync.deid import structured
@@ -32,17 +33,36 @@ class TablePlan:
     select: list[str]
     absent: list[str]  # policy columns the source does not have (reported, not an error)
     text_columns: list[str]
+    # (x_source_value, x_source_concept_id) as the source spells them: source values that land as
+    # written where they equal their own source concept's code (plan.code_flag says which rows).
+    codes: list[tuple[str, str]] = field(default_factory=list)
 
 
-def prepare(policy: Policy, table: omop.Table, source_columns: list[str]) -> TablePlan:
+def prepare(policy: Policy, table: omop.Table, source_columns: list[str], vocabulary: bool = False) -> TablePlan:
     """Fail closed on schema drift; decide what to select (dropped columns never leave the source).
 
+    ``vocabulary``: the source has a readable concept table, so each scrubbed source value with a
+    source concept id beside it is checked against its concept's code in the query.
     Used by sync and by ``cohortsync plan``, so the SQL that plan prints is the SQL sync runs.
     """
     select, absent = policy.check_columns(table.name, source_columns)
     rules = policy.rules(table.name)
     text = [c for c in select if rules[c.lower()].action is Action.SCRUB_TEXT]
-    return TablePlan(table.name, select, absent, text)
+    return TablePlan(table.name, select, absent, text, code_pairs(policy, table, source_columns) if vocabulary else [])
+
+
+def code_pairs(policy: Policy, table: omop.Table, source_columns: list[str]) -> list[tuple[str, str]]:
+    """The spec's (source value, source concept id) pairs of ``table`` whose value the policy scrubs
+    and whose two columns the source has, in the source's spelling (a kept or dropped value needs no
+    check; a value without its concept id cannot be vouched for)."""
+    rules = policy.rules(table.name)
+    spelled = {c.lower(): c for c in source_columns}
+    return [
+        (spelled[value], spelled[concept])
+        for value, concept in omop.source_code_pairs(table)
+        if value in spelled and concept in spelled and rules.get(value) is not None
+        and rules[value].action is Action.SCRUB_TEXT
+    ]
 
 
 def order_key(table: omop.Table) -> str:
@@ -71,9 +91,11 @@ class Deidentifier:
         out_cols: list[pa.Array] = []
         out_names: list[str] = []
         ordered: list[int] = []  # positions of order_only columns, filled once the row keys are landed
+        prefix = plan.CODE_FLAG_PREFIX
+        codes = {n.removeprefix(prefix): batch.column(i) for i, n in enumerate(names) if n.startswith(prefix)}
         for name, col in zip(names, batch.columns, strict=True):
-            if name == PERSON_COLUMN:
-                continue
+            if name == PERSON_COLUMN or name.startswith(prefix):
+                continue  # read above or below; never landed
             if name == plan.COHORT_COLUMN:
                 out_cols.append(col)
                 out_names.append(name)
@@ -97,7 +119,7 @@ class Deidentifier:
                 else:
                     if self.scrubber is None:
                         raise DeidError(f"{table.name}.{name} needs text scrubbing but no text scrubber is running")
-                    new, _stats = self.scrubber.scrub(col, days, f"{table.name}.{name.lower()}")
+                    new = _scrub(self.scrubber, col, days, f"{table.name}.{name.lower()}", codes.get(name.lower()))
             else:  # DROP: never selected, so never here
                 raise DeidError(f"{table.name}.{name} is dropped by the policy but was selected")
             out_cols.append(new)
@@ -115,3 +137,24 @@ class Deidentifier:
         if person_col not in batch.schema.names:
             raise DeidError("date shifting needs the row's person_id, which the query did not select")
         return structured.shift_days(self.keys, batch.column(person_col), self.shift_max_days, self.shift_min_days)
+
+
+def _scrub(scrubber: TextScrubber, col: pa.Array, days: pa.Array, column: str, is_code: pa.Array | None) -> pa.Array:
+    """Scrub a text column, except the values the query found equal to their own source concept's
+    code (``is_code`` true): those land as written and never reach the scrubber. A null flag is
+    false, so a value is kept only on the query's explicit word."""
+    text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type)
+    if is_code is None or not text:  # a source value typed as a number: scrubbed as it always was
+        return scrubber.scrub(col, days, column)[0]
+    keep = pc.fill_null(is_code, False)
+    if not pc.any(keep).as_py():
+        return scrubber.scrub(col, days, column)[0]
+    rest = pc.invert(keep)
+    if not pc.any(rest).as_py():
+        return col
+    # filter and replace_with_mask have no kernels for string_view: such a column is split as large_string
+    plain = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    work = col if plain else col.cast(pa.large_string())
+    scrubbed, _stats = scrubber.scrub(work.filter(rest), days.filter(rest), column)
+    merged = pc.replace_with_mask(work, rest, scrubbed.cast(work.type))
+    return merged if plain else merged.cast(col.type)

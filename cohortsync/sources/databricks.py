@@ -480,7 +480,7 @@ class DatabricksSource:
         return cls(
             s.server_hostname,
             s.http_path,
-            plan.Names(s.catalog, s.omop_schema, s.sandbox_schema, s.members_table),
+            plan.Names(s.catalog, s.omop_schema, s.sandbox_schema, s.members_table, s.vocabulary_schema),
             credentials,
             connect_timeout_s=s.connect_timeout_s,
             query_timeout_s=s.query_timeout_s,

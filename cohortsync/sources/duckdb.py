@@ -39,7 +39,10 @@ class DuckDBSource:
     @classmethod
     def from_settings(cls, settings: Settings) -> DuckDBSource:
         s = settings.source
-        return cls.open(settings.database_path, s.omop_schema, s.sandbox_schema, s.members_table, s.threads, s.memory_limit)
+        return cls.open(
+            settings.database_path, s.omop_schema, s.sandbox_schema, s.members_table, s.threads, s.memory_limit,
+            s.vocabulary_schema,
+        )
 
     @classmethod
     def open(
@@ -50,6 +53,7 @@ class DuckDBSource:
         members_table: str = "cohortsync_members",
         threads: int | None = None,
         memory_limit: str | None = "128MB",
+        vocabulary_schema: str | None = None,
     ) -> DuckDBSource:
         if not path.is_file():
             raise SourceConfigError(f"no DuckDB database at {path} (run 'cohortsync demo' to generate one)")
@@ -67,7 +71,7 @@ class DuckDBSource:
         except duckdb.Error as e:
             raise SourceError(f"cannot open DuckDB database {path}: {safe_message(e)}") from None
         ((catalog,),) = con.sql("SELECT current_database()").fetchall()
-        return cls(con, plan.Names(catalog, omop_schema, sandbox_schema, members_table))
+        return cls(con, plan.Names(catalog, omop_schema, sandbox_schema, members_table, vocabulary_schema))
 
     def render(self, q: exp.Expression) -> str:
         return plan.render(q, self.dialect)
@@ -147,7 +151,7 @@ def _errors() -> Iterator[None]:
 
 
 def create_omop_tables(con: duckdb.DuckDBPyConnection, omop_schema: str = "omop", sandbox_schema: str = "sandbox") -> None:
-    """Create every CDM table of the registry, plus ``load_dt``, and the sandbox schema.
+    """Create every CDM table of the registry, plus ``load_dt``, the concept table and the sandbox schema.
 
     Used by the demo generator, the Eunomia import and the tests: the columns come from the spec,
     never from a hand-typed list.
@@ -160,6 +164,9 @@ def create_omop_tables(con: duckdb.DuckDBPyConnection, omop_schema: str = "omop"
         con.execute(
             f'CREATE TABLE IF NOT EXISTS {cat}."{omop_schema}"."{t.name}" ({cols}, "{omop.LOAD_DT}" TIMESTAMP NOT NULL)'
         )
+    for t in omop.vocabulary_tables().values():  # in the CDM schema, as OMOP keeps them; no load_dt
+        cols = ", ".join(f'"{c.name}" {_duck_type(c)}' for c in t.columns)
+        con.execute(f'CREATE TABLE IF NOT EXISTS {cat}."{omop_schema}"."{t.name}" ({cols})')
 
 
 def _catalog(con: duckdb.DuckDBPyConnection) -> str:
@@ -174,16 +181,17 @@ def _duck_type(c: omop.Column) -> str:
 
 
 def import_csv_table(
-    con: duckdb.DuckDBPyConnection, csv_path: Path, table: str, load_dt_sql: str, omop_schema: str = "omop"
+    con: duckdb.DuckDBPyConnection, csv_path: Path, table: str, load_dt_sql: str | None, omop_schema: str = "omop"
 ) -> int:
     """Load one OMOP CSV (header row, as OHDSI publishes them) into a table made by create_omop_tables.
 
     Types come from the spec, not from sniffing: every column is read as text and cast to its
     OMOP type, so a value of odd shape fails loudly instead of changing a column's type.
     ``load_dt_sql`` is a SQL expression over the CSV's columns assigning each row its weekly load;
-    it is trusted code from the caller (tests, demo), not user input.
+    it is trusted code from the caller (tests, demo), not user input; None for a vocabulary table
+    (``concept``), which has no load_dt.
     """
-    t = omop.all_tables()[table]
+    t = omop.all_tables()[table] if load_dt_sql is not None else omop.vocabulary_tables()[table]
     src = "read_csv('{}', header=true, all_varchar=true)".format(str(csv_path).replace("'", "''"))
     header = con.sql(f"SELECT * FROM {src} LIMIT 0").columns
     unknown = [h for h in header if h.lower() not in t.column_names]
@@ -196,7 +204,7 @@ def import_csv_table(
     target = f'{_catalog(con)}."{omop_schema}"."{table}"'
     before = con.execute(f"SELECT count(*) FROM {target}").fetchone()
     con.execute(
-        f'INSERT INTO {target} SELECT {", ".join(exprs)}, {load_dt_sql} '
+        f'INSERT INTO {target} SELECT {", ".join(exprs)}{"" if load_dt_sql is None else ", " + load_dt_sql} '
         f"FROM {src}"
     )
     after = con.execute(f"SELECT count(*) FROM {target}").fetchone()

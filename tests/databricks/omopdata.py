@@ -59,8 +59,8 @@ def build(eunomia: Path, target: Path) -> Path:
 
 
 def tables_with_rows_or_spec() -> list[str]:
-    """Every CDM table: empty ones too, so a query touching them still resolves on Spark."""
-    return list(omop.all_tables())
+    """Every CDM table (empty ones too, so a query touching them still resolves on Spark) and concept."""
+    return [*omop.all_tables(), *omop.vocabulary_tables()]
 
 
 def export_parquet(db: Path, out: Path) -> dict[str, Path]:
@@ -83,9 +83,10 @@ def spark_type(c: omop.Column) -> str:
 
 def spark_ctas(catalog: str, table: str, parquet: Path) -> str:
     """CREATE TABLE ... AS SELECT with every column cast to its OMOP type (Spark SQL, trusted test input)."""
-    t = omop.all_tables()[table]
+    t = omop.all_tables().get(table) or omop.vocabulary_tables()[table]
     cols = [f"CAST(`{c.name}` AS {spark_type(c)}) AS `{c.name}`" for c in t.columns]
-    cols.append(f"CAST(`{omop.LOAD_DT}` AS TIMESTAMP) AS `{omop.LOAD_DT}`")
+    if table in omop.all_tables():  # vocabulary tables have no load_dt
+        cols.append(f"CAST(`{omop.LOAD_DT}` AS TIMESTAMP) AS `{omop.LOAD_DT}`")
     return (
         f"CREATE TABLE `{catalog}`.`omop`.`{table}` USING parquet AS SELECT {', '.join(cols)} "
         f"FROM parquet.`{parquet}`"
