@@ -464,6 +464,12 @@ def _found(text: str, entity: str | None = None) -> list[str]:
         ("s/p cabg 7 / 22", "7 / 22"),
         ("seen in clinic 7-2099", "7-2099"),  # month and year with a dash
         ("pt seen on the 22nd for f/u", "22nd"),
+        ("cxr Dec.2 showed effusion", "Dec.2"),  # a month's abbreviation, its full stop, the day
+        ("pt wants to be home for Christmas", "Christmas"),  # a holiday names its day
+        ("FAMILY VISITED OVER THANKSGIVING", "THANKSGIVING"),
+        ("fell the day after new year's", "new year's"),
+        ("MOTHER'S DAY VISIT PLANNED", "MOTHER'S DAY"),
+        ("home by Easter Sunday", "Easter Sunday"),
     ],
 )
 def test_dates_in_any_shape_and_case_are_found(text: str, value: str) -> None:

@@ -428,7 +428,7 @@ _DATE_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     ("mdy", re.compile(_B_MD + r"(?P<m>[01]?\d)(?P<s1>[/.-])" + _D + r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E_MD)),
     ("dmony", re.compile(_B + _D + r"(?P<s1>[- ]?)(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)"
                          r"(?P=s1)(?P<y>(?:19|20)\d\d|\d\d)" + _E, re.IGNORECASE)),
-    ("mdy_name", re.compile(r"\b" + _MON + r"(?P<s1>\s+|-)" + _D + _SUF + r"(?:(?P<s2>,\s*|\s+|,)(?P<y>(?:19|20)\d\d))?"
+    ("mdy_name", re.compile(r"\b" + _MON + r"(?P<s1>\s+|-|(?<=\.))" + _D + _SUF + r"(?:(?P<s2>,\s*|\s+|,)(?P<y>(?:19|20)\d\d))?"
                             r"(?!\d|:\d)")),  # "Jul 22: family meeting", not "Jul 22:30"
     ("dmy_name", re.compile(r"(?<![\w.])" + _D + _SUF + r"(?P<s1>\s+(?:of\s+)?)" + _MON
                             + r"(?:(?P<s2>,?\s+)(?P<y>(?:19|20)\d\d))?\b(?!\d|:\d)")),
@@ -979,12 +979,23 @@ _NEEDS = {
     "mdy_dot": re.compile(r"/\d{1,2}\.\d"), "dmon": re.compile(r"\d-[A-Za-z]"), "md_sp": re.compile(r"\d[ \t]+/|/[ \t]+\d"),
     "dmon_glued": re.compile(r"\d[A-Za-z]"),
 }  # fmt: skip
+#: Holidays that fall on one day of a year, as notes write them ("home for Christmas", "OVER THANKSGIVING").
+_HOLIDAY = re.compile(
+    r"\b(?:(?:christmas|xmas|new[ \t]+year['’]?s|halloween|hanukkah|chanukah|kwanzaa)(?:[ \t]+(?:eve|day))?|"
+    r"thanksgiving(?:[ \t]+day)?|easter(?:[ \t]+(?:sunday|monday))?|good[ \t]+friday|black[ \t]+friday|"
+    r"(?:valentine|st\.?[ \t]*patrick|mother|father|memorial|labou?r|columbus|veterans?|presidents?|independence|"
+    r"martin[ \t]+luther[ \t]+king(?:[ \t]+jr\.?)?|mlk)['’]?s?[ \t]+day|yom[ \t]+kippur|rosh[ \t]+hashan+ah|"
+    r"passover|fourth[ \t]+of[ \t]+july|july[ \t]+4th)\b",
+    re.IGNORECASE,
+)
 DATE_RULES = [
     *(Rule(DATE, rx, 0.85 if fmt in _CHECKS else 0.95, _CHECKS.get(fmt, _check_date), _NEEDS.get(fmt))
       for fmt, rx in _DATE_FORMATS),
     # Two month/day dates glued by a slash ("TREATMENTS 10/03/10/04"): each is a date.
     *(Rule(DATE, re.compile(r"(?<![\w/.])" + a + "/" + b + r"(?![\w/]|\.\d)"), 0.85, _check_glued, _GLUED_NEED)
       for a, b in ((_GLUED_MD.format("v"), _GLUED_MD.format("w")), (_GLUED_MD.format("w"), _GLUED_MD.format("v")))),
+    # A holiday names its day (Safe Harbor: every date element but the year): written as [DATE].
+    Rule(DATE, _HOLIDAY, 0.85),
     # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
     Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
                           r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|for|from|with|in|per|until|thru|through|after|before|"
