@@ -406,6 +406,12 @@ def test_numbers_that_are_not_dates_are_left_alone(s: str) -> None:
     assert R.shift_date_text(s, 10) is None
 
 
+def test_counts_written_as_ordinals_are_not_dates() -> None:
+    for text in ("2nd unit prbc hung", "transferred to the 11th floor", "wt at the 10th percentile", "12th rib fx",
+                 "her 3rd attempt", "14th day of abx"):  # fmt: skip
+        assert not _found(text, R.DATE), text
+
+
 @pytest.mark.parametrize("text", ["strength 5/5", "pain 4/10", "1/2 tab", "BP 120/80", "2/6 murmur", "10/10 pain"])
 def test_fractions_and_scores_are_not_dates(text: str) -> None:
     found = [r for rec in R.build_recognizers() for r in rec.analyze(text, None)]
@@ -464,6 +470,8 @@ def _found(text: str, entity: str | None = None) -> list[str]:
         ("s/p cabg 7 / 22", "7 / 22"),
         ("seen in clinic 7-2099", "7-2099"),  # month and year with a dash
         ("pt seen on the 22nd for f/u", "22nd"),
+        ("PT ADMITTED 22nd FROM OSH.", "22nd"),  # an ordinal from 10th to 31st is a day anywhere
+        ("ekg THE 22ND unchanged", "22ND"),
         ("cxr Dec.2 showed effusion", "Dec.2"),  # a month's abbreviation, its full stop, the day
         ("pt wants to be home for Christmas", "Christmas"),  # a holiday names its day
         ("FAMILY VISITED OVER THANKSGIVING", "THANKSGIVING"),

@@ -996,6 +996,11 @@ DATE_RULES = [
       for a, b in ((_GLUED_MD.format("v"), _GLUED_MD.format("w")), (_GLUED_MD.format("w"), _GLUED_MD.format("v")))),
     # A holiday names its day (Safe Harbor: every date element but the year): written as [DATE].
     Rule(DATE, _HOLIDAY, 0.85),
+    # An ordinal from 10th to 31st is a day of a month anywhere ("ADMITTED 22nd FROM OSH", "ekg THE 22ND
+    # unchanged"): counts that high are rare in notes; a floor, a percentile or a count noun after it is none.
+    Rule(DATE, re.compile(r"(?<![\w/.-])(?P<v>(?:1\d|2\d|3[01])(?:st|nd|rd|th))\b(?![ \t]*(?:percentile|%|floor|fl\b|"
+                          r"times?|doses?|units?|days?|weeks?|wks?|hours?|hrs?|attempts?|birthday|anniversary|grade|"
+                          r"ribs?|ics|intercostal|cycles?|round|gen(?:eration)?|century|street|st\b|ave))", re.IGNORECASE), 0.85),
     # A day alone by its ordinal ("it's the 11th.", "on the 3rd"): written as [DATE].
     Rule(DATE, re.compile(r"\b(?:the|on|since|until|by)\s+(?P<v>[0-3]?\d(?:st|nd|rd|th))\b"
                           r"(?=\s*(?:[.,;:)!?\n]|$|\s(?:and|at|to|or|when|for|from|with|in|per|until|thru|through|after|before|"
