@@ -658,6 +658,10 @@ def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:
         ("TRANSFERRED FROM FISHER FOR CATH", "FISHER"),  # ... or a word, after a cue only a place follows
         ("HUSBAND CEO OF IBM.  SMOKER", "IBM"),  # an employer after a word that names one
         ("WORKS AT BETHLEHEM STEEL AS WELDER", "BETHLEHEM STEEL"),
+        ("family has a summer home in ocean city", "ocean city"),  # a home's place, a holiday's, a workplace's
+        ("fell while vacationing in ocean city", "ocean city"),
+        ("they were visiting from long branch", "long branch"),
+        ("WIFE WORKS IN DUNDALK", "DUNDALK"),
     ],
 )
 def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
@@ -745,10 +749,12 @@ def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
 
 
 def test_a_sentence_end_after_a_relation_and_a_regarding_label_start_no_name() -> None:
-    for text in ("visit from son. Found out that pt was separated", "CONTIN DISCUSSION W FAMILY RE:OVERALL PX"):
+    for text in ("visit from son. Found out that pt was separated", "CONTIN DISCUSSION W FAMILY RE:OVERALL PX",
+                 "WIFE WORKS IN DUNDALK", "SON BROUGHT HIM TO UNION HOSP"):  # fmt: skip
         assert not _found(text, R.PERSON), text
     for text, name in (("visit from dtr. Mary called", "Mary"), ("RE: HUNTER, WILL", "HUNTER, WILL"),
-                       ("re: Przybylo", "Przybylo"), ("Re: Will Hunter", "Will Hunter"), ("son, Found", "Found")):  # fmt: skip
+                       ("re: Przybylo", "Przybylo"), ("Re: Will Hunter", "Will Hunter"), ("son, Found", "Found"),
+                       ("SISTER HOLLY CALLED", "HOLLY"), ("DAUGHTER, TED AWARE", "TED")):  # fmt: skip
         assert name in _found(text, R.PERSON), text
 
 

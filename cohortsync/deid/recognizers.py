@@ -1177,6 +1177,14 @@ class ContextNameRecognizer(LocalRecognizer):
                     end = _name_prefix_end(text, m.end(), end)
                 words = _LEX_TOKEN.findall(text, m.end(), end)
                 if (
+                    rx is _RELATION
+                    and words
+                    and not _mixed_case(text, m.end())
+                    and _name_kind(words[0]) == "maybe"
+                    and _verb_after_relation(lexicon.fold(words[0]))
+                ):
+                    continue  # "WIFE WORKS IN", "SON BROUGHT HIM": a verb, as the word-list rule reads it
+                if (
                     rx is _NAME_PREFIX
                     and words
                     and not _TITLE_CUE.search(m.group())
@@ -1411,6 +1419,8 @@ _PLACE_STRONG_CUE = re.compile(
     r"\b(?:(?:lives?|living|resides?|residing|stays?|staying)(?:[ \t]+(?!in\b)[A-Za-z']+){0,3}"
     r"[ \t]+(?:in|near|outside(?:[ \t]+of)?)"
     r"|(?:home|house)[ \t]+is[ \t]+in|(?:moved|relocated|born|raised|grew[ \t]+up)[ \t]+(?:to|from|in)"
+    r"|(?:summer|winter|vacation|beach|lake|second|family)[ \t]+(?:home|house|place|condo|cabin)[ \t]+(?:is[ \t]+)?(?:in|at|near)"
+    r"|(?:vacation(?:ing|s)?|(?:is|are|was|were)[ \t]+visiting)[ \t]+(?:in|from|at)|(?:works?|worked|working|employed)[ \t]+in"
     r"|(?:originally|is|are|was|were)[ \t]+from"
     r"|(?:driv(?:e|es|ing)|drove|flown|fl(?:y|ying|ew)|(?:med[ \t]*)?flight(?:ed)?|came|coming|arriv(?:ed|ing)|"
     r"travel(?:l?ed|l?ing)?|transfer(?:red)?|xfer(?:red)?|tx'?d|transported|sent)"
