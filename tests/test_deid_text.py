@@ -748,6 +748,29 @@ def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
     assert spans == [(9, 15, R.PERSON), (26, 30, R.PERSON)]
 
 
+@pytest.mark.parametrize(
+    "frame",
+    ["spoke w/ {n} re: plan", "SPOKE W/ {n} RE: PLAN", "message left for {n} at home", "called {n} at home",
+     "notified {n} of labs", "PAGED {n} RE: BP", "update given to {n} by phone", "family ({n}) at bedside",
+     "visited by {n} and sons", "son-in-law {n} here", "SON IN LAW {n} HERE", "STEP SON {n} CALLED",
+     "talked w/ {n} at length", "met with {n} today"],
+)  # fmt: skip
+def test_names_after_the_verbs_and_relations_of_nursing_notes(frame: str) -> None:
+    """A name a census list calls a word (Bill), one on no list (Saoirse), any case, where notes put names."""
+    for name in ("Bill", "Saoirse"):
+        for case in (str, str.upper, str.lower):
+            text = frame.replace("{n}", case(name))
+            assert any(case(name) in f for f in _found(text, R.PERSON)), (text, _found(text))
+
+
+def test_counts_and_times_after_a_calling_verb_are_no_names() -> None:
+    for text in ("wife called x 2 today", "surgery called late in the shift", "son called o/n and was updated",
+                 "Dr Lee updated w/ vs & labs", "george called early this am", "md notified of labs",
+                 "called back with results"):  # fmt: skip
+        found = _found(text, R.PERSON)
+        assert all(w not in f for f in found for w in ("x", "late", "o/n", "w/", "early", "back", "of")), (text, found)
+
+
 def test_a_sentence_end_after_a_relation_and_a_regarding_label_start_no_name() -> None:
     for text in ("visit from son. Found out that pt was separated", "CONTIN DISCUSSION W FAMILY RE:OVERALL PX",
                  "WIFE WORKS IN DUNDALK", "SON BROUGHT HIM TO UNION HOSP"):  # fmt: skip

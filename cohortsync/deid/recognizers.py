@@ -1021,17 +1021,23 @@ _NAME_PREFIX = re.compile(
     r"resident|fellow|nurse|rn|cc|emergency\s+contact|contact|guardian|proxy|hcp|np|pa|author|signed|"
     r"radiologist|interpreted\s+by|to|from)[ \t]*:[ \t]*"
     r"|\b(?:signed|e-?signed|dictated|transcribed|seen|referred|evaluated|examined|reviewed|accompanied|"
-    r"cosigned|co-signed|authenticated|interpreted|read|performed|verified|approved|consented)[ \t]+by[ \t]+"
-    r"|\b(?:discussed[ \t]+with|spoke[ \t]+(?:with|to)|d/w|seen[ \t]+with|care[ \t]+of)[ \t]*"
+    r"cosigned|co-signed|authenticated|interpreted|read|performed|verified|approved|consented|visited)[ \t]+by[ \t]+"
+    r"|\b(?:discussed[ \t]+(?:with|w/)|spoke[ \t]+(?:with|to)|spoke[ \t]*w/|talked[ \t]+(?:with|to)|talked[ \t]*w/|"
+    r"met[ \t]+with|d/w|seen[ \t]+with|care[ \t]+of|family[ \t]*\([ \t]*|"
+    r"(?:message|msg|vm|voicemail)[ \t]+left[ \t]+(?:for|with)|"
+    r"left[ \t]+(?:a[ \t]+)?(?:message|msg|vm|voicemail)[ \t]+(?:for|with)|updates?[ \t]+given[ \t]+to|"
+    r"(?:called|paged|notified|informed|updated)(?=[ \t]+(?!(?:late|early|back|out|in|at|for|to|by|and|with|"
+    r"again|twice|times?|today|tonight|this|that|the|a|an|on|off|over|up|down|about|re|x\d*)\b)[A-Za-z]{2}))[ \t]*"
     r"(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
     r"|\b(?:dear)[ \t]+(?:(?:Dr|Mr|Mrs|Ms)\.?[ \t]+)?"
     r"|\b(?:sincerely|regards|respectfully|thank\s+you|best)[ \t]*,[ \t]*\n?[ \t]*)",
     re.IGNORECASE,
 )
 _RELATION = re.compile(
-    r"\b(?:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner|fianc[eé]e?|friend|caregiver|"
-    r"niece|nephew|grandson|granddaughter|grandmother|grandfather|aunt|uncle|neighbor|roommate|boyfriend|"
-    r"girlfriend)[ \t]*,?[ \t]+(?:named[ \t]+)?",
+    r"\b(?:(?:step|ex|god)[ \t-]*)?(?:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner|"
+    r"fianc[eé]e?|friend|caregiver|niece|nephew|grandson|granddaughter|grandchild|grandmother|grandfather|aunt|uncle|"
+    r"neighbor|roommate|boyfriend|girlfriend|significant[ \t]+other)(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law)?"
+    r"[ \t]*,?[ \t]+(?:named[ \t]+)?",
     re.IGNORECASE,
 )
 # A name right before a birth date or record number ("Ivy Baker | DOB ...", "Smith, John (MRN ...)"), or
@@ -1255,7 +1261,8 @@ _LEX_CUE = re.compile(
     r"\b(?:wife|husband|son|sons|daughter|daughters|mother|mom|"  # a full word's period ends its sentence ("son. Found")
     r"father|dad|sister|sisters|brother|brothers|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
     r"nephew|grandson|granddaughter|grandaughter|grand\s+daughter|grand\s+son|grandmother|grandfather|aunt|uncle|"
-    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named)\b)"
+    r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named|grandchild|significant[ \t]+other)\b"
+    r"(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law\b)?)"
     r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
     re.IGNORECASE,
 )
