@@ -662,6 +662,9 @@ def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:
         ("fell while vacationing in ocean city", "ocean city"),
         ("they were visiting from long branch", "long branch"),
         ("WIFE WORKS IN DUNDALK", "DUNDALK"),
+        ("admitted from Brightview assisted living", "Brightview"),  # the kinds of home a patient comes from
+        ("from Meadows group home", "Meadows"),
+        ("HD at Fresenius dialysis center", "Fresenius"),
     ],
 )
 def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
@@ -670,7 +673,8 @@ def test_places_by_gazetteer_and_context(text: str, value: str) -> None:
 
 
 def test_generic_care_places_are_not_facilities() -> None:
-    for text in ("transfer to cardiac rehab", "went to the general hospital", "go home today", "cath lab at 3",
+    for text in ("labs sent post dialysis", "During dialysis rhythm changed", "would want dialysis if indicated",
+                 "transfer to cardiac rehab", "went to the general hospital", "go home today", "cath lab at 3",
                  "the holy cross on the wall", "a high point of the day", "PT HAS CHF AND COPD, SEE PMH",
                  "Sacred heart image", "GOING TO HARBOR", "FAMILY IN EARLY DURING SHIFT", "BC X 1 SENT FROM NEW TLC",
                  "transferred to floor", "moved to the unit", "WORKS FOR THE CITY", "pt works for himself",
@@ -773,7 +777,8 @@ def test_counts_and_times_after_a_calling_verb_are_no_names() -> None:
 
 def test_a_sentence_end_after_a_relation_and_a_regarding_label_start_no_name() -> None:
     for text in ("visit from son. Found out that pt was separated", "CONTIN DISCUSSION W FAMILY RE:OVERALL PX",
-                 "WIFE WORKS IN DUNDALK", "SON BROUGHT HIM TO UNION HOSP"):  # fmt: skip
+                 "WIFE WORKS IN DUNDALK", "SON BROUGHT HIM TO UNION HOSP", "AT HOME W HUSBAND, GOES TO DAY CARE",
+                 "wife goes home tonight", "SON TAKES PT HOME"):  # fmt: skip
         assert not _found(text, R.PERSON), text
     for text, name in (("visit from dtr. Mary called", "Mary"), ("RE: HUNTER, WILL", "HUNTER, WILL"),
                        ("re: Przybylo", "Przybylo"), ("Re: Will Hunter", "Will Hunter"), ("son, Found", "Found"),

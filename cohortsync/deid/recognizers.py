@@ -1307,7 +1307,9 @@ _ROLE_WORDS = frozenset(
 _NOT_AFTER_RELATION = re.compile(
     _NOT_AFTER_DR.pattern + r"|brought|took|stayed|left|gave|told|asked|spent|signed|knows|needs|wants|feels|"
     r"thinks|understands|agrees|says|took|drove|brings|gets|got|lives|works|worked|plans|spoke|sat|stays|ate|"
-    r"near|nearby|into|onto|about|over|under|out|up|down|back|all"
+    r"near|nearby|into|onto|about|over|under|out|up|down|back|all|goes|comes|takes|makes|keeps|helps|cares|drives|sees|"
+    r"remains|continues|expresses|reports|denies|verbalizes|voices|prefers|declines|refuses|holds|sleeps|speaks|talks|"
+    r"answers|returns|manages|handles"
 )
 def _relation_after(text: str, m: re.Match[str], kind: str) -> bool:
     """A relation written after the word: ``GREEN (DAUGHTER)`` makes any census name a name; the looser
@@ -1379,7 +1381,8 @@ _FACILITY_NOUN = re.compile(
     r"\b(?:hosp(?:ital|itals|iatal)?|rehab(?:ilitation)?|medical\s+(?:center|ctr)|med\.?\s+(?:center|ctr)|"
     r"regional|memorial|nursing\s+(?:home|facility|center)|house|shelter|clinic|infirmary|hospice|"
     r"health\s+(?:center|system)|care\s+center|center|ctr|institute|university|college|healthcare|facility|"
-    r"adventist|vamc|manor)\b\.?",
+    r"adventist|vamc|manor|(?:assisted|senior|independent)\s+living|retirement\s+(?:home|community|village|center)|"
+    r"group\s+home|adult\s+day\s+(?:care|center|program)|dialysis\s+(?:center|unit|clinic)|skilled\s+nursing)\b\.?",
     re.IGNORECASE,
 )
 #: Units and wards: the word before one names a place only if it is a name or on no list ("kernan ew", "Lally MICU").
