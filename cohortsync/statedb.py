@@ -203,7 +203,11 @@ class PostgresBackend:
     def _connect(self, application_name: str, **extra: Any) -> psycopg.Connection[Any]:
         import psycopg
 
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, "application_name": application_name}
+        # Secrets come only from the environment: libpq's password file (~/.pgpass, PGPASSFILE) is never read.
+        kwargs: dict[str, Any] = {
+            "autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, "application_name": application_name,
+            "passfile": os.devnull,
+        }  # fmt: skip
         if self.password is not None:
             kwargs["password"] = self.password
         try:

@@ -142,7 +142,7 @@ class Project:
     def settings(self) -> Settings:
         return load_settings(self.config)
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
+    def cli(self, *args: str, env: dict[str, str | None] | None = None) -> Result:
         return self.runner.invoke(
             cli, ["--log-format", "text", "--config", str(self.config), *args], obj={}, catch_exceptions=False,
             env={"COHORTSYNC_DEID_KEY": TEST_KEY, **(env or {})},

@@ -171,6 +171,14 @@ def state_wrong_password(project: Project, pg: PostgresState) -> None:
     assert r.exit_code == 2 and "not-the-password" not in r.output
     one_line(r.output, f'error: state store {pg.url} refuses the connection: connection failed: connection to server at '
                        f'"127.0.0.1", port {pg.server.port} failed: FATAL:  password authentication failed for user "cohortsync"')
+    # Secrets only from the environment: a libpq password file with the right password is not read.
+    passfile = project.root / "pgpass"
+    passfile.write_text(f"*:*:*:*:{pg.password}\n")
+    passfile.chmod(0o600)
+    r = project.cli("status", env={"COHORTSYNC_STATE_PASSWORD": None, "PGPASSFILE": str(passfile)})
+    assert r.exit_code == 2 and pg.password not in r.output, r.output
+    one_line(r.output, f"error: state store {pg.url} refuses the connection: connection failed: connection to server at "
+                       f'"127.0.0.1", port {pg.server.port} failed: fe_sendauth: no password supplied')
 
 
 def pg_lock_held(project: Project, pg: PostgresState) -> None:
