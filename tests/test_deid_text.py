@@ -739,6 +739,15 @@ def test_states_countries_and_continents_stand_unless_they_name_a_facility(scrub
         assert out is not None and value not in out, (text, out)
 
 
+def test_departments_and_devices_named_like_places_are_not_places(scrubber: TextScrubber) -> None:
+    kept = ["Pt transported from Cath Lab to CCU intub", "transferred from Cath lab at 3",
+            "Additional set to be drawn by resident from Quinton cath."]  # fmt: skip
+    assert scrub1(scrubber, kept) == kept
+    masked = {"pt lives in Quinton": "Quinton", "transferred from General Hospital": "General Hospital"}
+    for (text, value), out in zip(masked.items(), scrub1(scrubber, list(masked)), strict=True):
+        assert out is not None and value not in out, (text, out)
+
+
 def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
     """A relation glued to a name, a two-word relation's first word and a possessive stay as written."""
     [out] = scrub1(scrubber, ["SOCIAL:DAUGHTER-KRISSY---301 944-5032 & GRAND DAUGHTER-LUCI---301 343-2822."])

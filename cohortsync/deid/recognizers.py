@@ -1921,6 +1921,10 @@ _GENERIC_PLACE = frozenset(
     current new old nearest nearby area regional general emergency family group halfway
     """.split()  # noqa: SIM905
 )
+#: Departments a patient is moved from and to: no place outside the hospital ("transported from Cath Lab").
+_DEPARTMENT = frozenset(
+    "cath cathlab lab labs pacu preop pre-op holding recovery radiology endoscopy endo echo mri ct xray x-ray".split()  # noqa: SIM905
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1944,6 +1948,8 @@ _EPONYM_TERM = re.compile(
     r"parkinson['’]?s?(?=[ \t]+(?:disease|dz|tremors?|syndrome)\b))\b",
     re.IGNORECASE,
 )
+#: A device noun after a place's word makes it a device's name ("Quinton cath", "Hickman line").
+_DEVICE_AFTER = re.compile(r"[ \t]+(?:cath(?:eter)?s?|lines?|ports?|tubes?|drains?|valves?|pumps?)\b", re.IGNORECASE)
 #: A state or country in a facility's name: before a facility noun or after "U"/"University of".
 _IN_FACILITY_NAME = re.compile(
     r"['’]?s?[ \t]+(?:hospitals?|hosp|rehab\w*|medical|med|clinics?|general|memorial|regional|health\w*|center|"
@@ -1978,6 +1984,11 @@ def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[i
             (core in _US_STATES and (entity != PERSON or len(core) > 2))
             or (core in lexicon.COUNTRIES and (entity == PERSON or core not in lexicon.PLACES))
         )
+        if entity in ("LOCATION", "FACILITY") and (
+            _DEVICE_AFTER.match(text, e)
+            or all(lexicon.fold(w) in _DEPARTMENT for w in _LEX_TOKEN.findall(text, s, e))
+        ):
+            continue  # "from Quinton cath": a catheter named after its maker; "from Cath Lab": a department
         if wide and not (_IN_FACILITY_NAME.match(text, e) or _BEFORE_IN_NAME.search(text, max(0, s - 16), s)):
             if entity in ("LOCATION", "FACILITY"):
                 continue
