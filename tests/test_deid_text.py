@@ -748,6 +748,25 @@ def test_departments_and_devices_named_like_places_are_not_places(scrubber: Text
         assert out is not None and value not in out, (text, out)
 
 
+def test_codes_are_judged_without_loading_the_word_lists() -> None:
+    """The sync process judges source values of codes itself; the word lists (~0.3 s to read) must stay
+    unread for them, or every backfill pays that (it did, once span edges were tidied for every span)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from cohortsync.deid import lexicon\n"
+        "from cohortsync.deid.text import LocalRules, TextSettings\n"
+        "rules = LocalRules(TextSettings(), b'k' * 32, [])\n"
+        "outs = [rules.scrub(v, [3]) for v in ('72892002', '4112343 2.16.840', 'E11.9', '1234567890123')]\n"
+        "assert all(o is not None for o in outs), outs\n"
+        "assert outs[0][0] == ['[ID]'], outs\n"
+        "print(sorted(n for n in lexicon._LAZY if n in vars(lexicon)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
     """A relation glued to a name, a two-word relation's first word and a possessive stay as written."""
     [out] = scrub1(scrubber, ["SOCIAL:DAUGHTER-KRISSY---301 944-5032 & GRAND DAUGHTER-LUCI---301 343-2822."])

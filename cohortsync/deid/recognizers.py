@@ -1977,6 +1977,9 @@ def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[i
     out: list[tuple[int, int, str]] = []
     terms = [(m.start(), m.end()) for m in _EPONYM_TERM.finditer(text)] if any(sp[2] == PERSON for sp in spans) else []
     for s, e, entity in spans:
+        if entity not in (PERSON, "LOCATION", "FACILITY"):
+            out.append((s, e, entity))  # the word lists load only for what they judge (not for codes' [ID])
+            continue
         if entity == PERSON and any(ts <= s and e <= te for ts, te in terms):
             continue
         core = lexicon.fold(text[s:e])
