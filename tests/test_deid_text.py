@@ -406,6 +406,13 @@ def test_numbers_that_are_not_dates_are_left_alone(s: str) -> None:
     assert R.shift_date_text(s, 10) is None
 
 
+def test_a_birthday_past_89_is_an_age() -> None:
+    assert _found("family here for her 90th birthday", "AGE") == ["90th"]
+    assert _found("PARTY FOR HIS 101ST BDAY", "AGE") == ["101ST"]
+    assert not _found("her 80th birthday", "AGE") and not _found("wt at the 90th percentile", "AGE")
+    assert not _found("pain central in chest", "LOCATION")
+
+
 def test_counts_written_as_ordinals_are_not_dates() -> None:
     for text in ("2nd unit prbc hung", "transferred to the 11th floor", "wt at the 10th percentile", "12th rib fx",
                  "her 3rd attempt", "14th day of abx"):  # fmt: skip
@@ -665,6 +672,10 @@ def test_the_safe_list_is_large_and_excludes_census_only_names() -> None:
         ("admitted from Brightview assisted living", "Brightview"),  # the kinds of home a patient comes from
         ("from Meadows group home", "Meadows"),
         ("HD at Fresenius dialysis center", "Fresenius"),
+        ("FAMILY ARRIVED FROM THE EASTERN SHORE- DAUGHTER", "EASTERN SHORE"),  # regions smaller than a state
+        ("moved from upstate NY last year", "upstate NY"),
+        ("son lives in western Maryland", "western Maryland"),
+        ("summers on Cape Cod", "Cape Cod"),
     ],
 )
 def test_places_by_gazetteer_and_context(text: str, value: str) -> None:

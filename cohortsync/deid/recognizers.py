@@ -732,6 +732,9 @@ AGE_RULES = [
     ),
     Rule("AGE", re.compile(r"\b(?:age|aged|age:)\s*:?\s*" + _AGE + r"(?![\d.])", re.IGNORECASE), 0.9),
     Rule("AGE", re.compile(r"\b(?:in\s+(?:his|her|their)\s+)(?P<v>90s|nineties)\b", re.IGNORECASE), 0.7),
+    # A birthday's ordinal is an age ("her 90th birthday", "101ST BDAY").
+    Rule("AGE", re.compile(r"(?<![\d.])(?P<v>(?:9\d|1[0-2]\d)(?:st|nd|rd|th))[ \t]+(?:birthday|bday|b-day)\b",
+                           re.IGNORECASE), 0.9),
 ]
 
 
@@ -782,7 +785,21 @@ _STREET = (
     r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Rm|Room|Fl|Floor|#)\.?[ \t]*#?[ \t]*[\w-]+)?"
 )
 _CITY_ST_ZIP = r"[A-Z][a-zA-Z.'-]+(?:[ \t]+[A-Z][a-zA-Z.'-]+){0,2},?[ \t]+(?:" + _STATES + r")\.?(?:,?[ \t]+\d{5}(?:-\d{4})?)?"
+#: Regions smaller than a state, which Safe Harbor removes like a town: a compass part or "upstate" of a state,
+#: and named regions notes write ("FROM THE EASTERN SHORE", "summers on Cape Cod").
+_REGION = re.compile(
+    r"\b(?P<v>(?:(?:north|south|east|west)(?:ern)?|upstate|downstate|central)[ \t]+(?:"
+    + "|".join(st.replace(" ", r"[ \t]+") for st in sorted(_STATES.split("|")) if len(st) > 2)
+    + r"|NY|PA)|eastern[ \t]+shore|western[ \t]+shore|delmarva|cape[ \t]+cod|long[ \t]+island|upper[ \t]+peninsula|"
+    r"outer[ \t]+banks|hudson[ \t]+valley|lehigh[ \t]+valley|central[ \t]+valley|finger[ \t]+lakes|"
+    r"the[ \t]+berkshires|the[ \t]+poconos|the[ \t]+catskills|the[ \t]+adirondacks|tidewater|hampton[ \t]+roads|"
+    r"jersey[ \t]+shore|twin[ \t]+cities|quad[ \t]+cities|inland[ \t]+empire|silicon[ \t]+valley|"
+    r"florida[ \t]+keys|four[ \t]+corners|research[ \t]+triangle|low[ \t]*country|hill[ \t]+country|"
+    r"(?:florida|texas|oklahoma)[ \t]+panhandle)\b",
+    re.IGNORECASE,
+)
 ADDRESS_RULES = [
+    Rule("LOCATION", _REGION, 0.8),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>" + _STREET + r"(?:,?\s+" + _CITY_ST_ZIP + r")?)(?![\w])"), 0.9,
          _street_words_ok),
     Rule("ADDRESS", re.compile(r"(?<![\w-])(?P<v>(?:P\.?\s?O\.?\s+Box|POB)\s+\d+)\b", re.IGNORECASE), 0.9),
