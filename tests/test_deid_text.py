@@ -789,6 +789,7 @@ def test_a_name_span_holds_the_name_only(scrubber: TextScrubber) -> None:
     assert out is not None and "white" not in out and re.search(r"per dr\. \S+'s order\.$", out), out
     spans = R.tidy_spans("DAUGHTER-KRISSY and wife: mary", [(0, 15, R.PERSON), (20, 30, R.PERSON)])
     assert spans == [(9, 15, R.PERSON), (26, 30, R.PERSON)]
+    assert R.tidy_spans("seen at 123 now", [(8, 11, "LOCATION")]) == [(8, 11, "LOCATION")]  # no word: kept, fail closed
 
 
 @pytest.mark.parametrize(

@@ -2004,9 +2004,9 @@ def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[i
             (core in _US_STATES and (entity != PERSON or len(core) > 2))
             or (core in lexicon.COUNTRIES and (entity == PERSON or core not in lexicon.PLACES))
         )
+        words = _LEX_TOKEN.findall(text, s, e)
         if entity in ("LOCATION", "FACILITY") and (
-            _DEVICE_AFTER.match(text, e)
-            or all(lexicon.fold(w) in _DEPARTMENT for w in _LEX_TOKEN.findall(text, s, e))
+            _DEVICE_AFTER.match(text, e) or (words and all(lexicon.fold(w) in _DEPARTMENT for w in words))
         ):
             continue  # "from Quinton cath": a catheter named after its maker; "from Cath Lab": a department
         if wide and not (_IN_FACILITY_NAME.match(text, e) or _BEFORE_IN_NAME.search(text, max(0, s - 16), s)):
