@@ -184,6 +184,8 @@ _RELATIONS = frozenset(
     grandson granddaughter grandmother grandfather aunt uncle neighbor roommate boyfriend girlfriend
     """.split()  # noqa: SIM905
 )
+#: What turns a relation word into an in-law ("son-in-law", "SON IN LAW"), for every relation pattern below.
+_IN_LAW = r"(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law\b)?"
 _US_STATES = frozenset(
     w.casefold()
     for w in """
@@ -1053,8 +1055,8 @@ _NAME_PREFIX = re.compile(
 _RELATION = re.compile(
     r"\b(?:(?:step|ex|god)[ \t-]*)?(?:wife|husband|son|daughter|mother|father|sister|brother|spouse|partner|"
     r"fianc[eé]e?|friend|caregiver|niece|nephew|grandson|granddaughter|grandchild|grandmother|grandfather|aunt|uncle|"
-    r"neighbor|roommate|boyfriend|girlfriend|significant[ \t]+other)(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law)?"
-    r"[ \t]*,?[ \t]+(?:named[ \t]+)?",
+    r"neighbor|roommate|boyfriend|girlfriend|significant[ \t]+other)" + _IN_LAW
+    + r"[ \t]*,?[ \t]+(?:named[ \t]+)?",
     re.IGNORECASE,
 )
 # A name right before a birth date or record number ("Ivy Baker | DOB ...", "Smith, John (MRN ...)"), or
@@ -1279,7 +1281,7 @@ _LEX_CUE = re.compile(
     r"father|dad|sister|sisters|brother|brothers|spouse|partner|fianc[eé]e?|friend|caregiver|niece|"
     r"nephew|grandson|granddaughter|grandaughter|grand\s+daughter|grand\s+son|grandmother|grandfather|aunt|uncle|"
     r"neighbor|roommate|boyfriend|girlfriend|cousin|guardian|named|grandchild|significant[ \t]+other)\b"
-    r"(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law\b)?)"
+    + _IN_LAW + r")"
     r"[ \t]*(?:[,:-]+[ \t]*)?(?:\(\w+\)[ \t]*)?$)",
     re.IGNORECASE,
 )
@@ -1965,19 +1967,23 @@ _EPONYM_TERM = re.compile(
     r"parkinson['’]?s?(?=[ \t]+(?:disease|dz|tremors?|syndrome)\b))\b",
     re.IGNORECASE,
 )
-#: A device noun after a place's word makes it a device's name ("Quinton cath", "Hickman line").
+#: A device noun after a place's word makes it a device's name ("Quinton cath"); not the eponyms' fuller
+#: list (``_EPONYM_NEXT``), whose "scale" or "score" follow a hospital's name too ("U Maryland scale").
 _DEVICE_AFTER = re.compile(r"[ \t]+(?:cath(?:eter)?s?|lines?|ports?|tubes?|drains?|valves?|pumps?)\b", re.IGNORECASE)
-#: A state or country in a facility's name: before a facility noun or after "U"/"University of".
-_IN_FACILITY_NAME = re.compile(
-    r"['’]?s?[ \t]+(?:hospitals?|hosp|rehab\w*|medical|med|clinics?|general|memorial|regional|health\w*|center|"
-    r"centre|ctr|university|univ|institute|nursing|hospice|va|vamc|shock|trauma)\b",
-    re.IGNORECASE,
-)
+#: A state or country in a facility's name: before a facility noun (the lists the place rules use) or after
+#: "U"/"University of".
+_POSSESSIVE_GAP = re.compile(r"['’]?s?[ \t]+")
+
+
+def _facility_noun_at(text: str, pos: int) -> bool:
+    gap = _POSSESSIVE_GAP.match(text, pos)
+    return bool(_PLACE_FACILITY_AFTER.match(text, pos) or (gap and _FACILITY_NOUN.match(text, gap.end())))
+
+
 _BEFORE_IN_NAME = re.compile(r"\b(?:u|univ\.?|university(?:[ \t]+of)?)[ \t]+$", re.IGNORECASE)
 #: A relation at the start of a name's span ("DAUGHTER-KRISSY", "wife: mary"): the name is what follows.
 _RELATION_GLUED = re.compile(
-    r"(?:" + "|".join(sorted(_RELATIONS, key=len, reverse=True)) + r")(?:[ \t]*-?[ \t]*in[ \t]*-?[ \t]*law)?"
-    r"(?:[ \t]*[-:][ \t]*|[ \t]+)",
+    r"(?:" + "|".join(sorted(_RELATIONS, key=len, reverse=True)) + r")" + _IN_LAW + r"(?:[ \t]*[-:][ \t]*|[ \t]+)",
     re.IGNORECASE,
 )
 #: Words that make a relation of two words ("GRAND DAUGHTER", "STEP SON"): part of the relation, no name.
@@ -2009,7 +2015,7 @@ def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[i
             _DEVICE_AFTER.match(text, e) or (words and all(lexicon.fold(w) in _DEPARTMENT for w in words))
         ):
             continue  # "from Quinton cath": a catheter named after its maker; "from Cath Lab": a department
-        if wide and not (_IN_FACILITY_NAME.match(text, e) or _BEFORE_IN_NAME.search(text, max(0, s - 16), s)):
+        if wide and not (_facility_noun_at(text, e) or _BEFORE_IN_NAME.search(text, max(0, s - 16), s)):
             if entity in ("LOCATION", "FACILITY"):
                 continue
             if entity == PERSON and core not in lexicon.FIRST and (core not in lexicon.LAST or core in lexicon.RARE_LAST):
